@@ -1,0 +1,34 @@
+# fcvm_cc_library(NAME <name> SRCS ... DEPS ...)
+#
+# One static library per lib/ module, in the manner of abseil's absl_cc_library:
+# the DEPS list is the whole list of what the module may include, so a layering
+# violation shows up as a link or include error instead of a review comment.
+# Every target gets the project's warning flags and the repository root as its
+# include directory (includes are written relative to the repo root).
+function(fcvm_cc_library)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  add_library(${ARG_NAME} STATIC ${ARG_SRCS} ${ARG_HDRS})
+  target_include_directories(${ARG_NAME} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS})
+  target_compile_options(${ARG_NAME} PRIVATE ${FCVM_WARNINGS})
+endfunction()
+
+# fcvm_cc_test(NAME <name> SRCS ... DEPS ... [LABELS ...] [TIMEOUT s])
+#
+# A GoogleTest binary registered with CTest through gtest_discover_tests, so every
+# TEST() is its own CTest case and `ctest -L <label>` selects suites.
+function(fcvm_cc_test)
+  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} fcvm_testing GTest::gmock GTest::gtest_main)
+  target_compile_options(${ARG_NAME} PRIVATE ${FCVM_WARNINGS})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  if(NOT ARG_LABELS)
+    set(ARG_LABELS unit)
+  endif()
+  gtest_discover_tests(${ARG_NAME}
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    DISCOVERY_TIMEOUT 60)
+endfunction()

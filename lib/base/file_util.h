@@ -1,0 +1,23 @@
+#pragma once
+
+// Small file helpers with fcvm's error conventions.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace fcvm {
+
+// Whole file as a string. NotFound when it does not exist.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+
+// Writes `contents` to `path` atomically: a temporary file in the same
+// directory, fsync, rename over `path`, fsync of the directory. A crash leaves
+// either the old or the new contents, never a mix.
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode = 0644);
+
+// mkdir -p with `mode` for the directories it creates.
+absl::Status MakeDirs(const std::string& path, int mode = 0755);
+
+}  // namespace fcvm
