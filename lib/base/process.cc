@@ -349,4 +349,40 @@ pid_t Process::Release() {
   return std::exchange(pid_, -1);
 }
 
+absl::StatusOr<std::string> RunAndCapture(const std::vector<std::string>& argv, absl::Duration timeout) {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) < 0) return ErrnoError("pipe2");
+  UniqueFd read_end(pipe_fds[0]);
+  UniqueFd write_end(pipe_fds[1]);
+  SpawnOptions options;
+  options.argv = argv;
+  options.fds = {{write_end.get(), 1}, {write_end.get(), 2}};
+  ASSIGN_OR_RETURN(Process process, Process::Spawn(options));
+  write_end.Reset();
+  absl::Time deadline = absl::Now() + timeout;
+  std::string out;
+  char buf[4096];
+  while (true) {
+    int wait_ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    if (wait_ms <= 0) {
+      (void)process.Kill();
+      return absl::DeadlineExceededError(absl::StrCat(argv[0], " did not finish within ",
+                                                      absl::FormatDuration(timeout)));
+    }
+    struct pollfd pfd = {read_end.get(), POLLIN, 0};
+    int r = poll(&pfd, 1, wait_ms);
+    if (r < 0 && errno != EINTR) return ErrnoError("poll");
+    if (r <= 0) continue;
+    ssize_t n = ::read(read_end.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ASSIGN_OR_RETURN(ExitStatus status, process.Wait(std::max(deadline - absl::Now(), absl::Milliseconds(1))));
+  if (!status.success()) {
+    return absl::FailedPreconditionError(absl::StrCat(argv[0], " failed (", status.ToString(), "): ", out));
+  }
+  return out;
+}
+
 }  // namespace fcvm

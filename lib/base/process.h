@@ -124,4 +124,10 @@ class Process {
   std::optional<ExitStatus> exit_;
 };
 
+// Runs `argv` to completion and returns what it wrote to stdout (stderr is
+// appended after it). Killed and DeadlineExceeded after `timeout`;
+// FailedPrecondition naming the exit status when it does not exit 0.
+absl::StatusOr<std::string> RunAndCapture(const std::vector<std::string>& argv,
+                                          absl::Duration timeout = absl::Seconds(30));
+
 }  // namespace fcvm

@@ -207,3 +207,18 @@ TEST(Process, PrivateMountNamespaceBindMount) {
 
 }  // namespace
 }  // namespace fcvm
+
+namespace fcvm {
+namespace {
+
+TEST(RunAndCapture, ReturnsOutputAndErrors) {
+  ASSERT_OK_AND_ASSIGN(std::string out, RunAndCapture({"/bin/echo", "hello"}));
+  EXPECT_EQ(out, "hello\n");
+  EXPECT_THAT(RunAndCapture({"/bin/sh", "-c", "echo oops >&2; exit 3"}),
+              testing::StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::HasSubstr("exit code 3")));
+  EXPECT_THAT(RunAndCapture({"/bin/sleep", "10"}, absl::Milliseconds(100)),
+              testing::StatusIs(absl::StatusCode::kDeadlineExceeded));
+}
+
+}  // namespace
+}  // namespace fcvm

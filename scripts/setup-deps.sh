@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every package fcvm needs to build, test and run, from Debian 12's
+# own repositories. Idempotent: installs only what is missing. Needs root.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake pkg-config binutils clang-format
+  # required libraries
+  libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  libabsl-dev libspdlog-dev libfmt-dev liburing-dev
+  libgtest-dev libgmock-dev googletest
+  # chosen libraries: HTTP over a Unix socket, JSON, systemd notify/journal,
+  # netlink and nftables for clone networking
+  libcurl4-openssl-dev nlohmann-json3-dev libsystemd-dev
+  libnl-3-dev libnl-route-3-dev libmnl-dev libnftables-dev
+  # runtime tools used by tests and the demo
+  iproute2 nftables curl procps util-linux
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-deps: missing packages (${missing[*]}); run as root" >&2
+  exit 1
+fi
+echo "setup-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup-deps: done"

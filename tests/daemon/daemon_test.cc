@@ -1,0 +1,249 @@
+// fcvmd and fcvmctl as real processes: start, talk, reflection, health,
+// signals, and the errors a user sees.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "fcvm/v1/system.grpc.pb.h"
+#include "fcvm/v1/vm.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "health.grpc.pb.h"
+#include "lib/base/file_util.h"
+#include "lib/base/process.h"
+#include "lib/base/unix_socket.h"
+#include "nlohmann/json.hpp"
+#include "probe.grpc.pb.h"
+#include "tests/testing/status_matchers.h"
+
+namespace fcvm {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Result {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs a command to completion, keeping stdout and stderr apart.
+Result RunCommand(const std::vector<std::string>& argv) {
+  Result r;
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return r;
+  SpawnOptions opts;
+  opts.argv = argv;
+  opts.fds = {{out[1], 1}, {err[1], 2}};
+  absl::StatusOr<Process> p = Process::Spawn(opts);
+  close(out[1]);
+  close(err[1]);
+  if (!p.ok()) {
+    r.err = p.status().ToString();
+    close(out[0]);
+    close(err[0]);
+    return r;
+  }
+  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  int open_count = 2;
+  char buf[4096];
+  while (open_count > 0 && poll(fds, 2, 30000) > 0) {
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n <= 0) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_count;
+      } else {
+        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+      }
+    }
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  absl::StatusOr<ExitStatus> st = p->Wait(absl::Seconds(30));
+  if (st.ok() && !st->signaled) r.code = st->value;
+  return r;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/fcvmd-test-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    socket_ = dir_ + "/run/fcvmd.sock";
+    log_ = dir_ + "/fcvmd.log";
+  }
+
+  void TearDown() override {
+    if (daemon_.valid()) (void)daemon_.Kill();
+    std::string cmd = "rm -rf " + dir_;
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+
+  void StartDaemon() {
+    int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    ASSERT_GE(log_fd, 0);
+    SpawnOptions opts;
+    opts.argv = {FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--log-level", "debug"};
+    opts.fds = {{log_fd, 2}};
+    ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(opts));
+    close(log_fd);
+    // Ready when the socket accepts a connection; no fixed sleep.
+    absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (!ConnectUnix(socket_).ok()) {
+      ASSERT_LT(absl::Now(), deadline) << "fcvmd did not start; log:\n" << ReadFile(log_).value_or("");
+      ASSERT_OK_AND_ASSIGN(auto exited, daemon_.TryWait());
+      ASSERT_FALSE(exited.has_value()) << "fcvmd exited: " << exited->ToString() << "\n"
+                                       << ReadFile(log_).value_or("");
+      usleep(10000);
+    }
+  }
+
+  ExitStatus StopDaemon(int sig) {
+    EXPECT_OK(daemon_.Signal(sig));
+    absl::StatusOr<ExitStatus> st = daemon_.Wait(absl::Seconds(20));
+    EXPECT_OK(st.status());
+    return st.value_or(ExitStatus{});
+  }
+
+  Result Ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {FCVMCTL_PATH, "--socket", socket_});
+    return RunCommand(args);
+  }
+
+  std::shared_ptr<grpc::Channel> Channel() {
+    return grpc::CreateChannel("unix:" + socket_, grpc::InsecureChannelCredentials());
+  }
+
+  std::string dir_, socket_, log_;
+  Process daemon_;
+};
+
+TEST_F(DaemonTest, VersionAndLsThenCleanSigterm) {
+  StartDaemon();
+  struct stat st;
+  ASSERT_EQ(stat(socket_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+
+  Result version = Ctl({"version"});
+  EXPECT_EQ(version.code, 0) << version.err;
+  EXPECT_THAT(version.out, HasSubstr("fcvmctl 0.1.0"));
+  EXPECT_THAT(version.out, HasSubstr("fcvmd 0.1.0 (api 1)"));
+
+  Result json = Ctl({"--json", "version"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  nlohmann::json doc = nlohmann::json::parse(json.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << json.out;
+  EXPECT_EQ(doc["client_version"], "0.1.0");
+  EXPECT_EQ(doc["daemon"]["version"], "0.1.0");
+  EXPECT_EQ(doc["daemon"]["api_version"], 1);
+
+  Result ls = Ctl({"ls"});
+  EXPECT_EQ(ls.code, 0) << ls.err;
+  EXPECT_THAT(ls.out, HasSubstr("ID"));
+  EXPECT_THAT(ls.out, HasSubstr("STATE"));
+  Result ls_json = Ctl({"ls", "--json"});
+  ASSERT_EQ(ls_json.code, 0) << ls_json.err;
+  nlohmann::json vms = nlohmann::json::parse(ls_json.out, nullptr, false);
+  ASSERT_TRUE(vms.contains("vms")) << ls_json.out;
+  EXPECT_TRUE(vms["vms"].is_array());
+
+  ExitStatus exit = StopDaemon(SIGTERM);
+  EXPECT_TRUE(exit.success()) << exit.ToString();
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "socket left behind";
+}
+
+TEST_F(DaemonTest, SigintAlsoStopsCleanly) {
+  StartDaemon();
+  ExitStatus exit = StopDaemon(SIGINT);
+  EXPECT_TRUE(exit.success()) << exit.ToString();
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0);
+}
+
+TEST_F(DaemonTest, ReflectionListsTheApi) {
+  StartDaemon();
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(Channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("");
+  ASSERT_TRUE(stream->Write(req));
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  std::vector<std::string> names;
+  for (const auto& s : resp.list_services_response().service()) names.push_back(s.name());
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"fcvm.v1.VmService", "fcvm.v1.SnapshotService",
+                                              "fcvm.v1.SystemService", "grpc.health.v1.Health"}));
+
+  // grpcurl describes a service by fetching the file that defines it.
+  req.set_file_containing_symbol("fcvm.v1.SnapshotService");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(DaemonTest, HealthServiceSaysServing) {
+  StartDaemon();
+  auto stub = grpc::health::v1::Health::NewStub(Channel());
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(stub->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(DaemonTest, UnreachableDaemonGivesOneClearLine) {
+  Result r = Ctl({"ls"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err, HasSubstr("cannot reach fcvmd at " + socket_));
+  EXPECT_THAT(r.err, HasSubstr("fcvmd --socket " + socket_));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST_F(DaemonTest, SecondDaemonOnSameSocketIsRefused) {
+  StartDaemon();
+  Result second = RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state2"});
+  EXPECT_EQ(second.code, 1);
+  EXPECT_THAT(second.err, HasSubstr("another fcvmd is already serving"));
+  // The first one still serves.
+  EXPECT_EQ(Ctl({"version"}).code, 0);
+}
+
+TEST_F(DaemonTest, BadUsageExitsTwo) {
+  Result unknown = Ctl({"frobnicate"});
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
+  Result bad_flag = RunCommand({FCVMD_PATH, "--no-such-flag"});
+  EXPECT_EQ(bad_flag.code, 2);
+  EXPECT_THAT(bad_flag.err, HasSubstr("--no-such-flag"));
+  Result help = RunCommand({FCVMD_PATH, "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--state-dir"));
+}
+
+TEST_F(DaemonTest, StaleSocketFileIsReplaced) {
+  // A socket file left by a crashed daemon: nobody listens on it.
+  ASSERT_OK(MakeDirs(dir_ + "/run"));
+  { ASSERT_OK_AND_ASSIGN(UniqueFd stale, ListenUnix(socket_)); }
+  StartDaemon();
+  EXPECT_EQ(Ctl({"version"}).code, 0);
+}
+
+}  // namespace
+}  // namespace fcvm
