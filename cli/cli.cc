@@ -38,7 +38,8 @@ struct GlobalOptions {
 };
 
 void AddGlobalFlags(FlagParser& flags, GlobalOptions* g) {
-  flags.String("socket", &g->socket, "fcvmd's socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)", "PATH");
+  flags.String("socket", &g->socket, "fcvmd's socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)",
+               "PATH");
   flags.Bool("json", &g->json, "print JSON instead of a table");
   flags.Duration("timeout", &g->timeout, "deadline of each call (default 30s)");
 }
@@ -62,8 +63,10 @@ std::string DescribeUnreachable(const std::string& socket, const grpc::Status& s
 class Client {
  public:
   Client(const GlobalOptions& g, std::ostream& out, std::ostream& err)
-      : g_(g), out_(out), err_(err), channel_(grpc::CreateChannel(absl::StrCat("unix:", g.socket),
-                                                                  grpc::InsecureChannelCredentials())) {}
+      : g_(g),
+        out_(out),
+        err_(err),
+        channel_(grpc::CreateChannel(absl::StrCat("unix:", g.socket), grpc::InsecureChannelCredentials())) {}
 
   template <typename Stub>
   std::unique_ptr<typename Stub::Stub> MakeStub() {
@@ -102,16 +105,26 @@ class Client {
  private:
   static std::string StatusCodeName(grpc::StatusCode code) {
     switch (code) {
-      case grpc::StatusCode::INVALID_ARGUMENT: return "invalid argument";
-      case grpc::StatusCode::NOT_FOUND: return "not found";
-      case grpc::StatusCode::ALREADY_EXISTS: return "already exists";
-      case grpc::StatusCode::FAILED_PRECONDITION: return "failed precondition";
-      case grpc::StatusCode::RESOURCE_EXHAUSTED: return "resource exhausted";
-      case grpc::StatusCode::DEADLINE_EXCEEDED: return "deadline exceeded";
-      case grpc::StatusCode::UNIMPLEMENTED: return "not implemented by this fcvmd";
-      case grpc::StatusCode::PERMISSION_DENIED: return "permission denied";
-      case grpc::StatusCode::CANCELLED: return "cancelled";
-      default: return absl::StrCat("error ", static_cast<int>(code));
+      case grpc::StatusCode::INVALID_ARGUMENT:
+        return "invalid argument";
+      case grpc::StatusCode::NOT_FOUND:
+        return "not found";
+      case grpc::StatusCode::ALREADY_EXISTS:
+        return "already exists";
+      case grpc::StatusCode::FAILED_PRECONDITION:
+        return "failed precondition";
+      case grpc::StatusCode::RESOURCE_EXHAUSTED:
+        return "resource exhausted";
+      case grpc::StatusCode::DEADLINE_EXCEEDED:
+        return "deadline exceeded";
+      case grpc::StatusCode::UNIMPLEMENTED:
+        return "not implemented by this fcvmd";
+      case grpc::StatusCode::PERMISSION_DENIED:
+        return "permission denied";
+      case grpc::StatusCode::CANCELLED:
+        return "cancelled";
+      default:
+        return absl::StrCat("error ", static_cast<int>(code));
     }
   }
 
@@ -162,8 +175,8 @@ int CmdVersion(Client& client, const std::vector<std::string>& args) {
   if (resp.firecracker_path().empty()) {
     client.out() << "firecracker: not configured\n";
   } else {
-    client.out() << "firecracker " << (resp.firecracker_version().empty() ? "?" : resp.firecracker_version()) << " ("
-                 << resp.firecracker_path() << ")\n";
+    client.out() << "firecracker " << (resp.firecracker_version().empty() ? "?" : resp.firecracker_version())
+                 << " (" << resp.firecracker_path() << ")\n";
   }
   return 0;
 }
@@ -181,9 +194,9 @@ int CmdLs(Client& client, const std::vector<std::string>& args) {
   client.out() << absl::StrFormat("%-16s %-24s %-9s %-8s %-18s %-8s %s\n", "ID", "NAME", "STATE", "BACKEND",
                                   "SNAPSHOT", "PID", "AGE");
   for (const fcvm::v1::Vm& vm : resp.vms()) {
-    std::string backend = vm.snapshot_id().empty() ? "-"
+    std::string backend = vm.snapshot_id().empty()                               ? "-"
                           : vm.memory_backend() == fcvm::v1::MEMORY_BACKEND_FILE ? "file"
-                                                                                  : "uffd";
+                                                                                 : "uffd";
     client.out() << absl::StrFormat("%-16s %-24s %-9s %-8s %-18s %-8s %s\n", vm.id(), vm.name(),
                                     StateName(vm.state()), backend,
                                     vm.snapshot_id().empty() ? "-" : vm.snapshot_id(),

@@ -11,9 +11,9 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "lib/base/file_util.h"
+#include "lib/base/logging.h"
 #include "lib/base/process.h"
 #include "lib/base/status.h"
-#include "lib/base/logging.h"
 #include "lib/base/unix_socket.h"
 #include "spdlog/spdlog.h"
 
@@ -41,10 +41,11 @@ absl::Status ClaimSocketPath(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat("socket path ", path, " exists and is not a socket"));
   }
   if (ConnectUnix(path).ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("another fcvmd is already serving on ", path, "; stop it first or pick another --socket"));
+    return absl::FailedPreconditionError(absl::StrCat("another fcvmd is already serving on ", path,
+                                                      "; stop it first or pick another --socket"));
   }
-  if (unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoError(absl::StrCat("remove stale socket ", path));
+  if (unlink(path.c_str()) < 0 && errno != ENOENT)
+    return ErrnoError(absl::StrCat("remove stale socket ", path));
   return absl::OkStatus();
 }
 
@@ -88,8 +89,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   std::unique_ptr<Daemon> daemon(new Daemon(options));
   daemon->started_at_ = absl::Now();
   daemon->firecracker_version_ = ProbeFirecrackerVersion(options.firecracker_bin);
-  daemon->services_ = std::make_unique<Services>(SystemInfo{
-      FCVM_VERSION, options.firecracker_bin, daemon->firecracker_version_, daemon->started_at_});
+  daemon->services_ = std::make_unique<Services>(
+      SystemInfo{FCVM_VERSION, options.firecracker_bin, daemon->firecracker_version_, daemon->started_at_});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -98,7 +99,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(&daemon->services_->system);
   builder.RegisterService(&daemon->services_->vm);
   builder.RegisterService(&daemon->services_->snapshot);
+  // gRPC creates the socket file itself; a umask matching socket_mode makes it
+  // born with the right mode, so no client ever sees a wider one. Start-up is
+  // the only time fcvmd creates files while it changes the umask.
+  mode_t old_umask = umask(static_cast<mode_t>(~options.socket_mode & 0777));
   daemon->server_ = builder.BuildAndStart();
+  umask(old_umask);
   if (daemon->server_ == nullptr) {
     return absl::UnavailableError(absl::StrCat("cannot serve gRPC on unix:", options.socket_path,
                                                " (see the log above for gRPC's reason)"));
@@ -110,7 +116,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   }
   daemon->server_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("fcvmd {} serving on unix:{} (state {}, firecracker {} {})", FCVM_VERSION, options.socket_path,
-               options.state_dir, options.firecracker_bin.empty() ? "<not configured>" : options.firecracker_bin,
+               options.state_dir,
+               options.firecracker_bin.empty() ? "<not configured>" : options.firecracker_bin,
                daemon->firecracker_version_);
   return daemon;
 }

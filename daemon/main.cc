@@ -19,12 +19,14 @@ int main(int argc, char** argv) {
   if (const char* env = std::getenv("FCVM_SOCKET")) options.socket_path = env;
   if (const char* env = std::getenv("FCVM_FIRECRACKER_BIN")) options.firecracker_bin = env;
   std::string log_level = "info";
-  fcvm::FlagParser flags("fcvmd [options]\n\nThe fcvm host daemon: boots, snapshots and clones Firecracker microVMs, "
-                         "serving a gRPC API on a Unix socket.");
-  flags.String("socket", &options.socket_path, "gRPC Unix socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)",
-               "PATH");
+  fcvm::FlagParser flags(
+      "fcvmd [options]\n\nThe fcvm host daemon: boots, snapshots and clones Firecracker microVMs, "
+      "serving a gRPC API on a Unix socket.");
+  flags.String("socket", &options.socket_path,
+               "gRPC Unix socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)", "PATH");
   flags.String("state-dir", &options.state_dir, "state directory (default /var/lib/fcvm)", "DIR");
-  flags.String("firecracker", &options.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
+  flags.String("firecracker", &options.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)",
+               "PATH");
   flags.String("jailer", &options.jailer_bin, "jailer binary (optional)", "PATH");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);

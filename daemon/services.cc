@@ -28,9 +28,9 @@ grpc::ServerUnaryReactor* VmServiceImpl::ListVms(grpc::CallbackServerContext* co
   return reactor;
 }
 
-grpc::ServerUnaryReactor* SnapshotServiceImpl::ListSnapshots(grpc::CallbackServerContext* context,
-                                                             const fcvm::v1::ListSnapshotsRequest* /*request*/,
-                                                             fcvm::v1::ListSnapshotsResponse* /*response*/) {
+grpc::ServerUnaryReactor* SnapshotServiceImpl::ListSnapshots(
+    grpc::CallbackServerContext* context, const fcvm::v1::ListSnapshotsRequest* /*request*/,
+    fcvm::v1::ListSnapshotsResponse* /*response*/) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

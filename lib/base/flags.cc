@@ -2,10 +2,10 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 
 namespace fcvm {
 
@@ -73,7 +73,8 @@ absl::StatusOr<std::vector<std::string>> FlagParser::Parse(const std::vector<std
         continue;
       }
     }
-    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown option '--", name, "' (see --help)"));
+    if (flag == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("unknown option '--", name, "' (see --help)"));
     if (flag->kind == Kind::kBool) {
       bool v = true;
       if (has_value && !absl::SimpleAtob(value, &v)) {

@@ -7,11 +7,11 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
-#include "lib/base/pidfd.h"
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "lib/base/pidfd.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -150,8 +150,8 @@ absl::Status ReportToStatus(const ChildReport& report, const SpawnOptions& optio
     case ChildStep::kBindMount:
     case ChildStep::kRemount: {
       const BindMount& bm = options.bind_mounts[report.index];
-      return ErrnoError(report.err, absl::StrCat("spawn ", prog, ": bind mount ", bm.source, " -> ",
-                                                 bm.target));
+      return ErrnoError(report.err,
+                        absl::StrCat("spawn ", prog, ": bind mount ", bm.source, " -> ", bm.target));
     }
     case ChildStep::kChdir:
       return ErrnoError(report.err, absl::StrCat("spawn ", prog, ": chdir ", options.cwd));
@@ -327,8 +327,8 @@ absl::StatusOr<ExitStatus> Process::Wait(absl::Duration timeout) {
     if (deadline != absl::InfiniteFuture()) {
       absl::Duration left = deadline - absl::Now();
       if (left <= absl::ZeroDuration()) {
-        return absl::DeadlineExceededError(absl::StrCat("process ", pid_, " still running after ",
-                                                        absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(
+            absl::StrCat("process ", pid_, " still running after ", absl::FormatDuration(timeout)));
       }
       wait_ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
     }
@@ -366,8 +366,8 @@ absl::StatusOr<std::string> RunAndCapture(const std::vector<std::string>& argv, 
     int wait_ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
     if (wait_ms <= 0) {
       (void)process.Kill();
-      return absl::DeadlineExceededError(absl::StrCat(argv[0], " did not finish within ",
-                                                      absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat(argv[0], " did not finish within ", absl::FormatDuration(timeout)));
     }
     struct pollfd pfd = {read_end.get(), POLLIN, 0};
     int r = poll(&pfd, 1, wait_ms);

@@ -35,10 +35,10 @@ absl::Status Annotate(const absl::Status& status, absl::string_view prefix);
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing
 // function when it is not OK.
-#define RETURN_IF_ERROR(expr)                          \
-  do {                                                 \
-    ::absl::Status fcvm_status_ = (expr);              \
-    if (!fcvm_status_.ok()) return fcvm_status_;       \
+#define RETURN_IF_ERROR(expr)                    \
+  do {                                           \
+    ::absl::Status fcvm_status_ = (expr);        \
+    if (!fcvm_status_.ok()) return fcvm_status_; \
   } while (0)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (an absl::StatusOr<T>); on
@@ -47,7 +47,7 @@ absl::Status Annotate(const absl::Status& status, absl::string_view prefix);
 #define ASSIGN_OR_RETURN(lhs, rexpr) \
   FCVM_ASSIGN_OR_RETURN_IMPL_(FCVM_STATUS_CONCAT_(fcvm_statusor_, __LINE__), lhs, rexpr)
 
-#define FCVM_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
-  auto statusor = (rexpr);                                \
+#define FCVM_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)  \
+  auto statusor = (rexpr);                                 \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()

@@ -1,9 +1,9 @@
 #include "lib/base/unix_socket.h"
 
-#include "lib/base/pidfd.h"
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "lib/base/pidfd.h"
 
 #include <cerrno>
 #include <cstring>

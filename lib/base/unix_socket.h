@@ -46,8 +46,7 @@ struct ReceivedMessage {
 
 // One recvmsg into `buffer`, accepting up to `max_fds` fds. bytes == 0 means
 // the peer closed. Errors carry errno (EAGAIN for an empty nonblocking socket).
-absl::StatusOr<ReceivedMessage> RecvWithFds(int sock, absl::Span<char> buffer, size_t max_fds,
-                                            int flags = 0);
+absl::StatusOr<ReceivedMessage> RecvWithFds(int sock, absl::Span<char> buffer, size_t max_fds, int flags = 0);
 
 struct PeerCredentials {
   pid_t pid = 0;

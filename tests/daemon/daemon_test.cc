@@ -13,8 +13,8 @@
 
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "health.grpc.pb.h"
 #include "lib/base/file_util.h"
 #include "lib/base/process.h"

@@ -54,7 +54,8 @@ TEST(FlagParser, ErrorsNameTheOption) {
   FlagParser p = MakeParser(&o);
   EXPECT_THAT(p.Parse({"--nope"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--nope")));
   EXPECT_THAT(p.Parse({"--count=x"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--count")));
-  EXPECT_THAT(p.Parse({"--socket"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs a value")));
+  EXPECT_THAT(p.Parse({"--socket"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs a value")));
   EXPECT_THAT(p.Parse({"--grace=soon"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duration")));
   EXPECT_THAT(p.Parse({"-x"}), StatusIs(absl::StatusCode::kInvalidArgument));
 }

@@ -15,7 +15,10 @@ bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
 TEST(UniqueFd, ClosesOnDestruction) {
   int raw = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   ASSERT_GE(raw, 0);
-  { UniqueFd fd(raw); EXPECT_TRUE(IsOpen(raw)); }
+  {
+    UniqueFd fd(raw);
+    EXPECT_TRUE(IsOpen(raw));
+  }
   EXPECT_FALSE(IsOpen(raw));
 }
 
@@ -43,7 +46,10 @@ TEST(UniqueFd, MoveAssignClosesPrevious) {
 
 TEST(UniqueFd, ReleaseKeepsFdOpen) {
   int raw = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  { UniqueFd fd(raw); EXPECT_EQ(fd.Release(), raw); }
+  {
+    UniqueFd fd(raw);
+    EXPECT_EQ(fd.Release(), raw);
+  }
   EXPECT_TRUE(IsOpen(raw));
   ::close(raw);
 }
