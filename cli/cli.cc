@@ -1,24 +1,36 @@
 #include "cli/cli.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <memory>
+#include <optional>
+#include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/format.h"
+#include "cli/progress.h"
+#include "cli/requests.h"
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
+#include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
-#include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 #include "lib/base/flags.h"
 
@@ -29,19 +41,28 @@
 namespace fcvm::cli {
 namespace {
 
+namespace v1 = ::fcvm::v1;
+
 constexpr char kDefaultSocket[] = "/run/fcvm/fcvmd.sock";
 
 struct GlobalOptions {
   std::string socket = kDefaultSocket;
   bool json = false;
-  absl::Duration timeout = absl::Seconds(30);
+  bool progress = false;
+  // Empty: the command's default deadline.
+  std::string timeout;
 };
 
 void AddGlobalFlags(FlagParser& flags, GlobalOptions* g) {
   flags.String("socket", &g->socket, "fcvmd's socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)",
                "PATH");
   flags.Bool("json", &g->json, "print JSON instead of a table");
-  flags.Duration("timeout", &g->timeout, "deadline of each call (default 30s)");
+  flags.Bool("progress", &g->progress,
+             "show progress of long calls on stderr even when it is not a terminal");
+  flags.String("timeout", &g->timeout,
+               "deadline of each call, 'inf' for none (default 30s; longer for run, rm, snapshot create and "
+               "clone; none for watch)",
+               "DURATION");
 }
 
 // One line that says what is wrong and what to do about it.
@@ -60,162 +81,461 @@ std::string DescribeUnreachable(const std::string& socket, const grpc::Status& s
                       "', or point --socket / FCVM_SOCKET at a running fcvmd");
 }
 
+std::string StatusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "invalid argument";
+    case grpc::StatusCode::NOT_FOUND:
+      return "not found";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "already exists";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "failed precondition";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "resource exhausted";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "deadline exceeded (see --timeout)";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "not implemented by this fcvmd";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "permission denied";
+    case grpc::StatusCode::CANCELLED:
+      return "cancelled";
+    case grpc::StatusCode::INTERNAL:
+      return "internal error in fcvmd";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "unavailable in fcvmd";
+    case grpc::StatusCode::ABORTED:
+      return "aborted";
+    default:
+      return absl::StrCat("error ", static_cast<int>(code));
+  }
+}
+
+// The constant name, for JSON ("NOT_FOUND").
+std::string StatusCodeConstant(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {
+      "OK",        "CANCELLED",       "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+      "NOT_FOUND", "ALREADY_EXISTS",  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED",   "OUT_OF_RANGE",    "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+      "DATA_LOSS", "UNAUTHENTICATED",
+  };
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : absl::StrCat("CODE_", i);
+}
+
+// "<why>" of a failed call on one line: "<code>: <message>".
+std::string Describe(const grpc::Status& status) {
+  std::string message = absl::StrReplaceAll(status.error_message(), {{"\r", " "}, {"\n", " "}});
+  std::string out = StatusCodeName(status.error_code());
+  if (!message.empty()) absl::StrAppend(&out, ": ", message);
+  return out;
+}
+
 class Client {
  public:
-  Client(const GlobalOptions& g, std::ostream& out, std::ostream& err)
+  Client(const GlobalOptions& g, absl::Duration deadline, std::ostream& out, std::ostream& err)
       : g_(g),
+        deadline_(deadline),
         out_(out),
         err_(err),
         channel_(grpc::CreateChannel(absl::StrCat("unix:", g.socket), grpc::InsecureChannelCredentials())) {}
 
-  template <typename Stub>
-  std::unique_ptr<typename Stub::Stub> MakeStub() {
-    return Stub::NewStub(channel_);
+  template <typename Service>
+  std::unique_ptr<typename Service::Stub> MakeStub() {
+    return Service::NewStub(channel_);
   }
 
   void Prepare(grpc::ClientContext* ctx) const {
-    ctx->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(g_.timeout));
+    if (deadline_ != absl::InfiniteDuration()) {
+      ctx->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline_));
+    }
   }
 
-  // Prints the error of a failed call; returns the exit code.
-  int Fail(const grpc::Status& status) const {
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+  // Prints the error of a failed call as one line, "fcvmctl: <what>: <why>";
+  // returns the exit code.
+  int Fail(const grpc::Status& status, const std::string& what = "") const {
+    if (Unreachable(status)) {
       err_ << "fcvmctl: " << DescribeUnreachable(g_.socket, status) << "\n";
     } else {
-      err_ << "fcvmctl: " << StatusCodeName(status.error_code()) << ": " << status.error_message() << "\n";
+      err_ << "fcvmctl: " << (what.empty() ? "" : what + ": ") << Describe(status) << "\n";
     }
     return 1;
   }
 
-  int PrintJson(const google::protobuf::Message& message) const {
-    std::string json;
-    google::protobuf::util::JsonPrintOptions opts;
-    opts.add_whitespace = true;
-    opts.preserve_proto_field_names = true;
-    opts.always_print_primitive_fields = true;
-    (void)google::protobuf::util::MessageToJsonString(message, &json, opts);
-    out_ << json;
-    if (json.empty() || json.back() != '\n') out_ << "\n";
+  // True when the call failed because fcvmd could not be reached, as opposed
+  // to fcvmd answering UNAVAILABLE itself (a dependency of its is down): then
+  // the channel never became ready.
+  bool Unreachable(const grpc::Status& status) const {
+    return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+           channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY;
+  }
+
+  int PrintJson(const google::protobuf::Message& message, bool pretty = true) const {
+    out_ << ToJson(message, pretty);
     return 0;
   }
 
   const GlobalOptions& g() const { return g_; }
   std::ostream& out() const { return out_; }
+  std::ostream& err() const { return err_; }
 
  private:
-  static std::string StatusCodeName(grpc::StatusCode code) {
-    switch (code) {
-      case grpc::StatusCode::INVALID_ARGUMENT:
-        return "invalid argument";
-      case grpc::StatusCode::NOT_FOUND:
-        return "not found";
-      case grpc::StatusCode::ALREADY_EXISTS:
-        return "already exists";
-      case grpc::StatusCode::FAILED_PRECONDITION:
-        return "failed precondition";
-      case grpc::StatusCode::RESOURCE_EXHAUSTED:
-        return "resource exhausted";
-      case grpc::StatusCode::DEADLINE_EXCEEDED:
-        return "deadline exceeded";
-      case grpc::StatusCode::UNIMPLEMENTED:
-        return "not implemented by this fcvmd";
-      case grpc::StatusCode::PERMISSION_DENIED:
-        return "permission denied";
-      case grpc::StatusCode::CANCELLED:
-        return "cancelled";
-      default:
-        return absl::StrCat("error ", static_cast<int>(code));
-    }
-  }
-
   const GlobalOptions& g_;
+  const absl::Duration deadline_;
   std::ostream& out_;
   std::ostream& err_;
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-std::string StateName(fcvm::v1::VmState state) {
-  std::string name = fcvm::v1::VmState_Name(state);
-  const std::string prefix = "VM_STATE_";
-  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
-  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return name;
-}
-
-std::string Age(const google::protobuf::Timestamp& ts) {
-  if (ts.seconds() == 0) return "-";
-  absl::Duration d = absl::Now() - absl::FromUnixSeconds(ts.seconds());
-  if (d < absl::Minutes(1)) return absl::StrCat(absl::ToInt64Seconds(d), "s");
-  if (d < absl::Hours(1)) return absl::StrCat(absl::ToInt64Minutes(d), "m");
-  if (d < absl::Hours(48)) return absl::StrCat(absl::ToInt64Hours(d), "h");
-  return absl::StrCat(absl::ToInt64Hours(d) / 24, "d");
-}
-
-int CmdVersion(Client& client, const std::vector<std::string>& args) {
-  if (!args.empty()) return -1;
-  auto stub = client.MakeStub<fcvm::v1::SystemService>();
-  grpc::ClientContext ctx;
-  client.Prepare(&ctx);
-  fcvm::v1::GetVersionRequest req;
-  fcvm::v1::GetVersionResponse resp;
-  grpc::Status st = stub->GetVersion(&ctx, req, &resp);
-  if (client.g().json) {
-    if (!st.ok()) return client.Fail(st);
-    std::string json;
-    google::protobuf::util::JsonPrintOptions opts;
-    opts.preserve_proto_field_names = true;
-    opts.always_print_primitive_fields = true;
-    (void)google::protobuf::util::MessageToJsonString(resp, &json, opts);
-    client.out() << "{\"client_version\": \"" << FCVM_VERSION << "\", \"daemon\": " << json << "}\n";
-    return 0;
+// Runs `on_interrupt` (on its own thread) when SIGINT or SIGTERM arrives while
+// this object lives; restores the previous handlers when it dies. One at a time.
+class InterruptGuard {
+ public:
+  explicit InterruptGuard(std::function<void()> on_interrupt) {
+    if (pipe2(fds_, O_CLOEXEC | O_NONBLOCK) < 0) return;  // then Ctrl-C just kills us
+    write_fd_.store(fds_[1]);
+    struct sigaction sa {};
+    sa.sa_handler = &InterruptGuard::Handler;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+    thread_ = std::thread([this, fn = std::move(on_interrupt)] {
+      struct pollfd p = {fds_[0], POLLIN, 0};
+      while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+      char c = 0;
+      if (read(fds_[0], &c, 1) == 1 && c == kInterrupted) {
+        interrupted_ = true;
+        fn();
+      }
+    });
   }
-  client.out() << "fcvmctl " << FCVM_VERSION << "\n";
-  if (!st.ok()) return client.Fail(st);
-  client.out() << "fcvmd " << resp.version() << " (api " << resp.api_version() << ")\n";
-  if (resp.firecracker_path().empty()) {
-    client.out() << "firecracker: not configured\n";
-  } else {
-    client.out() << "firecracker " << (resp.firecracker_version().empty() ? "?" : resp.firecracker_version())
-                 << " (" << resp.firecracker_path() << ")\n";
-  }
-  return 0;
-}
 
-int CmdLs(Client& client, const std::vector<std::string>& args) {
-  if (!args.empty()) return -1;
-  auto stub = client.MakeStub<fcvm::v1::VmService>();
-  grpc::ClientContext ctx;
-  client.Prepare(&ctx);
-  fcvm::v1::ListVmsRequest req;
-  fcvm::v1::ListVmsResponse resp;
-  grpc::Status st = stub->ListVms(&ctx, req, &resp);
-  if (!st.ok()) return client.Fail(st);
-  if (client.g().json) return client.PrintJson(resp);
-  client.out() << absl::StrFormat("%-16s %-24s %-9s %-8s %-18s %-8s %s\n", "ID", "NAME", "STATE", "BACKEND",
-                                  "SNAPSHOT", "PID", "AGE");
-  for (const fcvm::v1::Vm& vm : resp.vms()) {
-    std::string backend = vm.snapshot_id().empty()                               ? "-"
-                          : vm.memory_backend() == fcvm::v1::MEMORY_BACKEND_FILE ? "file"
-                                                                                 : "uffd";
-    client.out() << absl::StrFormat("%-16s %-24s %-9s %-8s %-18s %-8s %s\n", vm.id(), vm.name(),
-                                    StateName(vm.state()), backend,
-                                    vm.snapshot_id().empty() ? "-" : vm.snapshot_id(),
-                                    vm.pid() > 0 ? absl::StrCat(vm.pid()) : "-", Age(vm.created_at()));
+  ~InterruptGuard() {
+    if (!thread_.joinable()) return;
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+    write_fd_.store(-1);
+    const char stop = 0;
+    (void)!write(fds_[1], &stop, 1);
+    thread_.join();
+    close(fds_[0]);
+    close(fds_[1]);
   }
-  return 0;
-}
+
+  bool interrupted() const { return interrupted_; }
+
+ private:
+  static constexpr char kInterrupted = 1;
+  static void Handler(int) {
+    const int fd = write_fd_.load();
+    if (fd >= 0) (void)!write(fd, &kInterrupted, 1);
+  }
+
+  static inline std::atomic<int> write_fd_{-1};
+  int fds_[2] = {-1, -1};
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+  std::atomic<bool> interrupted_{false};
+  std::thread thread_;
+};
+
+struct Command;
+
+// What a command runs with.
+struct Env {
+  const Command& command;
+  GlobalOptions& g;
+  FlagParser& flags;
+  std::ostream& out;
+  std::ostream& err;
+  bool stderr_tty;
+};
 
 struct Command {
   const char* name;
   const char* usage;
   const char* summary;
-  std::function<int(Client&, const std::vector<std::string>&)> run;
+  absl::Duration default_timeout;
+  int (*run)(Env&, const Args&);
 };
 
+int UsageError(Env& env, absl::string_view message);
+
+// After a command's arguments are parsed: prints usage errors and help, and
+// builds the client. Returns the exit code when the command must stop there.
+std::optional<int> Start(Env& env, const absl::Status& parsed, std::optional<Client>* client) {
+  if (!parsed.ok()) return UsageError(env, parsed.message());
+  if (env.flags.help_requested()) {
+    env.out << env.flags.Help();
+    return 0;
+  }
+  absl::Duration deadline = env.command.default_timeout;
+  if (!env.g.timeout.empty()) {
+    if (!absl::ParseDuration(env.g.timeout, &deadline) || deadline <= absl::ZeroDuration()) {
+      return UsageError(env, absl::StrCat("--timeout: not a positive duration: '", env.g.timeout,
+                                          "' (e.g. 500ms, 5s, 2m, inf)"));
+    }
+  }
+  client->emplace(env.g, deadline, env.out, env.err);
+  return std::nullopt;
+}
+
+int UsageError(Env& env, absl::string_view message) {
+  env.err << "fcvmctl: " << env.command.name << ": " << message << "\n";
+  return 2;
+}
+
+std::unique_ptr<Progress> MaybeProgress(const Env& env, std::string what) {
+  if (!env.stderr_tty && !env.g.progress) return nullptr;
+  return std::make_unique<Progress>(env.err, std::move(what), env.stderr_tty);
+}
+
+int CmdVersion(Env& env, const Args& args) {
+  absl::StatusOr<v1::GetVersionRequest> req = ParseGetVersion(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::SystemService>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  v1::GetVersionResponse resp;
+  grpc::Status st = stub->GetVersion(&ctx, *req, &resp);
+  if (env.g.json) {
+    if (!st.ok()) return client->Fail(st, "version");
+    std::string daemon = ToJson(resp, /*pretty=*/false);
+    daemon.pop_back();  // the newline
+    env.out << "{\"client_version\": \"" << FCVM_VERSION << "\", \"daemon\": " << daemon << "}\n";
+    return 0;
+  }
+  env.out << "fcvmctl " << FCVM_VERSION << "\n";
+  if (!st.ok()) return client->Fail(st, "version");
+  env.out << "fcvmd " << resp.version() << " (api " << resp.api_version() << ")\n";
+  if (resp.firecracker_path().empty()) {
+    env.out << "firecracker: not configured\n";
+  } else {
+    env.out << "firecracker " << (resp.firecracker_version().empty() ? "?" : resp.firecracker_version())
+            << " (" << resp.firecracker_path() << ")\n";
+  }
+  return 0;
+}
+
+// The shape of most commands: parse, one unary call, print the answer as
+// JSON or with `format`.
+template <typename Service, typename Req, typename Resp>
+int Unary(Env& env, const Args& args, absl::StatusOr<Req> (*parse)(FlagParser&, const Args&),
+          grpc::Status (Service::Stub::*call)(grpc::ClientContext*, const Req&, Resp*),
+          const std::type_identity_t<std::function<std::string(const Req&)>>& what,
+          const std::type_identity_t<std::function<std::string(const Resp&)>>& format,
+          const std::type_identity_t<std::function<std::string(const Req&)>>& progress = nullptr) {
+  absl::StatusOr<Req> req = parse(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<Service>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  Resp resp;
+  grpc::Status st;
+  {
+    std::unique_ptr<Progress> p = progress ? MaybeProgress(env, progress(*req)) : nullptr;
+    st = ((*stub).*call)(&ctx, *req, &resp);
+  }
+  if (!st.ok()) return client->Fail(st, what(*req));
+  if (env.g.json) return client->PrintJson(resp);
+  env.out << format(resp);
+  return 0;
+}
+
+int CmdRun(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseRunVm, &v1::VmService::Stub::RunVm,
+      [](const v1::RunVmRequest& r) { return r.name().empty() ? std::string("run") : "run " + r.name(); },
+      [](const v1::Vm& vm) { return FormatVmSummary(vm); },
+      [](const v1::RunVmRequest& r) {
+        return absl::StrCat("booting ", r.name().empty() ? "a VM" : r.name());
+      });
+}
+
+int CmdGet(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseGetVm, &v1::VmService::Stub::GetVm,
+      [](const v1::GetVmRequest& r) { return "get " + r.ref(); },
+      [](const v1::Vm& vm) { return FormatVmDetails(vm, absl::Now()); });
+}
+
+int CmdLs(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseListVms, &v1::VmService::Stub::ListVms,
+      [](const v1::ListVmsRequest&) { return std::string("ls"); },
+      [](const v1::ListVmsResponse& r) { return FormatVmTable(r, absl::Now()); });
+}
+
+int CmdPause(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParsePauseVm, &v1::VmService::Stub::PauseVm,
+      [](const v1::PauseVmRequest& r) { return "pause " + r.ref(); },
+      [](const v1::Vm& vm) { return FormatVmSummary(vm); });
+}
+
+int CmdResume(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseResumeVm, &v1::VmService::Stub::ResumeVm,
+      [](const v1::ResumeVmRequest& r) { return "resume " + r.ref(); },
+      [](const v1::Vm& vm) { return FormatVmSummary(vm); });
+}
+
+// rm deletes each VM in turn and reports each; one failure does not stop the
+// others, except an unreachable fcvmd.
+int CmdRm(Env& env, const Args& args) {
+  absl::StatusOr<std::vector<v1::DeleteVmRequest>> reqs = ParseDeleteVms(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, reqs.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::VmService>();
+  google::protobuf::Struct json;
+  google::protobuf::ListValue* deleted = (*json.mutable_fields())["deleted"].mutable_list_value();
+  google::protobuf::ListValue* failed = (*json.mutable_fields())["failed"].mutable_list_value();
+  int code = 0;
+  for (const v1::DeleteVmRequest& req : *reqs) {
+    grpc::ClientContext ctx;
+    client->Prepare(&ctx);
+    v1::DeleteVmResponse resp;
+    grpc::Status st;
+    {
+      std::unique_ptr<Progress> p = MaybeProgress(env, "stopping " + req.ref());
+      st = stub->DeleteVm(&ctx, req, &resp);
+    }
+    if (client->Unreachable(st)) return client->Fail(st);
+    if (!st.ok()) {
+      code = client->Fail(st, "rm " + req.ref());
+      auto& f = *failed->add_values()->mutable_struct_value()->mutable_fields();
+      f["ref"].set_string_value(req.ref());
+      f["code"].set_string_value(StatusCodeConstant(st.error_code()));
+      f["message"].set_string_value(st.error_message());
+      continue;
+    }
+    if (env.g.json) {
+      auto& d = *deleted->add_values()->mutable_struct_value()->mutable_fields();
+      d["ref"].set_string_value(req.ref());
+      d["id"].set_string_value(resp.id());
+      d["stop_mode"].set_string_value(resp.stop_mode());
+    } else {
+      env.out << FormatDeleteVm(resp) << std::flush;
+    }
+  }
+  if (env.g.json) client->PrintJson(json);
+  return code;
+}
+
+int CmdSnapshotCreate(Env& env, const Args& args) {
+  return Unary<v1::SnapshotService>(
+      env, args, ParseCreateSnapshot, &v1::SnapshotService::Stub::CreateSnapshot,
+      [](const v1::CreateSnapshotRequest& r) { return "snapshot create " + r.vm_ref(); },
+      [](const v1::Snapshot& s) { return FormatSnapshotDetails(s, absl::Now()); },
+      [](const v1::CreateSnapshotRequest& r) { return "snapshotting " + r.vm_ref(); });
+}
+
+int CmdSnapshotLs(Env& env, const Args& args) {
+  return Unary<v1::SnapshotService>(
+      env, args, ParseListSnapshots, &v1::SnapshotService::Stub::ListSnapshots,
+      [](const v1::ListSnapshotsRequest&) { return std::string("snapshot ls"); },
+      [](const v1::ListSnapshotsResponse& r) { return FormatSnapshotTable(r, absl::Now()); });
+}
+
+int CmdSnapshotGet(Env& env, const Args& args) {
+  return Unary<v1::SnapshotService>(
+      env, args, ParseGetSnapshot, &v1::SnapshotService::Stub::GetSnapshot,
+      [](const v1::GetSnapshotRequest& r) { return "snapshot get " + r.ref(); },
+      [](const v1::Snapshot& s) { return FormatSnapshotDetails(s, absl::Now()); });
+}
+
+int CmdSnapshotRm(Env& env, const Args& args) {
+  return Unary<v1::SnapshotService>(
+      env, args, ParseDeleteSnapshot, &v1::SnapshotService::Stub::DeleteSnapshot,
+      [](const v1::DeleteSnapshotRequest& r) { return "snapshot rm " + r.ref(); },
+      [](const v1::DeleteSnapshotResponse& r) { return FormatDeleteSnapshot(r); },
+      [](const v1::DeleteSnapshotRequest& r) { return "deleting " + r.ref(); });
+}
+
+// clone exits 1 when any clone failed, after printing them all.
+int CmdClone(Env& env, const Args& args) {
+  absl::StatusOr<v1::CloneSnapshotRequest> req = ParseCloneSnapshot(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::SnapshotService>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  v1::CloneSnapshotResponse resp;
+  grpc::Status st;
+  {
+    std::unique_ptr<Progress> p =
+        MaybeProgress(env, absl::StrCat("cloning ", req->snapshot_ref(), " x", req->count()));
+    st = stub->CloneSnapshot(&ctx, *req, &resp);
+  }
+  if (!st.ok()) return client->Fail(st, "clone " + req->snapshot_ref());
+  if (env.g.json) {
+    client->PrintJson(resp);
+  } else {
+    env.out << FormatCloneResult(resp);
+  }
+  int failed = 0;
+  for (const v1::Vm& vm : resp.clones()) failed += vm.state() == v1::VM_STATE_FAILED ? 1 : 0;
+  failed = std::max(failed, static_cast<int>(resp.failed()));
+  if (failed == 0) return 0;
+  env.err << "fcvmctl: clone " << req->snapshot_ref() << ": " << failed << " of "
+          << std::max(resp.clones_size(), failed) << " clones failed\n";
+  return 1;
+}
+
+int CmdStats(Env& env, const Args& args) {
+  return Unary<v1::SystemService>(
+      env, args, ParseGetPageServerStats, &v1::SystemService::Stub::GetPageServerStats,
+      [](const v1::GetPageServerStatsRequest& r) {
+        return r.vm_ref().empty() ? "stats" : "stats " + r.vm_ref();
+      },
+      [](const v1::PageServerStats& s) { return FormatPageServerStats(s); });
+}
+
+// watch prints events until the stream ends, Ctrl-C (exit 0) or an explicit
+// --timeout runs out (exit 0).
+int CmdWatch(Env& env, const Args& args) {
+  absl::StatusOr<v1::WatchEventsRequest> req = ParseWatchEvents(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::SystemService>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  // Installed before the call starts, so a Ctrl-C at any point ends it cleanly.
+  InterruptGuard guard([&ctx] { ctx.TryCancel(); });
+  std::unique_ptr<grpc::ClientReader<v1::Event>> reader = stub->WatchEvents(&ctx, *req);
+  v1::Event event;
+  while (reader->Read(&event)) {
+    env.out << (env.g.json ? ToJson(event, /*pretty=*/false) : FormatEvent(event) + "\n") << std::flush;
+  }
+  grpc::Status st = reader->Finish();
+  if (st.ok() || guard.interrupted()) return 0;
+  if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !env.g.timeout.empty()) return 0;
+  return client->Fail(st, req->ref().empty() ? "watch" : "watch " + req->ref());
+}
+
 const std::vector<Command>& Commands() {
+  const absl::Duration kQuick = absl::Seconds(30);
   static const std::vector<Command> kCommands = {
-      {"version", "version", "print fcvmctl's, fcvmd's and Firecracker's versions", CmdVersion},
-      {"ls", "ls", "list VMs", CmdLs},
+      {"run", "run --kernel PATH [options]", "boot a new VM from a kernel", absl::Minutes(5), CmdRun},
+      {"ls", "ls [--label K=V]... [--state S]... [--snapshot REF]", "list VMs", kQuick, CmdLs},
+      {"get", "get REF", "show one VM: state, config, network, timings", kQuick, CmdGet},
+      {"pause", "pause REF", "pause a running VM", kQuick, CmdPause},
+      {"resume", "resume REF", "resume a paused VM", kQuick, CmdResume},
+      {"rm", "rm REF... [--force] [--grace DURATION]", "stop and delete VMs", absl::Minutes(2), CmdRm},
+      {"snapshot create", "snapshot create VM_REF [options]", "snapshot a running or paused VM",
+       absl::Minutes(10), CmdSnapshotCreate},
+      {"snapshot ls", "snapshot ls [--label K=V]...", "list snapshots", kQuick, CmdSnapshotLs},
+      {"snapshot get", "snapshot get REF", "show one snapshot", kQuick, CmdSnapshotGet},
+      {"snapshot rm", "snapshot rm REF [--force]", "delete a snapshot", absl::Minutes(2), CmdSnapshotRm},
+      {"clone", "clone SNAPSHOT_REF [options]", "start clones of a snapshot, with timings", absl::Minutes(10),
+       CmdClone},
+      {"stats", "stats [VM_REF]", "page server counters per clone session", kQuick, CmdStats},
+      {"watch", "watch [REF]", "print lifecycle events as they happen", absl::InfiniteDuration(), CmdWatch},
+      {"version", "version", "print fcvmctl's, fcvmd's and Firecracker's versions", kQuick, CmdVersion},
   };
   return kCommands;
 }
@@ -226,14 +546,26 @@ std::string TopHelp() {
   AddGlobalFlags(flags, &g);
   std::string out = flags.Help();
   out += "\ncommands:\n";
-  for (const Command& c : Commands()) out += absl::StrFormat("  %-10s %s\n", c.name, c.summary);
+  for (const Command& c : Commands()) out += absl::StrFormat("  %-16s %s\n", c.name, c.summary);
   out += "\n'fcvmctl <command> --help' shows a command's options.\n";
   return out;
 }
 
+std::string SnapshotHelp() {
+  std::string out = "usage: fcvmctl [options] snapshot <create|ls|get|rm> [command options]\n\ncommands:\n";
+  for (const Command& c : Commands()) {
+    if (absl::string_view(c.name).substr(0, 9) == "snapshot ") {
+      out += absl::StrFormat("  %-16s %s\n", c.name, c.summary);
+    }
+  }
+  return out;
+}
+
+bool IsHelp(const std::string& arg) { return arg == "--help" || arg == "-h"; }
+
 }  // namespace
 
-int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, bool stderr_is_tty) {
   GlobalOptions g;
   if (const char* env = std::getenv("FCVM_SOCKET"); env != nullptr && *env != '\0') g.socket = env;
   FlagParser global("fcvmctl [options] <command>");
@@ -247,34 +579,39 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
     (global.help_requested() ? out : err) << TopHelp();
     return global.help_requested() ? 0 : 2;
   }
-  const std::string name = (*rest)[0];
+  std::string name = (*rest)[0];
+  size_t consumed = 1;
+  if (name == "snapshot") {
+    if (rest->size() >= 2 && IsHelp((*rest)[1])) {
+      out << SnapshotHelp();
+      return 0;
+    }
+    if (rest->size() < 2) {
+      if (global.help_requested()) {
+        out << SnapshotHelp();
+        return 0;
+      }
+      err << "fcvmctl: snapshot: missing subcommand (create, ls, get or rm; see 'fcvmctl snapshot --help')\n";
+      return 2;
+    }
+    name += " " + (*rest)[1];
+    consumed = 2;
+  }
   const Command* command = nullptr;
   for (const Command& c : Commands()) {
     if (name == c.name) command = &c;
   }
   if (command == nullptr) {
-    err << "fcvmctl: unknown command '" << name << "'\n\n" << TopHelp();
+    err << "fcvmctl: unknown command '" << name << "' (see 'fcvmctl --help')\n";
     return 2;
   }
   FlagParser flags(absl::StrCat("fcvmctl [options] ", command->usage, "\n\n", command->summary));
   AddGlobalFlags(flags, &g);
-  absl::StatusOr<std::vector<std::string>> positional =
-      flags.Parse(std::vector<std::string>(rest->begin() + 1, rest->end()));
-  if (!positional.ok()) {
-    err << "fcvmctl " << name << ": " << positional.status().message() << "\n";
-    return 2;
-  }
-  if (flags.help_requested() || global.help_requested()) {
-    out << flags.Help();
-    return 0;
-  }
-  Client client(g, out, err);
-  int code = command->run(client, *positional);
-  if (code < 0) {
-    err << "fcvmctl " << name << ": unexpected arguments\n\n" << flags.Help();
-    return 2;
-  }
-  return code;
+  Env env{*command, g, flags, out, err, stderr_is_tty};
+  // "fcvmctl --help ls": the command's help, whatever else follows.
+  if (global.help_requested()) return command->run(env, {"--help"});
+  return command->run(env,
+                      std::vector<std::string>(rest->begin() + static_cast<long>(consumed), rest->end()));
 }
 
 }  // namespace fcvm::cli

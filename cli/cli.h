@@ -1,7 +1,8 @@
 #pragma once
 
 // fcvmctl: a thin gRPC client of fcvmd. RunCli is the whole program minus
-// main(), so tests can drive it with in-memory streams.
+// main(), so tests can drive it with in-memory streams. Request building lives
+// in cli/requests.h and output formatting in cli/format.h.
 
 #include <ostream>
 #include <string>
@@ -10,7 +11,10 @@
 namespace fcvm::cli {
 
 // `args` excludes the program name. Returns the process exit code: 0 success,
-// 1 the daemon or the operation failed, 2 bad usage.
-int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+// 1 the daemon or the operation failed, 2 bad usage. Progress of long calls is
+// written to `err` only when `stderr_is_tty` or --progress is given; it never
+// goes to `out`.
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
+           bool stderr_is_tty = false);
 
 }  // namespace fcvm::cli

@@ -1,5 +1,7 @@
 // fcvmctl: command-line client of fcvmd. Thin glue around cli/cli.h.
 
+#include <unistd.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
@@ -7,5 +9,6 @@
 #include "cli/cli.h"
 
 int main(int argc, char** argv) {
-  return fcvm::cli::RunCli(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr);
+  return fcvm::cli::RunCli(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr,
+                           isatty(STDERR_FILENO) == 1);
 }

@@ -6,15 +6,19 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/calls.h"
+#include "daemon/event_hub.h"
+#include "daemon/request_cache.h"
 #include "daemon/services.h"
+#include "daemon/worker_pool.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
-#include "lib/base/process.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
+#include "lib/vm/manager.h"
 #include "spdlog/spdlog.h"
 
 #ifndef FCVM_VERSION
@@ -49,24 +53,20 @@ absl::Status ClaimSocketPath(const std::string& path) {
   return absl::OkStatus();
 }
 
-// "Firecracker v1.14.2\n..." -> "1.14.2".
-std::string ProbeFirecrackerVersion(const std::string& bin) {
-  if (bin.empty()) return "";
-  absl::StatusOr<std::string> out = RunAndCapture({bin, "--version"}, absl::Seconds(5));
-  if (!out.ok()) {
-    spdlog::warn("cannot run firecracker binary {}: {}", bin, out.status().ToString());
-    return "";
-  }
-  size_t v = out->find(" v");
-  if (v == std::string::npos) return "";
-  size_t end = out->find_first_of(" \r\n", v + 2);
-  return out->substr(v + 2, end == std::string::npos ? std::string::npos : end - v - 2);
+// The Manager wants an absolute state directory; a relative --state-dir is
+// taken relative to fcvmd's working directory.
+absl::StatusOr<std::string> Absolute(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[4096];
+  if (getcwd(cwd, sizeof(cwd)) == nullptr) return ErrnoError("getcwd");
+  return absl::StrCat(cwd, "/", path);
 }
 
 }  // namespace
 
 struct Daemon::Services {
-  explicit Services(SystemInfo info) : system(std::move(info)) {}
+  Services(SystemInfo info, const ServiceDeps& deps)
+      : system(std::move(info), deps), vm(deps), snapshot(deps) {}
   SystemServiceImpl system;
   VmServiceImpl vm;
   SnapshotServiceImpl snapshot;
@@ -82,15 +82,50 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
         absl::StrCat("--socket must be 1-107 bytes (a Unix socket path), got '", options.socket_path, "'"));
   }
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
+  if (options.workers < 1 || options.workers > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--workers must be 1-1024, got ", options.workers));
+  }
+  if (options.page_server_threads < 0 || options.page_server_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--page-server-threads must be 0-256 (0 = one per core), got ", options.page_server_threads));
+  }
+  if (options.clone_parallelism < 1 || options.clone_parallelism > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--clone-parallelism must be 1-1024, got ", options.clone_parallelism));
+  }
+  ASSIGN_OR_RETURN(std::string state_dir, Absolute(options.state_dir));
   RETURN_IF_ERROR(Annotate(MakeDirs(DirName(options.socket_path), 0755), "socket directory"));
-  RETURN_IF_ERROR(Annotate(MakeDirs(options.state_dir, 0700), "state directory"));
+  RETURN_IF_ERROR(Annotate(MakeDirs(state_dir, 0700), "state directory"));
+  // Before the manager: it reconciles the state directory, which must not
+  // happen under a live fcvmd's feet.
   RETURN_IF_ERROR(ClaimSocketPath(options.socket_path));
 
   std::unique_ptr<Daemon> daemon(new Daemon(options));
+  daemon->options_.state_dir = state_dir;
   daemon->started_at_ = absl::Now();
-  daemon->firecracker_version_ = ProbeFirecrackerVersion(options.firecracker_bin);
+  vm::ManagerOptions manager_options;
+  manager_options.state_dir = state_dir;
+  manager_options.firecracker_bin = options.firecracker_bin;
+  manager_options.page_server_threads = options.page_server_threads;
+  manager_options.default_clone_parallelism = options.clone_parallelism;
+  manager_options.warm_pool_size = options.warm_pool;
+  manager_options.networking = options.networking;
+  manager_options.network_pool = options.network_pool;
+  manager_options.network_uplink = options.network_uplink;
+  manager_options.network_prefix = options.network_prefix;
+  ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(manager_options));
+  daemon->firecracker_version_ = daemon->manager_->firecracker_version();
+  daemon->events_ = std::make_shared<EventHub>();
+  daemon->event_token_ =
+      daemon->manager_->Subscribe([hub = daemon->events_](const vm::Event& event) { hub->Publish(event); });
+  daemon->cache_ = std::make_unique<RequestCache>();
+  daemon->calls_ = std::make_unique<CallTracker>();
+  daemon->pool_ = std::make_unique<WorkerPool>(options.workers);
+  ServiceDeps deps{daemon->manager_.get(), daemon->pool_.get(), daemon->cache_.get(), daemon->calls_.get(),
+                   daemon->events_};
   daemon->services_ = std::make_unique<Services>(
-      SystemInfo{FCVM_VERSION, options.firecracker_bin, daemon->firecracker_version_, daemon->started_at_});
+      SystemInfo{FCVM_VERSION, options.firecracker_bin, daemon->firecracker_version_, daemon->started_at_},
+      deps);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -115,23 +150,44 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return st;
   }
   daemon->server_->GetHealthCheckService()->SetServingStatus(true);
-  spdlog::info("fcvmd {} serving on unix:{} (state {}, firecracker {} {})", FCVM_VERSION, options.socket_path,
-               options.state_dir,
+  spdlog::info("fcvmd {} serving on unix:{} (state {}, firecracker {} {}, {} workers)", FCVM_VERSION,
+               options.socket_path, state_dir,
                options.firecracker_bin.empty() ? "<not configured>" : options.firecracker_bin,
-               daemon->firecracker_version_);
+               daemon->firecracker_version_, options.workers);
   return daemon;
 }
 
 void Daemon::Shutdown(absl::Duration grace) {
-  if (shut_down_ || server_ == nullptr) return;
+  if (shut_down_) return;
   shut_down_ = true;
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
-  server_->Wait();
-  if (unlink(options_.socket_path.c_str()) < 0 && errno != ENOENT) {
-    spdlog::warn("cannot remove socket {}: {}", options_.socket_path, std::strerror(errno));
+  absl::Time deadline = absl::Now() + grace;
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    // New unary calls and streams are answered UNAVAILABLE from here on;
+    // open streams end now (gRPC's Shutdown would wait for them forever).
+    calls_->StartShutdown();
+    events_->CloseAll(absl::OkStatus());
+    if (!calls_->WaitIdle(deadline)) {
+      spdlog::warn("stopping with {} call(s) still running; answering them UNAVAILABLE", calls_->in_flight());
+    }
+    calls_->AbortAll(absl::UnavailableError(
+        "fcvmd is shutting down; the operation was still running and may or may not have completed"));
+    // Every call is answered by now; the short grace only lets the last
+    // statuses reach their clients before connections close.
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    server_->Wait();
+    if (unlink(options_.socket_path.c_str()) < 0 && errno != ENOENT) {
+      spdlog::warn("cannot remove socket {}: {}", options_.socket_path, std::strerror(errno));
+    }
   }
-  spdlog::info("fcvmd stopped");
+  // Operations already running finish (the Manager must outlive them); queued
+  // ones were answered above and are dropped.
+  if (pool_ != nullptr) pool_->Shutdown(WorkerPool::Mode::kCancel);
+  if (manager_ != nullptr) {
+    manager_->Unsubscribe(event_token_);
+    manager_.reset();
+  }
+  if (server_ != nullptr) spdlog::info("fcvmd stopped");
 }
 
 }  // namespace fcvm::daemon

@@ -1,9 +1,11 @@
 #pragma once
 
-// fcvmd's top-level object: owns the gRPC server on its Unix socket and the
+// fcvmd's top-level object: owns the VM manager, the worker pool that runs
+// its blocking operations, and the gRPC server on its Unix socket with the
 // services behind it. main.cc only parses flags, sets up logging and signals,
 // and drives Start/Shutdown; everything here is reachable from tests.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -14,7 +16,16 @@ namespace grpc {
 class Server;
 }
 
+namespace fcvm::vm {
+class Manager;
+}
+
 namespace fcvm::daemon {
+
+class CallTracker;
+class EventHub;
+class RequestCache;
+class WorkerPool;
 
 struct DaemonOptions {
   // gRPC endpoint: a Unix socket path. Its directory is created if missing.
@@ -27,18 +38,38 @@ struct DaemonOptions {
   // Firecracker and (optional) jailer binaries.
   std::string firecracker_bin;
   std::string jailer_bin;
+  // Threads running blocking operations (most of their time is spent waiting
+  // for Firecracker and disks, hence more than cores).
+  int workers = 16;
+  // Page server loop threads; 0 = one per core.
+  int page_server_threads = 0;
+  // Clones restored at once per CloneSnapshot request unless it says.
+  uint32_t clone_parallelism = 4;
+  // Pre-started Firecracker processes (0 = off); see docs/operations.md.
+  uint32_t warm_pool = 2;
+  // Per-VM network namespaces: on/off, the pool of unique VM addresses, an
+  // optional uplink to MASQUERADE through, and the name prefix of everything
+  // fcvmd creates (two fcvmd on one host need different prefixes and pools).
+  bool networking = true;
+  std::string network_pool = "10.200.0.0/16";
+  std::string network_uplink;
+  std::string network_prefix = "fcvm";
 };
 
 class Daemon {
  public:
-  // Validates options, prepares the state directory and starts serving.
+  // Validates options, prepares the state directory, creates the VM manager
+  // (which reconciles what a previous fcvmd left) and starts serving.
   // FailedPrecondition when another fcvmd already answers on the socket;
-  // InvalidArgument for unusable paths.
+  // InvalidArgument for unusable paths or sizes; the Manager's own error when
+  // it cannot be created.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonOptions& options);
   ~Daemon();
 
-  // Stops accepting calls, lets running ones finish for up to `grace`, cancels
-  // the rest, and removes the socket file. Idempotent.
+  // Stops accepting calls and ends every WatchEvents stream, lets running
+  // calls finish for up to `grace`, answers the rest UNAVAILABLE, stops the
+  // gRPC server and removes the socket file, then waits for the workers'
+  // operations in flight and destroys the manager. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
   const DaemonOptions& options() const { return options_; }
@@ -52,6 +83,14 @@ class Daemon {
   DaemonOptions options_;
   std::string firecracker_version_;
   absl::Time started_at_;
+  // Destroyed in reverse order; Shutdown already stopped everything in the
+  // right order (server, pool, manager).
+  std::unique_ptr<vm::Manager> manager_;
+  uint64_t event_token_ = 0;
+  std::shared_ptr<EventHub> events_;
+  std::unique_ptr<RequestCache> cache_;
+  std::unique_ptr<CallTracker> calls_;
+  std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   bool shut_down_ = false;

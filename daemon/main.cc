@@ -3,6 +3,8 @@
 
 #include <signal.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -19,6 +21,10 @@ int main(int argc, char** argv) {
   if (const char* env = std::getenv("FCVM_SOCKET")) options.socket_path = env;
   if (const char* env = std::getenv("FCVM_FIRECRACKER_BIN")) options.firecracker_bin = env;
   std::string log_level = "info";
+  int64_t workers = options.workers;
+  int64_t page_server_threads = options.page_server_threads;
+  int64_t clone_parallelism = options.clone_parallelism;
+  int64_t warm_pool = options.warm_pool;
   fcvm::FlagParser flags(
       "fcvmd [options]\n\nThe fcvm host daemon: boots, snapshots and clones Firecracker microVMs, "
       "serving a gRPC API on a Unix socket.");
@@ -28,6 +34,18 @@ int main(int argc, char** argv) {
   flags.String("firecracker", &options.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)",
                "PATH");
   flags.String("jailer", &options.jailer_bin, "jailer binary (optional)", "PATH");
+  flags.Int("workers", &workers, "threads running blocking VM operations (default 16)");
+  flags.Int("page-server-threads", &page_server_threads,
+            "page server loop threads (default 0 = one per core)");
+  flags.Int("clone-parallelism", &clone_parallelism,
+            "clones restored at once per CloneSnapshot request unless it says (default 4)");
+  flags.Int("warm-pool", &warm_pool, "pre-started Firecracker processes kept ready for clones (default 2; 0 = off)");
+  flags.Bool("networking", &options.networking, "per-VM network namespaces (default on; --no-networking)");
+  flags.String("network-pool", &options.network_pool, "unique VM addresses come from this IPv4 CIDR (default 10.200.0.0/16)",
+               "CIDR");
+  flags.String("network-uplink", &options.network_uplink, "host interface to MASQUERADE guest traffic through", "IFACE");
+  flags.String("network-prefix", &options.network_prefix,
+               "prefix of the namespaces, devices and nft tables fcvmd creates (default fcvm)", "PREFIX");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(args);
@@ -43,6 +61,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fcvmd: unexpected argument '%s' (see --help)\n", (*rest)[0].c_str());
     return 2;
   }
+  // Range checks are Daemon::Start's; the casts only keep absurd values absurd.
+  options.workers = static_cast<int>(std::clamp<int64_t>(workers, -1, 1 << 20));
+  options.page_server_threads = static_cast<int>(std::clamp<int64_t>(page_server_threads, -1, 1 << 20));
+  options.clone_parallelism = static_cast<uint32_t>(std::clamp<int64_t>(clone_parallelism, 0, 1 << 20));
+  if (warm_pool < 0 || warm_pool > 256) {
+    std::fprintf(stderr, "fcvmd: --warm-pool must be 0-256, got %lld\n", static_cast<long long>(warm_pool));
+    return 2;
+  }
+  options.warm_pool = static_cast<uint32_t>(warm_pool);
   if (absl::Status st = fcvm::InitLogging(log_level, "fcvmd"); !st.ok()) {
     std::fprintf(stderr, "fcvmd: %s\n", std::string(st.message()).c_str());
     return 2;

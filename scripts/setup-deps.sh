@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest
   # chosen libraries: HTTP over a Unix socket, JSON, systemd notify/journal,
   # netlink and nftables for clone networking
-  libcurl4-openssl-dev nlohmann-json3-dev libsystemd-dev
+  libcurl4-openssl-dev nlohmann-json3-dev libsystemd-dev libssl-dev
   libnl-3-dev libnl-route-3-dev libmnl-dev libnftables-dev
   # runtime tools used by tests and the demo
   iproute2 nftables curl procps util-linux

@@ -1,5 +1,6 @@
 #include "lib/base/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,6 +74,70 @@ absl::Status MakeDirs(const std::string& path, int mode) {
   struct stat st;
   if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
   if (!S_ISDIR(st.st_mode)) return absl::FailedPreconditionError(absl::StrCat(path, " is not a directory"));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Empties the directory open at `dir_fd` (which it takes over).
+absl::Status RemoveContents(int dir_fd, const std::string& path, dev_t dev) {
+  DIR* dir = fdopendir(dir_fd);
+  if (dir == nullptr) {
+    ::close(dir_fd);
+    return ErrnoError(absl::StrCat("opendir ", path));
+  }
+  absl::Status result;
+  while (dirent* e = readdir(dir)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    std::string child = absl::StrCat(path, "/", name);
+    struct stat st;
+    if (fstatat(dirfd(dir), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno == ENOENT) continue;
+      result = ErrnoError(absl::StrCat("stat ", child));
+      break;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      if (st.st_dev != dev) {
+        result = absl::FailedPreconditionError(absl::StrCat("refusing to remove mount point ", child));
+        break;
+      }
+      int sub = openat(dirfd(dir), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) {
+        result = ErrnoError(absl::StrCat("open ", child));
+        break;
+      }
+      result = RemoveContents(sub, child, dev);
+      if (!result.ok()) break;
+      if (unlinkat(dirfd(dir), name.c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT) {
+        result = ErrnoError(absl::StrCat("rmdir ", child));
+        break;
+      }
+    } else if (unlinkat(dirfd(dir), name.c_str(), 0) < 0 && errno != ENOENT) {
+      result = ErrnoError(absl::StrCat("unlink ", child));
+      break;
+    }
+  }
+  closedir(dir);
+  return result;
+}
+
+}  // namespace
+
+absl::Status RemoveTree(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) < 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoError(absl::StrCat("stat ", path));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoError(absl::StrCat("unlink ", path));
+    return absl::OkStatus();
+  }
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(absl::StrCat("open ", path));
+  RETURN_IF_ERROR(RemoveContents(fd, path, st.st_dev));
+  if (rmdir(path.c_str()) < 0 && errno != ENOENT) return ErrnoError(absl::StrCat("rmdir ", path));
   return absl::OkStatus();
 }
 

@@ -20,4 +20,9 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
 // mkdir -p with `mode` for the directories it creates.
 absl::Status MakeDirs(const std::string& path, int mode = 0755);
 
+// rm -rf: removes `path` and everything below it, never following symlinks
+// and never crossing into another mounted file system. OK if `path` does not
+// exist.
+absl::Status RemoveTree(const std::string& path);
+
 }  // namespace fcvm

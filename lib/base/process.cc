@@ -301,7 +301,15 @@ absl::StatusOr<std::optional<ExitStatus>> Process::TryWait() {
     int r = poll(&pfd, 1, 0);
     if (r < 0) return ErrnoError("poll pidfd");
     if (r == 0) return std::optional<ExitStatus>();
-    exit_ = ExitStatus{false, 0, false};
+    // If it happens to be our child after all, reap it (and learn how it
+    // ended); otherwise its real parent does.
+    siginfo_t info;
+    std::memset(&info, 0, sizeof(info));
+    if (waitid(static_cast<idtype_t>(P_PIDFD), pidfd_.get(), &info, WEXITED | WNOHANG) == 0 && info.si_pid != 0) {
+      exit_ = ExitStatus{info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED, info.si_status, true};
+    } else {
+      exit_ = ExitStatus{false, 0, false};
+    }
     return exit_;
   }
   siginfo_t info;

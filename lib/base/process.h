@@ -79,7 +79,8 @@ class Process {
 
   // Takes hold of a running process that is not our child (for instance one a
   // previous fcvmd started). It can be signalled and watched; its exit status
-  // is not known (its parent reaps it). NotFound when it does not exist.
+  // is known only if it is our child after all (then it is reaped here),
+  // otherwise its parent reaps it. NotFound when it does not exist.
   static absl::StatusOr<Process> Adopt(pid_t pid);
 
   Process() = default;

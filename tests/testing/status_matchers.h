@@ -46,8 +46,7 @@ MATCHER_P2(StatusIs, code, message_matcher, "has status code " + absl::StatusCod
 // its value into lhs.
 #define FCVM_TEST_CONCAT_INNER_(a, b) a##b
 #define FCVM_TEST_CONCAT_(a, b) FCVM_TEST_CONCAT_INNER_(a, b)
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)                                   \
-  auto FCVM_TEST_CONCAT_(fcvm_test_so_, __LINE__) = (rexpr);              \
-  ASSERT_THAT(FCVM_TEST_CONCAT_(fcvm_test_so_, __LINE__).status(),        \
-              ::fcvm::testing::IsOk());                                    \
+#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)                                                     \
+  auto FCVM_TEST_CONCAT_(fcvm_test_so_, __LINE__) = (rexpr);                                 \
+  ASSERT_THAT(FCVM_TEST_CONCAT_(fcvm_test_so_, __LINE__).status(), ::fcvm::testing::IsOk()); \
   lhs = std::move(FCVM_TEST_CONCAT_(fcvm_test_so_, __LINE__)).value()

@@ -31,3 +31,26 @@ TEST(FileUtil, AtomicWriteThenRead) {
 
 }  // namespace
 }  // namespace fcvm
+
+namespace fcvm {
+namespace {
+
+TEST(FileUtil, RemoveTreeRemovesNestedAndDoesNotFollowLinks) {
+  char dir[] = "/tmp/fcvm-rmtree-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  char keep[] = "/tmp/fcvm-keep-XXXXXX";
+  ASSERT_NE(mkdtemp(keep), nullptr);
+  std::string keep_file = std::string(keep) + "/precious";
+  ASSERT_OK(WriteFileAtomic(keep_file, "x"));
+  ASSERT_OK(MakeDirs(std::string(dir) + "/a/b/c"));
+  ASSERT_OK(WriteFileAtomic(std::string(dir) + "/a/b/c/f", "y"));
+  ASSERT_EQ(symlink(keep, (std::string(dir) + "/a/link").c_str()), 0);
+  ASSERT_OK(RemoveTree(dir));
+  EXPECT_NE(access(dir, F_OK), 0);
+  EXPECT_EQ(access(keep_file.c_str(), F_OK), 0) << "followed a symlink";
+  ASSERT_OK(RemoveTree(dir));  // already gone: fine
+  ASSERT_OK(RemoveTree(keep));
+}
+
+}  // namespace
+}  // namespace fcvm

@@ -1,0 +1,474 @@
+#include "cli/requests.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <set>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "google/protobuf/util/time_util.h"
+#include "lib/base/status.h"
+
+namespace fcvm::cli {
+namespace {
+
+template <typename Enum>
+struct EnumName {
+  const char* name;
+  Enum value;
+};
+
+template <typename Enum, size_t N>
+absl::StatusOr<Enum> LookUp(const EnumName<Enum> (&table)[N], absl::string_view name,
+                            absl::string_view what) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  std::vector<std::string> names;
+  for (const EnumName<Enum>& e : table) {
+    if (lower == e.name) return e.value;
+    names.push_back(e.name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown ", what, " '", name, "' (want ",
+                                                 absl::StrJoin(names.begin(), names.end() - 1, ", "),
+                                                 names.size() > 1 ? " or " : "", names.back(), ")"));
+}
+
+// Prefixes `flag` to an error: "--backend: unknown ...".
+absl::Status ForFlag(const absl::Status& status, absl::string_view flag) { return Annotate(status, flag); }
+
+// Checks the number of positional arguments. `names` are their placeholders
+// as in the usage line; `optional` of them (the last ones) may be missing.
+absl::Status CheckPositional(const Args& positional, const std::vector<std::string>& names, size_t optional,
+                             absl::string_view usage) {
+  const size_t required = names.size() - optional;
+  if (positional.size() < required) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("missing ", names[positional.size()], " (usage: fcvmctl ", usage, ")"));
+  }
+  if (positional.size() > names.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument '", positional[names.size()], "' (usage: fcvmctl ", usage, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// Parses the arguments; Ok with help_requested() set means: stop, print help.
+absl::StatusOr<Args> ParseFlags(FlagParser& flags, const Args& args) { return flags.Parse(args); }
+
+// A range check for an --int option that ends up in a uint32 field.
+absl::StatusOr<uint32_t> InRange(int64_t value, int64_t lo, int64_t hi, absl::string_view flag) {
+  if (value < lo || value > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", value, " is out of range (",
+                     hi == UINT32_MAX ? absl::StrCat("at least ", lo) : absl::StrCat(lo, "-", hi), ")"));
+  }
+  return static_cast<uint32_t>(value);
+}
+
+// Parses a single-ref command ("get REF", "pause REF", ...).
+absl::StatusOr<std::string> ParseRef(FlagParser& flags, const Args& args, absl::string_view usage,
+                                     std::string placeholder = "REF") {
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  if (flags.help_requested()) return std::string();
+  RETURN_IF_ERROR(CheckPositional(positional, {std::move(placeholder)}, 0, usage));
+  return positional[0];
+}
+
+template <typename Map>
+void SetLabels(const std::map<std::string, std::string>& labels, Map* out) {
+  for (const auto& [k, v] : labels) (*out)[k] = v;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<std::string, std::string>> ParseLabels(const std::vector<std::string>& specs,
+                                                               absl::string_view flag) {
+  std::map<std::string, std::string> labels;
+  for (const std::string& spec : specs) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": '", spec, "' is not KEY=VALUE"));
+    }
+    std::string key = spec.substr(0, eq);
+    if (key.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": empty key in '", spec, "'"));
+    if (labels.count(key) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": key '", key, "' given twice"));
+    }
+    labels.emplace(std::move(key), spec.substr(eq + 1));
+  }
+  return labels;
+}
+
+absl::StatusOr<fcvm::v1::Drive> ParseDrive(absl::string_view spec) {
+  const auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("'", spec, "': ", why, " (want ID=PATH[,ro][,root])"));
+  };
+  const size_t eq = spec.find('=');
+  if (eq == absl::string_view::npos) return bad("no '='");
+  const absl::string_view id = spec.substr(0, eq);
+  if (id.empty()) return bad("empty drive id");
+  if (id.size() > 64) return bad("drive id longer than 64 characters");
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') {
+      return bad(absl::StrCat("drive id '", id, "' may hold only letters, digits, '_' and '-'"));
+    }
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(spec.substr(eq + 1), ',');
+  if (parts[0].empty()) return bad("empty path");
+  fcvm::v1::Drive drive;
+  drive.set_drive_id(std::string(id));
+  drive.set_path(AbsolutePath(std::string(parts[0])));
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (parts[i] == "ro") {
+      drive.set_read_only(true);
+    } else if (parts[i] == "root") {
+      drive.set_is_root_device(true);
+    } else {
+      return bad(absl::StrCat("unknown drive option '", parts[i], "'"));
+    }
+  }
+  return drive;
+}
+
+absl::StatusOr<fcvm::v1::VmState> ParseVmState(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::VmState> kStates[] = {
+      {"creating", fcvm::v1::VM_STATE_CREATING}, {"running", fcvm::v1::VM_STATE_RUNNING},
+      {"paused", fcvm::v1::VM_STATE_PAUSED},     {"stopping", fcvm::v1::VM_STATE_STOPPING},
+      {"stopped", fcvm::v1::VM_STATE_STOPPED},   {"failed", fcvm::v1::VM_STATE_FAILED},
+  };
+  return LookUp(kStates, name, "VM state");
+}
+
+absl::StatusOr<fcvm::v1::MemoryBackend> ParseMemoryBackend(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::MemoryBackend> kBackends[] = {
+      {"uffd", fcvm::v1::MEMORY_BACKEND_UFFD},
+      {"file", fcvm::v1::MEMORY_BACKEND_FILE},
+  };
+  return LookUp(kBackends, name, "memory backend");
+}
+
+absl::StatusOr<fcvm::v1::PrefetchPolicy> ParsePrefetchPolicy(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::PrefetchPolicy> kPolicies[] = {
+      {"auto", fcvm::v1::PREFETCH_POLICY_AUTO},
+      {"none", fcvm::v1::PREFETCH_POLICY_NONE},
+      {"record", fcvm::v1::PREFETCH_POLICY_RECORD},
+      {"prefetch", fcvm::v1::PREFETCH_POLICY_PREFETCH},
+  };
+  return LookUp(kPolicies, name, "prefetch policy");
+}
+
+absl::StatusOr<fcvm::v1::AfterSnapshot> ParseAfterSnapshot(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::AfterSnapshot> kAfter[] = {
+      {"resume", fcvm::v1::AFTER_SNAPSHOT_RESUME},
+      {"pause", fcvm::v1::AFTER_SNAPSHOT_STAY_PAUSED},
+      {"stop", fcvm::v1::AFTER_SNAPSHOT_STOP},
+  };
+  return LookUp(kAfter, name, "action");
+}
+
+std::string AbsolutePath(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  std::string cwd(4096, '\0');
+  if (getcwd(cwd.data(), cwd.size()) == nullptr) return path;  // fcvmd reports what it cannot find
+  cwd.resize(cwd.find('\0'));
+  absl::string_view rel = path;
+  while (rel.substr(0, 2) == "./") rel.remove_prefix(2);
+  return absl::StrCat(cwd, cwd.back() == '/' ? "" : "/", rel);
+}
+
+absl::StatusOr<fcvm::v1::PortMapping> ParsePublish(absl::string_view spec) {
+  // HOST:GUEST[/tcp|/udp]
+  std::string s(spec);
+  fcvm::v1::PortMapping p;
+  p.set_protocol("tcp");
+  if (size_t slash = s.find('/'); slash != std::string::npos) {
+    p.set_protocol(s.substr(slash + 1));
+    s = s.substr(0, slash);
+    if (p.protocol() != "tcp" && p.protocol() != "udp") {
+      return absl::InvalidArgumentError(absl::StrCat("'", spec, "': protocol must be tcp or udp"));
+    }
+  }
+  size_t colon = s.find(':');
+  uint32_t host = 0, guest = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(s.substr(0, colon), &host) ||
+      !absl::SimpleAtoi(s.substr(colon + 1), &guest) || host == 0 || guest == 0 || host > 65535 ||
+      guest > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", spec, "' is not HOST_PORT:GUEST_PORT[/tcp|/udp]"));
+  }
+  p.set_host_port(host);
+  p.set_guest_port(guest);
+  return p;
+}
+
+absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args) {
+  std::string kernel, initrd, boot_args, name;
+  int64_t vcpus = 1, memory_mib = 128;
+  std::vector<std::string> drives, labels;
+  bool net = false;
+  std::string mac;
+  std::vector<std::string> publish;
+  flags.String("kernel", &kernel, "uncompressed ELF kernel (vmlinux); required", "PATH");
+  flags.String("initrd", &initrd, "initrd image", "PATH");
+  flags.String("boot-args", &boot_args, "kernel command line (default: fcvmd's)", "ARGS");
+  flags.Int("vcpus", &vcpus, "vCPUs, 1-32 (default 1)");
+  flags.Int("memory-mib", &memory_mib, "guest memory in MiB, >= 16 (default 128)");
+  flags.List("drive", &drives, "attach a block device; repeatable", "ID=PATH[,ro][,root]");
+  flags.String("name", &name, "VM name (default: generated)", "NAME");
+  flags.List("label", &labels, "label the VM; repeatable", "KEY=VALUE");
+  flags.Bool("net", &net, "give the VM a network: its own namespace, tap, unique address and NAT");
+  flags.String("mac", &mac, "guest MAC address (with --net)", "MAC");
+  flags.List("publish", &publish, "publish a guest port on the host (with --net); repeatable",
+             "HOST:GUEST[/udp]");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::RunVmRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "run --kernel PATH [options]"));
+  if (kernel.empty()) return absl::InvalidArgumentError("--kernel is required");
+  fcvm::v1::VmConfig* config = req.mutable_config();
+  config->set_kernel_path(AbsolutePath(kernel));
+  config->set_initrd_path(AbsolutePath(initrd));
+  config->set_boot_args(boot_args);
+  ASSIGN_OR_RETURN(uint32_t vcpu_count, InRange(vcpus, 1, 32, "--vcpus"));
+  config->set_vcpu_count(vcpu_count);
+  ASSIGN_OR_RETURN(uint32_t mib, InRange(memory_mib, 16, UINT32_MAX, "--memory-mib"));
+  config->set_memory_mib(mib);
+  std::set<std::string> drive_ids;
+  bool have_root = false;
+  for (const std::string& spec : drives) {
+    absl::StatusOr<fcvm::v1::Drive> drive = ParseDrive(spec);
+    if (!drive.ok()) return ForFlag(drive.status(), "--drive");
+    if (!drive_ids.insert(drive->drive_id()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--drive: drive id '", drive->drive_id(), "' given twice"));
+    }
+    if (drive->is_root_device()) {
+      if (have_root) return absl::InvalidArgumentError("--drive: more than one drive marked root");
+      have_root = true;
+    }
+    *config->add_drives() = *std::move(drive);
+  }
+  config->mutable_network()->set_enabled(net);
+  if (!net && (!mac.empty() || !publish.empty())) {
+    return absl::InvalidArgumentError("--mac and --publish need --net");
+  }
+  config->mutable_network()->set_guest_mac(mac);
+  for (const std::string& spec : publish) {
+    absl::StatusOr<fcvm::v1::PortMapping> p = ParsePublish(spec);
+    if (!p.ok()) return ForFlag(p.status(), "--publish");
+    *config->mutable_network()->add_publish() = *p;
+  }
+  req.set_name(name);
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_labels());
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::GetVmRequest> ParseGetVm(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "get REF"));
+  fcvm::v1::GetVmRequest req;
+  req.set_ref(ref);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const Args& args) {
+  std::vector<std::string> labels, states;
+  std::string snapshot;
+  flags.List("label", &labels, "only VMs with this label; repeatable (all must match)", "KEY=VALUE");
+  flags.List("state", &states, "only VMs in this state; repeatable (any may match)", "STATE");
+  flags.String("snapshot", &snapshot, "only clones of this snapshot (id or name)", "REF");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::ListVmsRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "ls [--label K=V]... [--state S]... [--snapshot REF]"));
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_label_selector());
+  for (const std::string& s : states) {
+    absl::StatusOr<fcvm::v1::VmState> state = ParseVmState(s);
+    if (!state.ok()) return ForFlag(state.status(), "--state");
+    req.add_states(*state);
+  }
+  req.set_snapshot_ref(snapshot);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::PauseVmRequest> ParsePauseVm(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "pause REF"));
+  fcvm::v1::PauseVmRequest req;
+  req.set_ref(ref);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::ResumeVmRequest> ParseResumeVm(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "resume REF"));
+  fcvm::v1::ResumeVmRequest req;
+  req.set_ref(ref);
+  return req;
+}
+
+absl::StatusOr<std::vector<fcvm::v1::DeleteVmRequest>> ParseDeleteVms(FlagParser& flags, const Args& args) {
+  bool force = false;
+  std::string grace;
+  flags.Bool("force", &force, "SIGKILL at once instead of a graceful stop");
+  flags.String("grace", &grace, "wait this long after SIGTERM before SIGKILL (default: fcvmd's, 5s)",
+               "DURATION");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  std::vector<fcvm::v1::DeleteVmRequest> reqs;
+  if (flags.help_requested()) return reqs;
+  if (positional.empty())
+    return absl::InvalidArgumentError("missing REF (usage: fcvmctl rm REF... [options])");
+  absl::Duration grace_period;
+  if (!grace.empty()) {
+    if (!absl::ParseDuration(grace, &grace_period) || grace_period < absl::ZeroDuration() ||
+        grace_period == absl::InfiniteDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--grace: not a duration: '", grace, "' (e.g. 500ms, 5s, 2m)"));
+    }
+    if (force) return absl::InvalidArgumentError("--grace makes no sense with --force");
+  }
+  std::set<std::string> seen;
+  for (const std::string& ref : positional) {
+    if (!seen.insert(ref).second) continue;  // "rm a a" deletes a once
+    fcvm::v1::DeleteVmRequest& req = reqs.emplace_back();
+    req.set_ref(ref);
+    req.set_force(force);
+    if (!grace.empty()) {
+      *req.mutable_grace_period() =
+          google::protobuf::util::TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(grace_period));
+    }
+  }
+  return reqs;
+}
+
+absl::StatusOr<fcvm::v1::CreateSnapshotRequest> ParseCreateSnapshot(FlagParser& flags, const Args& args) {
+  std::string name, after = "resume";
+  std::vector<std::string> labels;
+  flags.String("name", &name, "snapshot name (default: generated)", "NAME");
+  flags.List("label", &labels, "label the snapshot; repeatable", "KEY=VALUE");
+  flags.String("after", &after, "what the VM does once written: resume (default), pause or stop", "ACTION");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::CreateSnapshotRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF"}, 0, "snapshot create VM_REF [options]"));
+  req.set_vm_ref(positional[0]);
+  req.set_name(name);
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_labels());
+  absl::StatusOr<fcvm::v1::AfterSnapshot> a = ParseAfterSnapshot(after);
+  if (!a.ok()) return ForFlag(a.status(), "--after");
+  req.set_after(*a);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::ListSnapshotsRequest> ParseListSnapshots(FlagParser& flags, const Args& args) {
+  std::vector<std::string> labels;
+  flags.List("label", &labels, "only snapshots with this label; repeatable (all must match)", "KEY=VALUE");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::ListSnapshotsRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "snapshot ls [--label K=V]..."));
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_label_selector());
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::GetSnapshotRequest> ParseGetSnapshot(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "snapshot get REF"));
+  fcvm::v1::GetSnapshotRequest req;
+  req.set_ref(ref);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::DeleteSnapshotRequest> ParseDeleteSnapshot(FlagParser& flags, const Args& args) {
+  bool force = false;
+  flags.Bool("force", &force, "stop the clones that depend on the snapshot first");
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "snapshot rm REF [--force]"));
+  fcvm::v1::DeleteSnapshotRequest req;
+  req.set_ref(ref);
+  req.set_force(force);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args) {
+  int64_t count = 1, parallelism = 0;
+  std::string backend = "uffd", prefetch = "auto", name_prefix;
+  std::vector<std::string> labels;
+  bool stay_paused = false, all_or_nothing = false;
+  std::vector<std::string> publish;
+  flags.Int("count", &count, "how many clones, 1-1024 (default 1)");
+  flags.List("publish", &publish,
+             "publish a guest port on the host (snapshots of --net VMs; one clone per host port); repeatable",
+             "HOST:GUEST[/udp]");
+  flags.String("backend", &backend, "guest memory: uffd (page server, default) or file (MAP_PRIVATE)",
+               "BACKEND");
+  flags.String("prefetch", &prefetch, "working set: auto (default), none, record or prefetch", "POLICY");
+  flags.String("name-prefix", &name_prefix,
+               "clones are named PREFIX-0, PREFIX-1, ... (default: the snapshot's name)", "PREFIX");
+  flags.List("label", &labels, "label every clone; repeatable", "KEY=VALUE");
+  flags.Bool("stay-paused", &stay_paused, "leave the clones paused");
+  flags.Bool("all-or-nothing", &all_or_nothing, "if one clone fails, delete the others and fail");
+  flags.Int("parallelism", &parallelism, "clones restored at once (default: fcvmd's)");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::CloneSnapshotRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"SNAPSHOT_REF"}, 0, "clone SNAPSHOT_REF [options]"));
+  req.set_snapshot_ref(positional[0]);
+  ASSIGN_OR_RETURN(uint32_t n, InRange(count, 1, 1024, "--count"));
+  req.set_count(n);
+  absl::StatusOr<fcvm::v1::MemoryBackend> b = ParseMemoryBackend(backend);
+  if (!b.ok()) return ForFlag(b.status(), "--backend");
+  req.set_memory_backend(*b);
+  absl::StatusOr<fcvm::v1::PrefetchPolicy> p = ParsePrefetchPolicy(prefetch);
+  if (!p.ok()) return ForFlag(p.status(), "--prefetch");
+  if (*b == fcvm::v1::MEMORY_BACKEND_FILE && *p != fcvm::v1::PREFETCH_POLICY_AUTO &&
+      *p != fcvm::v1::PREFETCH_POLICY_NONE) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--prefetch ", prefetch, " needs --backend uffd (the page server records and prefetches)"));
+  }
+  req.set_prefetch_policy(*p);
+  req.set_name_prefix(name_prefix);
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_labels());
+  req.set_stay_paused(stay_paused);
+  for (const std::string& spec : publish) {
+    absl::StatusOr<fcvm::v1::PortMapping> p = ParsePublish(spec);
+    if (!p.ok()) return ForFlag(p.status(), "--publish");
+    *req.mutable_network()->add_publish() = *p;
+  }
+  req.set_all_or_nothing(all_or_nothing);
+  ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
+  req.set_parallelism(par);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::GetVersionRequest> ParseGetVersion(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  if (!flags.help_requested()) RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "version"));
+  return fcvm::v1::GetVersionRequest();
+}
+
+absl::StatusOr<fcvm::v1::GetPageServerStatsRequest> ParseGetPageServerStats(FlagParser& flags,
+                                                                            const Args& args) {
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::GetPageServerStatsRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF"}, 1, "stats [VM_REF]"));
+  if (!positional.empty()) req.set_vm_ref(positional[0]);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::WatchEventsRequest> ParseWatchEvents(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::WatchEventsRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"REF"}, 1, "watch [REF]"));
+  if (!positional.empty()) req.set_ref(positional[0]);
+  return req;
+}
+
+}  // namespace fcvm::cli

@@ -1,0 +1,183 @@
+#pragma once
+
+// Launching and supervising one Firecracker process.
+//
+// A Vmm owns a Firecracker child held by a pidfd (fcvm::Process) that got
+// exactly three fds: /dev/null as stdin, a pipe as stdout (the guest's serial
+// console, drained by a ConsoleCapture into <vm_dir>/console.log, size-capped)
+// and <vm_dir>/firecracker.stderr as stderr. Firecracker's own log goes to
+// <vm_dir>/firecracker.log and its metrics to <vm_dir>/metrics.json (both
+// given on the command line, so nothing is logged to the console even before
+// the API is up). The API socket is <vm_dir>/api.sock; Launch returns once it
+// answers GET / (polled with backoff while watching the pidfd, so an early
+// exit is reported at once, with the process's last output).
+//
+// Per-VM mount namespace: with `bind_mounts`, Firecracker runs in a private
+// mount namespace where each bind mount is applied before exec. A snapshot
+// bakes in the host paths of its drives and Firecracker has no override for
+// them, so a clone binds its private copy of each disk over the original path:
+// every clone opens "the same" path and gets its own file. The namespace, and
+// the mounts in it, vanish with the process; nothing shows on the host.
+//
+// Destroying a Vmm (or Kill) SIGKILLs and reaps Firecracker, stops the console
+// drain and removes the API socket. Log files stay in vm_dir (the caller owns
+// that directory).
+//
+// Thread-safety: a Vmm is driven by one thread at a time (the console may be
+// read from any thread).
+//
+// Jailer mode is not implemented (see docs/firecracker.md).
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lib/base/process.h"
+#include "lib/firecracker/api_client.h"
+#include "lib/firecracker/api_types.h"
+#include "lib/firecracker/console.h"
+#include "lib/firecracker/version.h"
+
+namespace fcvm::firecracker {
+
+// A Firecracker executable whose version was checked.
+class FirecrackerBinary {
+ public:
+  // Runs `path --version` (killed at `timeout`) and checks the version.
+  // Errors: InvalidArgument for an empty path; NotFound when `path` does not
+  // exist; PermissionDenied when it is not an executable file;
+  // FailedPrecondition when it is older than 1.12, or when --version fails or
+  // prints no version (the message quotes its output); DeadlineExceeded.
+  static absl::StatusOr<FirecrackerBinary> Probe(const std::string& path,
+                                                 absl::Duration timeout = absl::Seconds(5));
+
+  const std::string& path() const { return path_; }
+  const Version& version() const { return version_; }
+
+ private:
+  FirecrackerBinary(std::string path, Version version)
+      : path_(std::move(path)), version_(std::move(version)) {}
+  std::string path_;
+  Version version_;
+};
+
+struct VmmOptions {
+  // Holds api.sock, console.log, firecracker.log, firecracker.stderr and
+  // metrics.json; created if missing. "<vm_dir>/api.sock" must fit in
+  // sockaddr_un (107 bytes).
+  std::string vm_dir;
+  // Firecracker's --id: 1-64 characters of [A-Za-z0-9-].
+  std::string id = "fcvm";
+  // Process start to API answering.
+  absl::Duration start_timeout = absl::Seconds(10);
+  // Default deadline of each API call.
+  absl::Duration api_timeout = absl::Seconds(10);
+  size_t console_max_bytes = 1 << 20;
+  size_t console_ring_lines = 200;
+  std::string log_level = "Info";
+  // Run Firecracker in this network namespace (an fd from /run/netns/x).
+  int netns_fd = -1;
+  // Private mount namespace with these bind mounts (targets must exist).
+  std::vector<BindMount> bind_mounts;
+  bool new_mount_namespace = false;  // implied by bind_mounts
+  // Signal Firecracker gets when the launching thread dies; 0 = none.
+  int parent_death_signal = 0;
+  std::vector<std::string> extra_args;
+};
+
+// What Vmm::Boot configures before InstanceStart.
+struct BootSpec {
+  BootSource boot_source;
+  MachineConfig machine;
+  std::vector<Drive> drives;
+  std::vector<NetworkInterface> network_interfaces;
+};
+
+class Vmm {
+ public:
+  // Spawns Firecracker and waits for its API. On any error nothing is left
+  // running and the socket is removed; an early exit is reported as
+  // Unavailable with the exit status and the last log/console lines.
+  static absl::StatusOr<std::unique_ptr<Vmm>> Launch(const FirecrackerBinary& binary, VmmOptions options);
+
+  ~Vmm();
+  Vmm(const Vmm&) = delete;
+  Vmm& operator=(const Vmm&) = delete;
+
+  ApiClient& api() { return *api_; }
+  ConsoleCapture& console() { return *console_; }
+  const VmmOptions& options() const { return options_; }
+  pid_t pid() const { return process_.pid(); }
+  int pidfd() const { return process_.pidfd(); }
+  const std::string& api_socket_path() const { return api_socket_path_; }
+  const std::string& console_log_path() const { return console_log_path_; }
+  const std::string& log_path() const { return log_path_; }
+  const std::string& metrics_path() const { return metrics_path_; }
+  // Process start until the API answered.
+  absl::Duration startup_time() const { return startup_time_; }
+
+  // Checks the kernel (exists, is ELF), then PUTs boot source, machine
+  // config, drives and network interfaces and starts the instance. Errors
+  // name the culprit: "kernel /x: not an ELF image ...", "PUT /drives/rootfs: ...".
+  absl::Status Boot(const BootSpec& spec);
+
+  // Checks that the snapshot files exist and are not empty, then loads.
+  // Firecracker exits after any failed load: the error then also carries its
+  // exit status and last output, and this Vmm is finished (Kill it).
+  absl::Status LoadSnapshot(const SnapshotLoad& load, absl::Duration timeout = ApiClient::kDefault);
+
+  // Creates a snapshot of the paused VM; Firecracker errors are Explain()ed.
+  absl::Status CreateSnapshot(const SnapshotCreate& create, absl::Duration timeout = ApiClient::kDefault);
+
+  // OK while Firecracker runs; Unavailable ("firecracker <id> (pid N) exited:
+  // exit code 1; ...") once it has exited.
+  absl::Status CheckRunning();
+
+  // For an error from an API call: if Firecracker has exited (waiting up to
+  // `grace` for it, at least 200 ms for Unavailable), returns the error with
+  // its exit status and last output appended; otherwise `status` unchanged.
+  absl::Status Explain(const absl::Status& status, absl::Duration grace = absl::ZeroDuration());
+
+  // The last lines of Firecracker's log and stderr and of the console, for
+  // error messages.
+  std::string RecentOutput();
+
+  // SIGKILL (if still running), reap, stop the console drain, remove the API
+  // socket. Idempotent. Returns how the process ended.
+  absl::StatusOr<ExitStatus> Kill();
+
+  // Lets Firecracker outlive this Vmm (a daemon restart re-adopts it by pid):
+  // stops capturing the console (its pipe closes; Firecracker's later serial
+  // output is lost) and gives up the process without killing it. The API
+  // socket stays. Returns the pid. The Vmm is finished afterwards.
+  pid_t Detach();
+
+ private:
+  Vmm() = default;
+  absl::Status WaitForApi(absl::Time start);
+  std::string ExitDescription(const ExitStatus& exit) const;
+
+  VmmOptions options_;
+  std::string api_socket_path_;
+  std::string console_log_path_;
+  std::string log_path_;
+  std::string stderr_path_;
+  std::string metrics_path_;
+  Process process_;
+  std::unique_ptr<ConsoleCapture> console_;
+  std::unique_ptr<ApiClient> api_;
+  absl::Duration startup_time_;
+  std::optional<ExitStatus> exit_;
+};
+
+// Checks that `path` is a readable ELF file (what Firecracker boots on x86_64).
+// NotFound / PermissionDenied from open; InvalidArgument naming the file and
+// its first bytes otherwise.
+absl::Status CheckKernelImage(const std::string& path);
+
+}  // namespace fcvm::firecracker

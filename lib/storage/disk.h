@@ -1,0 +1,24 @@
+#pragma once
+
+// Copy-on-write disk copies for VMs and snapshots.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace fcvm::storage {
+
+enum class CopyMethod {
+  kReflink,     // FICLONE: shares blocks until written (btrfs, xfs, ...)
+  kSparseCopy,  // copy_file_range over data extents only; holes stay holes
+};
+
+const char* CopyMethodName(CopyMethod method);
+
+// Copies `src` to a new file `dst` (which must not exist), by reflink where
+// the file system can, else as a sparse copy. The copy is fsynced. On error
+// `dst` does not exist. NotFound for a missing `src` (naming it);
+// AlreadyExists for an existing `dst`; ResourceExhausted when the disk is full.
+absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst);
+
+}  // namespace fcvm::storage

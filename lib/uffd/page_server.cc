@@ -1,0 +1,1282 @@
+#include "lib/uffd/page_server.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <deque>
+#include <latch>
+#include <limits>
+#include <map>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "lib/base/file_util.h"
+#include "lib/base/pidfd.h"
+#include "lib/base/status.h"
+#include "lib/base/unix_socket.h"
+#include "lib/io/event_loop.h"
+#include "lib/uffd/handshake.h"
+#include "spdlog/spdlog.h"
+
+namespace fcvm::uffd {
+namespace {
+
+constexpr size_t kMsgBatch = 64;                   // uffd_msg per read(2)
+constexpr uint64_t kMaxIoctlBytes = 2 << 20;       // bytes per UFFDIO_COPY / ZEROPAGE
+constexpr uint64_t kPrefetchSliceBytes = 1 << 20;  // prefetch work between two event checks
+constexpr uint64_t kNoPage = std::numeric_limits<uint64_t>::max();
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+const char* PolicyName(ClonePolicy p) {
+  switch (p) {
+    case ClonePolicy::kNone:
+      return "none";
+    case ClonePolicy::kRecord:
+      return "record";
+    case ClonePolicy::kPrefetch:
+      return "prefetch";
+    case ClonePolicy::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+bool TestBit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
+void SetBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] |= 1ull << (i & 63); }
+void ClearBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] &= ~(1ull << (i & 63)); }
+
+}  // namespace
+
+const char* SessionEventKindName(SessionEventKind kind) {
+  switch (kind) {
+    case SessionEventKind::kReady:
+      return "ready";
+    case SessionEventKind::kRejected:
+      return "rejected";
+    case SessionEventKind::kPrefetchDone:
+      return "prefetch-done";
+    case SessionEventKind::kFailed:
+      return "failed";
+    case SessionEventKind::kClosed:
+      return "closed";
+  }
+  return "?";
+}
+
+// Control-plane state of one listener, shared by its loop-side Listener, its
+// sessions (on any loop) and the API methods. Only session setup/teardown and
+// the API lock `mu`; faults never do.
+struct ListenerShared {
+  ListenerId id = 0;
+  ListenerSpec spec;
+  std::shared_ptr<SnapshotMemory> snap;
+  size_t home = 0;
+  std::atomic<uint32_t> accepted{0};
+
+  absl::Mutex mu;
+  absl::CondVar cv;
+  struct Live {
+    SessionId id;
+    pid_t pid;
+    std::shared_ptr<AtomicPageStats> stats;
+  };
+  std::vector<Live> live ABSL_GUARDED_BY(mu);
+  PageStats closed ABSL_GUARDED_BY(mu);
+  uint32_t prefetch_pending ABSL_GUARDED_BY(mu) = 0;  // handshaken, prefetch not finished
+  uint32_t done_ok ABSL_GUARDED_BY(mu) = 0;           // reached "prefetch done"
+  absl::Status last_failure ABSL_GUARDED_BY(mu);
+  bool removed ABSL_GUARDED_BY(mu) = false;
+};
+
+struct LoopCtx;
+class Session;
+
+class Listener {
+ public:
+  Listener(LoopCtx* loop, std::shared_ptr<ListenerShared> shared, UniqueFd fd)
+      : loop_(loop), shared_(std::move(shared)), fd_(std::move(fd)) {}
+  ~Listener() { Close(); }
+  void Start();
+  void Close();
+
+ private:
+  void OnAccept(int32_t res);
+  LoopCtx* loop_;
+  std::shared_ptr<ListenerShared> shared_;
+  UniqueFd fd_;
+  io::OpId accept_op_ = 0;
+};
+
+struct PageServer::Impl {
+  PageServerOptions options;
+  std::vector<std::unique_ptr<LoopCtx>> loops;
+  SnapshotRegistry registry;
+  std::atomic<uint64_t> next_listener{1};
+  std::atomic<uint64_t> next_session{1};
+  std::atomic<uint64_t> round_robin{0};
+
+  absl::Mutex mu;
+  std::unordered_map<ListenerId, std::shared_ptr<ListenerShared>> listeners ABSL_GUARDED_BY(mu);
+  std::map<std::string, PageStats> retired ABSL_GUARDED_BY(mu);  // by memory file
+  bool stopped ABSL_GUARDED_BY(mu) = false;
+
+  absl::Mutex cb_mu;
+  std::shared_ptr<std::function<void(const SessionEvent&)>> callback ABSL_GUARDED_BY(cb_mu);
+
+  // Working-set files are written off the loop threads (fsync).
+  absl::Mutex wmu;
+  std::deque<std::pair<std::string, std::string>> writes ABSL_GUARDED_BY(wmu);
+  bool writing ABSL_GUARDED_BY(wmu) = false;
+  bool writer_stop ABSL_GUARDED_BY(wmu) = false;
+  std::thread writer;
+
+  void Emit(const SessionEvent& event) {
+    std::shared_ptr<std::function<void(const SessionEvent&)>> cb;
+    {
+      absl::MutexLock lock(&cb_mu);
+      cb = callback;
+    }
+    if (cb && *cb) (*cb)(event);
+  }
+  void QueueWrite(std::string path, std::string contents) {
+    absl::MutexLock lock(&wmu);
+    writes.emplace_back(std::move(path), std::move(contents));
+  }
+  void FlushWrites() {
+    absl::MutexLock lock(&wmu);
+    wmu.Await(absl::Condition(
+        +[](Impl* self)
+             ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->wmu) { return self->writes.empty() && !self->writing; },
+        this));
+  }
+  void WriterMain();
+  size_t PickLoop() { return round_robin.fetch_add(1) % loops.size(); }
+};
+
+void PageServer::Impl::WriterMain() {
+  while (true) {
+    std::pair<std::string, std::string> item;
+    {
+      absl::MutexLock lock(&wmu);
+      wmu.Await(absl::Condition(
+          +[](Impl* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->wmu) {
+            return !self->writes.empty() || self->writer_stop;
+          },
+          this));
+      if (writes.empty()) return;
+      item = std::move(writes.front());
+      writes.pop_front();
+      writing = true;
+    }
+    absl::Status st = WriteFileAtomic(item.first, item.second);
+    if (!st.ok()) {
+      spdlog::warn("page server: cannot write working set: {}", st.ToString());
+    } else {
+      spdlog::info("page server: wrote working set {} ({} bytes)", item.first, item.second.size());
+    }
+    absl::MutexLock lock(&wmu);
+    writing = false;
+  }
+}
+
+// Everything one loop thread owns. Touched only on that thread (after setup).
+struct LoopCtx {
+  PageServer::Impl* server = nullptr;
+  size_t index = 0;
+  std::unique_ptr<io::EventLoop> ev;
+  std::unordered_map<ListenerId, std::unique_ptr<Listener>> listeners;
+  std::unordered_map<SessionId, std::unique_ptr<Session>> sessions;
+  std::vector<std::unique_ptr<Session>> graveyard;  // closed this iteration
+  std::vector<SessionId> busy;                      // sessions with prefetch/retry work
+
+  void AddSession(std::shared_ptr<ListenerShared> ls, SessionId id, UniqueFd sock);
+  bool BusyHook();
+  void CloseListenerSessions(ListenerId id, const absl::Status& why);
+  void Shutdown();
+  ~LoopCtx();
+};
+
+class Session {
+ public:
+  Session(LoopCtx* loop, std::shared_ptr<ListenerShared> ls, SessionId id, UniqueFd sock)
+      : loop_(loop),
+        ls_(std::move(ls)),
+        id_(id),
+        sock_(std::move(sock)),
+        stats_(std::make_shared<AtomicPageStats>()) {}
+
+  void Start();
+  // Returns true while the session has more background work.
+  bool Tick();
+  // Ends the session: cancels its operations, maybe kills the peer, reports,
+  // and moves it to the loop's graveyard (destroyed after the current
+  // iteration, never under our own feet). Idempotent.
+  void Close(SessionEventKind kind, absl::Status why, bool kill);
+  ListenerId listener_id() const { return ls_->id; }
+  const ListenerSpec& spec() const { return ls_->spec; }
+
+ private:
+  enum class Kind { kData, kZero };
+  enum class Outcome { kDone, kRetry, kGone, kError };
+  struct Result {
+    Outcome outcome = Outcome::kDone;
+    uint64_t resume = 0;  // first page not installed (kRetry)
+    absl::Status error;
+  };
+  struct Fault {
+    uint64_t addr;
+    bool was_present;
+    uint64_t t0;
+  };
+  struct Retry {
+    size_t region;
+    uint64_t begin, end;  // file pages
+    uint64_t force;       // page to install even if marked present
+    bool is_fault;        // a faulting page: its latency is recorded when done
+    uint64_t t0;
+    bool prefetch;  // counts as prefetched
+  };
+  struct Run {
+    size_t region;
+    uint64_t begin, count;
+  };
+
+  void OnHandshakeReadable(int32_t res);
+  absl::Status TakeHandshake();
+  void BecomeReady();
+  void OnSocketEvent(int32_t revents);
+  // Reads every pending event and resolves the faults among them.
+  void ServeEvents(uint64_t t0);
+  absl::Status Drain(uint64_t t0);
+  void ResolveFaults();
+  void HandleResult(const Result& r, size_t region, uint64_t end, uint64_t force, bool is_fault, uint64_t t0,
+                    bool prefetch = false);
+  Result InstallRange(size_t region, uint64_t begin, uint64_t end, uint64_t force, bool prefetch);
+  Result InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch);
+  Kind KindOf(uint64_t page) const {
+    if (TestBit(removed_, page)) return Kind::kZero;
+    if (ls_->spec.zero_elision && ls_->snap->IsZero(page)) return Kind::kZero;
+    return Kind::kData;
+  }
+  bool Present(uint64_t page) const { return TestBit(present_, page); }
+  // Region holding address `addr`, or -1.
+  int RegionOfAddr(uint64_t addr) const;
+  int RegionOfPage(uint64_t page) const;
+  uint64_t PageOf(size_t region, uint64_t addr) const {
+    const GuestRegion& r = hs_.regions[region];
+    return (r.offset + (addr - r.base_host_virt_addr)) / ps_;
+  }
+  uint64_t AddrOf(size_t region, uint64_t page) const {
+    const GuestRegion& r = hs_.regions[region];
+    return r.base_host_virt_addr + page * ps_ - r.offset;
+  }
+  uint64_t RegionFirst(size_t region) const { return hs_.regions[region].offset / ps_; }
+  uint64_t RegionEnd(size_t region) const {
+    return (hs_.regions[region].offset + hs_.regions[region].size) / ps_;
+  }
+  void Fail(absl::Status why) { Close(SessionEventKind::kFailed, std::move(why), Kill()); }
+  bool Kill() const { return ls_->spec.on_failure == FailurePolicy::kKill; }
+  void MarkBusy();
+  void BuildPrefetchPlan();
+  void PrefetchDone();
+  void FinishRecording();
+  SessionEvent MakeEvent(SessionEventKind kind, absl::Status status) const;
+
+  LoopCtx* loop_;
+  std::shared_ptr<ListenerShared> ls_;
+  SessionId id_;
+  UniqueFd sock_, uffd_, pidfd_;
+  pid_t pid_ = 0;
+  bool closed_ = false;
+  bool ready_ = false;
+  io::OpId hs_poll_ = 0, hs_timer_ = 0, uffd_poll_ = 0, sock_poll_ = 0, pid_poll_ = 0;
+
+  Handshake hs_;
+  uint64_t ps_ = 0;
+  std::vector<uint64_t> present_, removed_, recorded_;
+  ClonePolicy mode_ = ClonePolicy::kNone;
+  bool claimed_recording_ = false;
+  bool recording_ = false;
+  io::OpId rec_timer_ = 0;
+  std::vector<uint64_t> record_;
+  std::vector<Run> plan_;
+  size_t plan_idx_ = 0;
+  uint64_t plan_off_ = 0;
+  bool prefetching_ = false;
+  bool in_busy_ = false;
+  std::vector<Fault> faults_;
+  std::vector<Retry> retries_;
+  std::vector<Retry> around_;  // fault-around remainders, installed after this batch's faults
+  std::shared_ptr<AtomicPageStats> stats_;
+  uint64_t block_pages_ = 1;
+};
+
+// ---------------------------------------------------------------- Listener
+
+void Listener::Start() {
+  accept_op_ = loop_->ev->AcceptMultishot(fd_.get(), [this](int32_t res, uint32_t) { OnAccept(res); });
+}
+
+void Listener::Close() {
+  if (!fd_) return;
+  if (accept_op_ != 0) loop_->ev->Cancel(accept_op_);
+  accept_op_ = 0;
+  fd_.Reset();
+  ::unlink(shared_->spec.socket_path.c_str());
+}
+
+void Listener::OnAccept(int32_t res) {
+  if (res < 0) {
+    spdlog::error("page server: accept on {}: {}", shared_->spec.socket_path, strerror(-res));
+    accept_op_ = 0;
+    return;
+  }
+  UniqueFd conn(res);
+  const uint32_t max = shared_->spec.max_connections;
+  uint32_t n = shared_->accepted.fetch_add(1) + 1;
+  if (max != 0 && n > max) {
+    spdlog::warn("page server: {}: connection beyond max_connections={} refused", shared_->spec.socket_path,
+                 max);
+    return;
+  }
+  PageServer::Impl* server = loop_->server;
+  SessionId sid = server->next_session.fetch_add(1);
+  size_t target = max == 1 ? loop_->index : server->PickLoop();
+  std::shared_ptr<ListenerShared> ls = shared_;
+  if (max != 0 && n == max) Close();  // all expected peers are here: the socket goes away
+  if (target == loop_->index) {
+    loop_->AddSession(std::move(ls), sid, std::move(conn));
+    return;
+  }
+  LoopCtx* dst = server->loops[target].get();
+  auto fd = std::make_shared<UniqueFd>(std::move(conn));
+  dst->ev->Post([dst, ls, sid, fd] { dst->AddSession(ls, sid, std::move(*fd)); });
+}
+
+// ---------------------------------------------------------------- LoopCtx
+
+void LoopCtx::AddSession(std::shared_ptr<ListenerShared> ls, SessionId id, UniqueFd sock) {
+  {
+    absl::MutexLock lock(&ls->mu);
+    if (ls->removed) return;  // raced with RemoveListener: drop the connection
+  }
+  auto session = std::make_unique<Session>(this, std::move(ls), id, std::move(sock));
+  Session* raw = session.get();
+  sessions.emplace(id, std::move(session));
+  raw->Start();
+}
+
+bool LoopCtx::BusyHook() {
+  graveyard.clear();
+  bool more = false;
+  size_t keep = 0;
+  // Tick may add to `busy` (another session) or close sessions: index loop.
+  for (size_t i = 0; i < busy.size(); ++i) {
+    SessionId id = busy[i];
+    auto it = sessions.find(id);
+    if (it == sessions.end()) continue;
+    if (it->second->Tick()) {
+      busy[keep++] = id;
+      more = true;
+    }
+  }
+  busy.resize(keep);
+  graveyard.clear();
+  return more;
+}
+
+void LoopCtx::CloseListenerSessions(ListenerId id, const absl::Status& why) {
+  std::vector<Session*> victims;
+  for (auto& [sid, s] : sessions) {
+    if (s->listener_id() == id) victims.push_back(s.get());
+  }
+  for (Session* s : victims) {
+    s->Close(SessionEventKind::kClosed, why, s->spec().on_failure == FailurePolicy::kKill);
+  }
+  graveyard.clear();
+}
+
+void LoopCtx::Shutdown() {
+  listeners.clear();
+  std::vector<Session*> all;
+  for (auto& [sid, s] : sessions) all.push_back(s.get());
+  for (Session* s : all) {
+    s->Close(SessionEventKind::kClosed, absl::CancelledError("page server stopped"),
+             s->spec().on_failure == FailurePolicy::kKill);
+  }
+  graveyard.clear();
+}
+
+LoopCtx::~LoopCtx() {
+  // The thread is joined: no handler can run any more.
+  listeners.clear();
+  sessions.clear();
+  graveyard.clear();
+}
+
+// ---------------------------------------------------------------- Session
+
+SessionEvent Session::MakeEvent(SessionEventKind kind, absl::Status status) const {
+  SessionEvent e{kind};
+  e.listener = ls_->id;
+  e.session = id_;
+  e.tag = ls_->spec.tag;
+  e.peer_pid = pid_;
+  e.status = std::move(status);
+  e.policy = mode_;
+  return e;
+}
+
+void Session::Start() {
+  auto creds = GetPeerCredentials(sock_.get());
+  if (creds.ok()) pid_ = creds->pid;
+  auto pidfd = GetPeerPidfd(sock_.get());
+  if (pidfd.ok()) {
+    pidfd_ = std::move(*pidfd);
+  } else {
+    spdlog::warn("page server: session {}: no pidfd for the peer: {}", id_, pidfd.status().ToString());
+  }
+  {
+    absl::MutexLock lock(&ls_->mu);
+    ls_->live.push_back({id_, pid_, stats_});
+  }
+  hs_poll_ = loop_->ev->PollOnce(sock_.get(), POLLIN | POLLRDHUP, [this](int32_t res, uint32_t) {
+    hs_poll_ = 0;
+    OnHandshakeReadable(res);
+  });
+  hs_timer_ = loop_->ev->Timeout(ls_->spec.handshake_timeout, [this](int32_t, uint32_t) {
+    hs_timer_ = 0;
+    Close(SessionEventKind::kRejected,
+          absl::DeadlineExceededError(absl::StrCat("bad handshake: nothing received within ",
+                                                   absl::FormatDuration(ls_->spec.handshake_timeout))),
+          Kill());
+  });
+}
+
+void Session::OnHandshakeReadable(int32_t res) {
+  if (closed_) return;
+  if (res < 0) {
+    Close(SessionEventKind::kRejected, ErrnoError(-res, "poll handshake socket"), Kill());
+    return;
+  }
+  absl::Status st = TakeHandshake();
+  if (closed_) return;
+  if (absl::IsUnavailable(st) && st.message() == "again") {
+    hs_poll_ = loop_->ev->PollOnce(sock_.get(), POLLIN | POLLRDHUP, [this](int32_t r, uint32_t) {
+      hs_poll_ = 0;
+      OnHandshakeReadable(r);
+    });
+    return;
+  }
+  if (!st.ok()) {
+    Close(SessionEventKind::kRejected, st, Kill());
+    return;
+  }
+  BecomeReady();
+}
+
+absl::Status Session::TakeHandshake() {
+  std::vector<char> buf(kHandshakeBufferSize);
+  size_t total = 0;
+  std::vector<UniqueFd> fds;
+  bool ctrunc = false;
+  // Firecracker sends one sendmsg, but the kernel may cut a large one into
+  // several socket buffers and recvmsg stops after the one carrying the fd:
+  // take everything already there (never wait for more).
+  while (total < buf.size()) {
+    // Room for two fds, so that "two fds" is reported as such rather than as
+    // a truncation.
+    auto msg =
+        RecvWithFds(sock_.get(), absl::MakeSpan(buf.data() + total, buf.size() - total), 2, MSG_DONTWAIT);
+    if (!msg.ok()) {
+      bool again = msg.status().message().find(strerror(EAGAIN)) != absl::string_view::npos;
+      if (again && (total > 0 || !fds.empty())) break;
+      if (again) return absl::UnavailableError("again");
+      return Annotate(msg.status(), "bad handshake");
+    }
+    ctrunc = ctrunc || msg->control_truncated;
+    for (auto& fd : msg->fds) fds.push_back(std::move(fd));
+    if (msg->bytes == 0) break;  // peer closed
+    total += msg->bytes;
+  }
+  if (total == 0 && fds.empty()) {
+    return absl::UnavailableError("bad handshake: peer closed the connection before sending the handshake");
+  }
+  HandshakeMessage hm{absl::string_view(buf.data(), total), fds.size(), ctrunc, total >= buf.size()};
+  ASSIGN_OR_RETURN(Handshake hs, ParseHandshake(hm, ls_->snap->size()));
+  RETURN_IF_ERROR(CheckIsUserfaultfd(fds[0].get()));
+  if (hs.page_size != ls_->snap->page_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad handshake: page size ", hs.page_size,
+                                                   " is not served (host page size ", ls_->snap->page_size(),
+                                                   "; hugetlbfs-backed guests are not supported)"));
+  }
+  UniqueFd uffd = std::move(fds[0]);
+  int fl = fcntl(uffd.get(), F_GETFL);
+  if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
+  if ((fl & O_NONBLOCK) == 0 && fcntl(uffd.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
+    return ErrnoError("fcntl F_SETFL O_NONBLOCK userfaultfd");
+  }
+  uffd_ = std::move(uffd);
+  hs_ = std::move(hs);
+  ps_ = hs_.page_size;
+  return absl::OkStatus();
+}
+
+void Session::BecomeReady() {
+  if (hs_timer_ != 0) loop_->ev->Cancel(hs_timer_);
+  hs_timer_ = 0;
+  const uint64_t pages = ls_->snap->num_pages();
+  present_.assign((pages + 63) / 64, 0);
+  removed_.assign((pages + 63) / 64, 0);
+  uint64_t fab = ls_->spec.fault_around_bytes;
+  block_pages_ = fab > ps_ ? fab / ps_ : 1;
+
+  // Resolve the working-set policy.
+  mode_ = ls_->spec.policy;
+  auto ws = ls_->snap->working_set();
+  if (mode_ == ClonePolicy::kAuto) {
+    if (ws && !ws->empty()) {
+      mode_ = ClonePolicy::kPrefetch;
+    } else if (ls_->snap->TryClaimRecording()) {
+      mode_ = ClonePolicy::kRecord;
+      claimed_recording_ = true;
+    } else {
+      mode_ = ClonePolicy::kNone;
+    }
+  } else if (mode_ == ClonePolicy::kRecord) {
+    claimed_recording_ = ls_->snap->TryClaimRecording();
+  }
+  if (mode_ == ClonePolicy::kRecord) {
+    recorded_.assign((pages + 63) / 64, 0);
+    recording_ = true;
+    if (ls_->spec.record_for != absl::InfiniteDuration()) {
+      rec_timer_ = loop_->ev->Timeout(ls_->spec.record_for, [this](int32_t, uint32_t) {
+        rec_timer_ = 0;
+        FinishRecording();
+      });
+    }
+  }
+
+  ready_ = true;
+  uffd_poll_ = loop_->ev->PollMultishot(uffd_.get(), POLLIN, [this](int32_t res, uint32_t) {
+    if (res < 0) {
+      Fail(ErrnoError(-res, "poll userfaultfd"));
+      return;
+    }
+    ServeEvents(NowNs());
+  });
+  sock_poll_ = loop_->ev->PollMultishot(sock_.get(), POLLIN | POLLRDHUP,
+                                        [this](int32_t res, uint32_t) { OnSocketEvent(res); });
+  if (pidfd_) {
+    pid_poll_ = loop_->ev->PollOnce(pidfd_.get(), POLLIN, [this](int32_t, uint32_t) {
+      pid_poll_ = 0;
+      Close(SessionEventKind::kClosed, absl::UnavailableError("peer process exited"), false);
+    });
+  }
+  if (mode_ == ClonePolicy::kPrefetch) BuildPrefetchPlan();
+  {
+    absl::MutexLock lock(&ls_->mu);
+    if (prefetching_) {
+      ++ls_->prefetch_pending;
+    } else {
+      ++ls_->done_ok;
+    }
+    ls_->cv.SignalAll();
+  }
+  spdlog::info("page server: session {} ({}) ready: peer pid {}, {} region(s), policy {}{}", id_,
+               ls_->spec.tag, pid_, hs_.regions.size(), PolicyName(mode_),
+               prefetching_ ? absl::StrCat(", prefetching ", plan_.size(), " runs") : "");
+  loop_->server->Emit(MakeEvent(SessionEventKind::kReady, absl::OkStatus()));
+  if (prefetching_) MarkBusy();
+}
+
+void Session::BuildPrefetchPlan() {
+  auto ws = ls_->snap->working_set();
+  if (!ws || ws->empty()) return;
+  // The recording saw faults only: each stands for the fault-around block the
+  // recorder installed around it (its neighbours never faulted). Those
+  // blocks, sorted and merged into runs, are what the recorder had resident.
+  const uint64_t bp = std::max<uint64_t>(1, ls_->snap->working_set_block_pages());
+  std::vector<uint64_t> blocks;
+  blocks.reserve(ws->size());
+  for (uint64_t p : *ws) blocks.push_back(p / bp);
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  for (uint64_t b : blocks) {
+    uint64_t first = b * bp;
+    uint64_t end = first + bp;
+    // Clip to each region the block touches.
+    for (size_t r = 0; r < hs_.regions.size(); ++r) {
+      uint64_t lo = std::max(first, RegionFirst(r));
+      uint64_t hi = std::min(end, RegionEnd(r));
+      if (lo >= hi) continue;
+      if (!plan_.empty() && plan_.back().region == r && plan_.back().begin + plan_.back().count == lo) {
+        plan_.back().count += hi - lo;
+      } else {
+        plan_.push_back({r, lo, hi - lo});
+      }
+    }
+  }
+  // Start reading the file early; the copies then find it in the page cache.
+  for (const Run& run : plan_) {
+    ::madvise(const_cast<uint8_t*>(ls_->snap->data()) + run.begin * ps_, run.count * ps_, MADV_WILLNEED);
+  }
+  prefetching_ = !plan_.empty();
+}
+
+void Session::MarkBusy() {
+  if (in_busy_) return;
+  in_busy_ = true;
+  loop_->busy.push_back(id_);
+}
+
+bool Session::Tick() {
+  if (closed_) return false;
+  if (!around_.empty()) {
+    std::vector<Retry> todo;
+    todo.swap(around_);
+    for (const Retry& r : todo) {
+      HandleResult(InstallRange(r.region, r.begin, r.end, r.force, r.prefetch), r.region, r.end, r.force,
+                   r.is_fault, r.t0, r.prefetch);
+      if (closed_) return false;
+    }
+  }
+  if (!retries_.empty() || prefetching_) ServeEvents(NowNs());  // demand faults first
+  if (closed_) return false;
+  if (!retries_.empty()) {
+    std::vector<Retry> todo;
+    todo.swap(retries_);
+    for (const Retry& r : todo) {
+      Result res = InstallRange(r.region, r.begin, r.end, r.force, r.prefetch);
+      HandleResult(res, r.region, r.end, r.force, r.is_fault, r.t0, r.prefetch);
+      if (closed_) return false;
+    }
+  }
+  if (prefetching_ && retries_.empty()) {
+    uint64_t budget = std::max<uint64_t>(1, kPrefetchSliceBytes / ps_);
+    while (budget > 0 && plan_idx_ < plan_.size()) {
+      const Run& run = plan_[plan_idx_];
+      uint64_t begin = run.begin + plan_off_;
+      uint64_t n = std::min(run.count - plan_off_, budget);
+      Result res = InstallRange(run.region, begin, begin + n, kNoPage, true);
+      if (res.outcome == Outcome::kRetry) {
+        plan_off_ = res.resume - run.begin;
+        break;
+      }
+      if (res.outcome != Outcome::kDone) {
+        HandleResult(res, run.region, begin + n, kNoPage, false, 0);
+        return false;
+      }
+      budget -= n;
+      plan_off_ += n;
+      if (plan_off_ == run.count) {
+        ++plan_idx_;
+        plan_off_ = 0;
+      }
+    }
+    if (plan_idx_ == plan_.size()) PrefetchDone();
+  }
+  bool more = !closed_ && (!retries_.empty() || !around_.empty() || prefetching_);
+  if (!more) in_busy_ = false;
+  return more;
+}
+
+void Session::PrefetchDone() {
+  prefetching_ = false;
+  {
+    absl::MutexLock lock(&ls_->mu);
+    --ls_->prefetch_pending;
+    ++ls_->done_ok;
+    ls_->cv.SignalAll();
+  }
+  PageStats s = stats_->Read();
+  spdlog::info("page server: session {} ({}) prefetch done: {} pages", id_, ls_->spec.tag,
+               s.prefetched_pages);
+  SessionEvent e = MakeEvent(SessionEventKind::kPrefetchDone, absl::OkStatus());
+  e.stats = s;
+  loop_->server->Emit(e);
+}
+
+void Session::FinishRecording() {
+  if (recording_ && !record_.empty()) {
+    ls_->snap->SetWorkingSet(record_, block_pages_);
+    loop_->server->QueueWrite(ls_->snap->files().working_set_path,
+                              EncodeWorkingSet(ls_->snap->identity(), record_, block_pages_));
+    spdlog::info("page server: session {} ({}) recorded a working set of {} pages", id_, ls_->spec.tag,
+                 record_.size());
+  }
+  recording_ = false;
+  record_.clear();
+  record_.shrink_to_fit();
+  recorded_.clear();
+  recorded_.shrink_to_fit();
+  if (claimed_recording_) ls_->snap->ReleaseRecording();
+  claimed_recording_ = false;
+}
+
+void Session::OnSocketEvent(int32_t revents) {
+  if (closed_) return;
+  if (revents < 0) {
+    Close(SessionEventKind::kClosed, ErrnoError(-revents, "poll socket"), false);
+    return;
+  }
+  if (revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+    Close(SessionEventKind::kClosed, absl::UnavailableError("peer hung up"), false);
+    return;
+  }
+  // Firecracker sends nothing after the handshake; discard whatever comes.
+  char buf[512];
+  while (true) {
+    ssize_t n = ::recv(sock_.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) continue;
+    if (n == 0) Close(SessionEventKind::kClosed, absl::UnavailableError("peer hung up"), false);
+    return;
+  }
+}
+
+int Session::RegionOfAddr(uint64_t addr) const {
+  // Few regions (one per 3 GiB): a linear scan beats anything clever.
+  for (size_t i = 0; i < hs_.regions.size(); ++i) {
+    const GuestRegion& r = hs_.regions[i];
+    if (addr >= r.base_host_virt_addr && addr - r.base_host_virt_addr < r.size) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int Session::RegionOfPage(uint64_t page) const {
+  for (size_t i = 0; i < hs_.regions.size(); ++i) {
+    if (page >= RegionFirst(i) && page < RegionEnd(i)) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void Session::ServeEvents(uint64_t t0) {
+  if (closed_ || !uffd_) return;
+  absl::Status st = Drain(t0);
+  if (!st.ok()) {
+    Fail(st);
+    return;
+  }
+  ResolveFaults();
+}
+
+absl::Status Session::Drain(uint64_t t0) {
+  uffd_msg msgs[kMsgBatch];
+  while (true) {
+    ssize_t n = ::read(uffd_.get(), msgs, sizeof(msgs));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return absl::OkStatus();
+      return ErrnoError("read userfaultfd");
+    }
+    if (n == 0) return absl::OkStatus();
+    size_t count = static_cast<size_t>(n) / sizeof(uffd_msg);
+    for (size_t i = 0; i < count; ++i) {
+      const uffd_msg& m = msgs[i];
+      if (m.event == UFFD_EVENT_PAGEFAULT) {
+        uint64_t addr = m.arg.pagefault.address & ~(ps_ - 1);
+        int r = RegionOfAddr(addr);
+        bool present = r >= 0 && Present(PageOf(static_cast<size_t>(r), addr));
+        faults_.push_back({addr, present, t0});
+      } else if (m.event == UFFD_EVENT_REMOVE) {
+        AtomicPageStats::Bump(stats_->remove_events);
+        uint64_t start = m.arg.remove.start, end = m.arg.remove.end;
+        for (size_t r = 0; r < hs_.regions.size(); ++r) {
+          const GuestRegion& g = hs_.regions[r];
+          uint64_t lo = std::max(start, g.base_host_virt_addr);
+          uint64_t hi = std::min(end, g.base_host_virt_addr + g.size);
+          if (lo >= hi) continue;
+          uint64_t first = PageOf(r, lo & ~(ps_ - 1));
+          uint64_t last = PageOf(r, ((hi + ps_ - 1) & ~(ps_ - 1)) - ps_);
+          for (uint64_t p = first; p <= last; ++p) {
+            ClearBit(present_, p);
+            SetBit(removed_, p);
+          }
+        }
+      } else {
+        spdlog::debug("page server: session {}: ignoring uffd event {}", id_, static_cast<int>(m.event));
+      }
+    }
+    if (count < kMsgBatch) return absl::OkStatus();
+  }
+}
+
+void Session::ResolveFaults() {
+  std::vector<Fault> faults;
+  faults.swap(faults_);
+  for (const Fault& f : faults) {
+    if (closed_) return;
+    int r = RegionOfAddr(f.addr);
+    if (r < 0) {
+      Fail(absl::InternalError(
+          absl::StrFormat("inconsistent mapping: fault at 0x%x outside every region", f.addr)));
+      return;
+    }
+    size_t region = static_cast<size_t>(r);
+    uint64_t page = PageOf(region, f.addr);
+    AtomicPageStats::Bump(stats_->faults);
+    if (recording_ && !TestBit(recorded_, page)) {
+      SetBit(recorded_, page);
+      record_.push_back(page);
+    }
+    if (!f.was_present && Present(page)) {
+      // Installed earlier in this batch; that ioctl woke this waiter too.
+      stats_->AddLatency(NowNs() - f.t0);
+      continue;
+    }
+    uint64_t begin = page, end = page + 1;
+    if (block_pages_ > 1) {
+      begin = std::max(RegionFirst(region), page / block_pages_ * block_pages_);
+      end = std::min(RegionEnd(region), page / block_pages_ * block_pages_ + block_pages_);
+    }
+    // A fault on a page we think present: install it anyway (EEXIST wakes).
+    uint64_t force = f.was_present ? page : kNoPage;
+    // The faulting page first; the rest of its block after every fault of
+    // this loop iteration (all sessions) has been served.
+    Result res = InstallRange(region, page, page + 1, force, false);
+    HandleResult(res, region, page + 1, force, true, f.t0);
+    if (closed_) return;
+    if (res.outcome == Outcome::kDone && end - begin > 1) {
+      if (page + 1 < end) around_.push_back({region, page + 1, end, kNoPage, false, 0, false});
+      if (begin < page) around_.push_back({region, begin, page, kNoPage, false, 0, false});
+      MarkBusy();
+    }
+  }
+}
+
+void Session::HandleResult(const Result& r, size_t region, uint64_t end, uint64_t force, bool is_fault,
+                           uint64_t t0, bool prefetch) {
+  switch (r.outcome) {
+    case Outcome::kDone:
+      if (is_fault) stats_->AddLatency(NowNs() - t0);
+      return;
+    case Outcome::kRetry:
+      retries_.push_back({region, r.resume, end, force, is_fault, t0, prefetch});
+      MarkBusy();
+      return;
+    case Outcome::kGone:
+      Close(SessionEventKind::kClosed, absl::UnavailableError("peer's address space is gone"), false);
+      return;
+    case Outcome::kError:
+      Fail(r.error);
+      return;
+  }
+}
+
+Session::Result Session::InstallRange(size_t region, uint64_t begin, uint64_t end, uint64_t force,
+                                      bool prefetch) {
+  const uint64_t max_pages = std::max<uint64_t>(1, kMaxIoctlBytes / ps_);
+  uint64_t p = begin;
+  while (p < end) {
+    if (Present(p) && p != force) {
+      ++p;
+      continue;
+    }
+    Kind kind = KindOf(p);
+    uint64_t q = p + 1;
+    while (q < end && q - p < max_pages && (!Present(q) || q == force) && KindOf(q) == kind) ++q;
+    Result r = InstallRun(region, p, q - p, kind, prefetch);
+    if (r.outcome != Outcome::kDone) return r;
+    p = q;
+  }
+  return {};
+}
+
+Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch) {
+  while (count > 0) {
+    const uint64_t dst = AddrOf(region, page);
+    const uint64_t len = count * ps_;
+    int64_t done = 0;
+    int rc;
+    if (kind == Kind::kData) {
+      uffdio_copy c{};
+      c.dst = dst;
+      c.src = reinterpret_cast<uint64_t>(ls_->snap->data() + page * ps_);
+      c.len = len;
+      rc = ::ioctl(uffd_.get(), UFFDIO_COPY, &c);
+      done = c.copy;
+    } else {
+      uffdio_zeropage z{};
+      z.range.start = dst;
+      z.range.len = len;
+      rc = ::ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &z);
+      done = z.zeropage;
+    }
+    int err = 0;
+    if (rc == 0) {
+      done = static_cast<int64_t>(len);
+    } else {
+      err = errno;
+      if (done < 0) {
+        err = static_cast<int>(-done);
+        done = 0;
+      }
+    }
+    uint64_t pages_done = static_cast<uint64_t>(done) / ps_;
+    for (uint64_t i = 0; i < pages_done; ++i) SetBit(present_, page + i);
+    if (pages_done > 0) {
+      if (kind == Kind::kData) {
+        AtomicPageStats::Bump(stats_->pages_copied, pages_done);
+        AtomicPageStats::Bump(stats_->bytes_copied, pages_done * ps_);
+      } else {
+        AtomicPageStats::Bump(stats_->zero_pages, pages_done);
+      }
+      if (prefetch) AtomicPageStats::Bump(stats_->prefetched_pages, pages_done);
+    }
+    page += pages_done;
+    count -= pages_done;
+    if (rc == 0 || pages_done > 0) continue;  // done, or partial: go on from there
+    switch (err) {
+      case EEXIST: {
+        AtomicPageStats::Bump(stats_->eexist);
+        SetBit(present_, page);
+        uffdio_range wake{AddrOf(region, page), ps_};
+        ::ioctl(uffd_.get(), UFFDIO_WAKE, &wake);
+        ++page;
+        --count;
+        continue;
+      }
+      case EAGAIN:
+        AtomicPageStats::Bump(stats_->eagain);
+        return {Outcome::kRetry, page, {}};
+      case ESRCH:
+        return {Outcome::kGone, page, {}};
+      default:
+        return {Outcome::kError, page,
+                ErrnoError(
+                    err, absl::StrFormat("ioctl %s [0x%x+%d]",
+                                         kind == Kind::kData ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE", dst, len))};
+    }
+  }
+  return {};
+}
+
+void Session::Close(SessionEventKind kind, absl::Status why, bool kill) {
+  if (closed_) return;
+  closed_ = true;
+  io::EventLoop* ev = loop_->ev.get();
+  for (io::OpId* op : {&hs_poll_, &hs_timer_, &uffd_poll_, &sock_poll_, &pid_poll_, &rec_timer_}) {
+    if (*op != 0) ev->Cancel(*op);
+    *op = 0;
+  }
+  bool killed = false;
+  if (kill && pidfd_) {
+    if (PidfdSendSignal(pidfd_.get(), SIGKILL) == 0) {
+      killed = true;
+    } else if (errno != ESRCH) {
+      spdlog::error("page server: session {}: cannot kill peer {}: {}", id_, pid_, strerror(errno));
+    }
+  }
+  PageStats final_stats = stats_->Read();
+  if (kind == SessionEventKind::kClosed) {
+    spdlog::info("page server: session {} ({}) closed: {}; {}", id_, ls_->spec.tag,
+                 std::string(why.message()), final_stats.ToString());
+  } else {
+    spdlog::warn("page server: session {} ({}) {}{}: {}", id_, ls_->spec.tag, SessionEventKindName(kind),
+                 killed ? ", peer killed" : "", why.ToString());
+  }
+  FinishRecording();
+  {
+    absl::MutexLock lock(&ls_->mu);
+    auto& live = ls_->live;
+    live.erase(
+        std::remove_if(live.begin(), live.end(), [&](const ListenerShared::Live& l) { return l.id == id_; }),
+        live.end());
+    ls_->closed.Merge(final_stats);
+    if (prefetching_) --ls_->prefetch_pending;
+    if (kind != SessionEventKind::kClosed || !ready_) {
+      ls_->last_failure = why;
+    } else if (prefetching_) {
+      ls_->last_failure = absl::AbortedError(absl::StrCat("session closed during prefetch: ", why.message()));
+    }
+    ls_->cv.SignalAll();
+  }
+  prefetching_ = false;
+  SessionEvent e = MakeEvent(kind, std::move(why));
+  e.peer_killed = killed;
+  e.stats = final_stats;
+  loop_->server->Emit(e);
+  auto it = loop_->sessions.find(id_);
+  if (it != loop_->sessions.end()) {
+    loop_->graveyard.push_back(std::move(it->second));
+    loop_->sessions.erase(it);
+  }
+}
+
+// ---------------------------------------------------------------- PageServer
+
+PageServer::PageServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<PageServer>> PageServer::Create(const PageServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  int n = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+  for (int i = 0; i < n; ++i) {
+    auto ctx = std::make_unique<LoopCtx>();
+    ctx->server = impl.get();
+    ctx->index = static_cast<size_t>(i);
+    io::EventLoopOptions eo;
+    eo.defer_taskrun = options.defer_taskrun;
+    eo.name = absl::StrCat("fcvm-pager-", i);
+    auto ev = io::EventLoop::Create(eo);
+    if (!ev.ok()) {
+      for (auto& l : impl->loops) {
+        l->ev->RequestStop();
+        l->ev->Join();
+      }
+      return Annotate(ev.status(), "page server");
+    }
+    ctx->ev = std::move(*ev);
+    LoopCtx* raw = ctx.get();
+    int nice = options.loop_nice;
+    ctx->ev->Post([raw, nice] {
+      raw->ev->SetBusyHook([raw] { return raw->BusyHook(); });
+      if (nice != 0 && setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice) < 0) {
+        spdlog::warn("page server: cannot set loop thread nice {}: {}", nice, strerror(errno));
+      }
+    });
+    impl->loops.push_back(std::move(ctx));
+  }
+  Impl* raw = impl.get();
+  impl->writer = std::thread([raw] { raw->WriterMain(); });
+  return std::unique_ptr<PageServer>(new PageServer(std::move(impl)));
+}
+
+PageServer::~PageServer() { Stop(); }
+
+int PageServer::num_loops() const { return static_cast<int>(impl_->loops.size()); }
+
+void PageServer::SetEventCallback(std::function<void(const SessionEvent&)> callback) {
+  auto cb = std::make_shared<std::function<void(const SessionEvent&)>>(std::move(callback));
+  absl::MutexLock lock(&impl_->cb_mu);
+  impl_->callback = std::move(cb);
+}
+
+absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
+  if (spec.socket_path.empty()) return absl::InvalidArgumentError("listener: empty socket_path");
+  if (spec.files.mem_file_path.empty()) return absl::InvalidArgumentError("listener: empty mem_file_path");
+  if (spec.fault_around_bytes > (64u << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listener: fault_around_bytes ", spec.fault_around_bytes, " is larger than 64 MiB"));
+  }
+  if (spec.fault_around_bytes != 0 && (spec.fault_around_bytes & (spec.fault_around_bytes - 1)) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listener: fault_around_bytes ", spec.fault_around_bytes, " is not a power of two"));
+  }
+  if (spec.handshake_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("listener: handshake_timeout must be positive");
+  }
+  for (auto& l : impl_->loops) {
+    if (l->ev->InLoopThread())
+      return absl::FailedPreconditionError("AddListener called on a page-server thread");
+  }
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopped) return absl::FailedPreconditionError("page server stopped");
+  }
+  impl_->FlushWrites();  // a working set just recorded is on disk before we look
+  auto snap = impl_->registry.Get(spec.files);
+  if (!snap.ok()) return Annotate(snap.status(), "listener: snapshot");
+  ListenOptions lo;
+  lo.mode = spec.socket_mode;
+  lo.nonblocking = true;
+  auto fd = ListenUnix(spec.socket_path, lo);
+  if (!fd.ok()) return Annotate(fd.status(), "listener");
+  auto ls = std::make_shared<ListenerShared>();
+  ls->id = impl_->next_listener.fetch_add(1);
+  ls->spec = spec;
+  ls->snap = std::move(*snap);
+  ls->home = impl_->PickLoop();
+  LoopCtx* home = impl_->loops[ls->home].get();
+  auto fdp = std::make_shared<UniqueFd>(std::move(*fd));
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopped) {
+      ::unlink(spec.socket_path.c_str());
+      return absl::FailedPreconditionError("page server stopped");
+    }
+    impl_->listeners[ls->id] = ls;
+  }
+  bool posted = home->ev->Post([home, ls, fdp] {
+    auto listener = std::make_unique<Listener>(home, ls, std::move(*fdp));
+    listener->Start();
+    home->listeners[ls->id] = std::move(listener);
+  });
+  if (!posted) {
+    ::unlink(spec.socket_path.c_str());
+    absl::MutexLock lock(&impl_->mu);
+    impl_->listeners.erase(ls->id);
+    return absl::FailedPreconditionError("page server stopped");
+  }
+  spdlog::info(
+      "page server: listener {} ({}) on {} for {} ({} pages, {} zero), policy {}, fault-around {} KiB",
+      ls->id, spec.tag, spec.socket_path, spec.files.mem_file_path, ls->snap->num_pages(),
+      ls->snap->zero_pages(), PolicyName(spec.policy), spec.fault_around_bytes / 1024);
+  return ls->id;
+}
+
+absl::Status PageServer::WaitPrefetchDone(ListenerId id, absl::Time deadline) {
+  std::shared_ptr<ListenerShared> ls;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    auto it = impl_->listeners.find(id);
+    if (it == impl_->listeners.end()) return absl::NotFoundError(absl::StrCat("no listener ", id));
+    ls = it->second;
+  }
+  absl::MutexLock lock(&ls->mu);
+  while (true) {
+    if (ls->removed) return absl::CancelledError(absl::StrCat("listener ", id, " removed"));
+    if (ls->prefetch_pending == 0 && ls->done_ok > 0) return absl::OkStatus();
+    if (ls->prefetch_pending == 0 && !ls->last_failure.ok()) {
+      return absl::AbortedError(absl::StrCat("clone session failed: ", ls->last_failure.message()));
+    }
+    if (ls->cv.WaitWithDeadline(&ls->mu, deadline)) {
+      if (ls->prefetch_pending == 0 && ls->done_ok > 0) return absl::OkStatus();
+      return absl::DeadlineExceededError(
+          absl::StrCat("listener ", id, ": prefetch not done by the deadline"));
+    }
+  }
+}
+
+absl::Status PageServer::RemoveListener(ListenerId id) {
+  for (auto& l : impl_->loops) {
+    if (l->ev->InLoopThread())
+      return absl::FailedPreconditionError("RemoveListener called on a page-server thread");
+  }
+  std::shared_ptr<ListenerShared> ls;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    auto it = impl_->listeners.find(id);
+    if (it == impl_->listeners.end()) return absl::NotFoundError(absl::StrCat("no listener ", id));
+    ls = it->second;
+  }
+  {
+    absl::MutexLock lock(&ls->mu);
+    ls->removed = true;
+    ls->cv.SignalAll();
+  }
+  std::latch done(static_cast<ptrdiff_t>(impl_->loops.size()));
+  absl::Status why = absl::CancelledError("listener removed");
+  for (auto& l : impl_->loops) {
+    LoopCtx* ctx = l.get();
+    bool home = ctx->index == ls->home;
+    if (!ctx->ev->Post([ctx, home, id, &why, &done] {
+          if (home) ctx->listeners.erase(id);
+          ctx->CloseListenerSessions(id, why);
+          done.count_down();
+        })) {
+      done.count_down();
+    }
+  }
+  done.wait();
+  ::unlink(ls->spec.socket_path.c_str());  // if the loop was already stopped
+  PageStats total;
+  {
+    absl::MutexLock lock(&ls->mu);
+    total = ls->closed;
+    for (auto& l : ls->live) total.Merge(l.stats->Read());
+  }
+  absl::MutexLock lock(&impl_->mu);
+  impl_->retired[ls->snap->path()].Merge(total);
+  impl_->listeners.erase(id);
+  return absl::OkStatus();
+}
+
+ServerStats PageServer::GetStats() {
+  ServerStats out;
+  std::map<std::string, SnapshotStats> snaps;
+  absl::MutexLock lock(&impl_->mu);
+  for (auto& [id, ls] : impl_->listeners) {
+    ListenerStats l;
+    l.id = id;
+    l.tag = ls->spec.tag;
+    l.mem_file = ls->snap->path();
+    l.sessions_total = ls->accepted.load();
+    {
+      absl::MutexLock llock(&ls->mu);
+      l.stats = ls->closed;
+      for (auto& live : ls->live) {
+        SessionStats s{live.id, live.pid, live.stats->Read()};
+        l.stats.Merge(s.stats);
+        l.sessions.push_back(std::move(s));
+      }
+      l.sessions_active = static_cast<uint32_t>(ls->live.size());
+    }
+    SnapshotStats& s = snaps[l.mem_file];
+    s.mem_file = l.mem_file;
+    s.pages = ls->snap->num_pages();
+    s.zero_pages = ls->snap->zero_pages();
+    ++s.listeners;
+    s.stats.Merge(l.stats);
+    out.total.Merge(l.stats);
+    out.listeners.push_back(std::move(l));
+  }
+  for (auto& [path, st] : impl_->retired) {
+    SnapshotStats& s = snaps[path];
+    s.mem_file = path;
+    s.stats.Merge(st);
+    out.total.Merge(st);
+  }
+  for (auto& [path, s] : snaps) out.snapshots.push_back(std::move(s));
+  return out;
+}
+
+void PageServer::Stop() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopped) return;
+    impl_->stopped = true;
+  }
+  for (auto& l : impl_->loops) {
+    if (l->ev->InLoopThread()) {
+      spdlog::critical("PageServer::Stop called on a page-server thread");
+      std::abort();
+    }
+  }
+  std::vector<std::shared_ptr<ListenerShared>> all;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    for (auto& [id, ls] : impl_->listeners) all.push_back(ls);
+  }
+  for (auto& ls : all) {
+    absl::MutexLock lock(&ls->mu);
+    ls->removed = true;
+    ls->cv.SignalAll();
+  }
+  for (auto& l : impl_->loops) {
+    LoopCtx* ctx = l.get();
+    ctx->ev->Post([ctx] { ctx->Shutdown(); });
+  }
+  for (auto& l : impl_->loops) l->ev->RequestStop();
+  for (auto& l : impl_->loops) l->ev->Join();
+  for (auto& ls : all) ::unlink(ls->spec.socket_path.c_str());
+  {
+    absl::MutexLock lock(&impl_->wmu);
+    impl_->writer_stop = true;
+  }
+  if (impl_->writer.joinable()) impl_->writer.join();
+}
+
+}  // namespace fcvm::uffd

@@ -1,0 +1,206 @@
+#pragma once
+
+// The page server: serves guest memory to Firecracker clones restored with the
+// Uffd memory backend, from snapshot memory files.
+//
+// One PageServer per process (fcvmd, or the standalone fcvm-pager) serves
+// every clone of every snapshot on a few io_uring loop threads (default one
+// per core). Work unit:
+//
+//  - Listener: a listening Unix socket at `socket_path` (Firecracker's
+//    `backend_path`) bound to one memory file. It accepts up to
+//    `max_connections` connections (1 for a daemon clone, 0 = unlimited for
+//    fcvm-pager); each connection is its own Session. The socket exists when
+//    AddListener returns, so Firecracker's /snapshot/load may start at once.
+//  - Session: one Firecracker process. Handshake (see handshake.h) within
+//    `handshake_timeout`, then page faults, REMOVE events and prefetch served
+//    on one loop thread. Sessions are spread round-robin over the loops.
+//  - SnapshotMemory (snapshot.h): one read-only mapping + zero map + working
+//    set per memory file, shared by every listener/session using it.
+//
+// Fault resolution: all pending uffd events are drained before any is
+// resolved. A page in a range removed by a REMOVE event, or all-zero in the
+// snapshot (zero elision), gets UFFDIO_ZEROPAGE; any other page UFFDIO_COPY
+// from the shared mapping. Fault-around installs the whole aligned block
+// around a faulting page, skipping pages already present (per-session
+// bitmap). EEXIST = already present (the waiter is woken); EAGAIN = an event
+// is pending: drained, then retried; partial copies continue where they
+// stopped.
+//
+// Failure isolation: a session whose handshake is bad, whose mapping turns
+// out inconsistent (fault outside every region) or whose ioctl fails for good
+// is closed with a reason (SessionEvent) and, with FailurePolicy::kKill, its
+// peer is SIGKILLed through the pidfd taken from SO_PEERPIDFD (a Firecracker
+// whose pager is gone would freeze on its next fault). Nothing else is
+// affected. Peer hang-up (socket or process exit) releases everything the
+// session holds.
+//
+// Threading: all methods are thread-safe, but must not be called from the
+// event callback (which runs on a loop thread) except GetStats. Loop threads
+// own all fault-path state; the methods here post work to them. The fault path
+// takes no lock.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lib/uffd/snapshot.h"
+#include "lib/uffd/stats.h"
+
+namespace fcvm::uffd {
+
+using ListenerId = uint64_t;
+using SessionId = uint64_t;
+
+// What happens to the working set of a snapshot.
+enum class ClonePolicy {
+  kNone,      // serve faults only
+  kRecord,    // write the pages this clone touches, first-touch order, to the working-set file
+  kPrefetch,  // install the recorded working set right after the handshake
+  kAuto,      // prefetch if a working set exists, else record (one recorder per snapshot)
+};
+
+// What happens to a clone's Firecracker when its session fails or is removed.
+enum class FailurePolicy {
+  kKill,  // SIGKILL it through its pidfd (never leave a VM frozen)
+  kDrop,  // only close our side (for peers we must not kill, e.g. tests)
+};
+
+// Default fault-around block (see docs/page-server.md for the measurement).
+inline constexpr uint64_t kDefaultFaultAroundBytes = 32 * 1024;
+
+struct ListenerSpec {
+  std::string socket_path;
+  SnapshotFiles files;  // memory file; zero map / working set default beside it
+  ClonePolicy policy = ClonePolicy::kNone;
+  // Aligned block installed around a fault; <= page size turns fault-around off.
+  uint64_t fault_around_bytes = kDefaultFaultAroundBytes;
+  // Install all-zero snapshot pages with UFFDIO_ZEROPAGE (no memory used).
+  bool zero_elision = true;
+  uint32_t max_connections = 1;  // 0 = unlimited
+  FailurePolicy on_failure = FailurePolicy::kKill;
+  absl::Duration handshake_timeout = absl::Seconds(5);
+  // How long a recording clone records: the working set is written when this
+  // elapses or when the session ends, whichever comes first.
+  absl::Duration record_for = absl::InfiniteDuration();
+  mode_t socket_mode = 0600;
+  std::string tag;  // free-form (the clone id); carried in events and stats
+};
+
+enum class SessionEventKind {
+  kReady,         // handshake accepted, serving
+  kRejected,      // handshake refused (status says why)
+  kPrefetchDone,  // working set installed
+  kFailed,        // serving failed for good (status says why)
+  kClosed,        // peer hung up / exited, or listener removed / server stopped
+};
+const char* SessionEventKindName(SessionEventKind kind);
+
+struct SessionEvent {
+  SessionEventKind kind;
+  ListenerId listener = 0;
+  SessionId session = 0;
+  std::string tag;
+  pid_t peer_pid = 0;
+  absl::Status status;                      // the reason for kRejected / kFailed / kClosed
+  bool peer_killed = false;                 // we sent SIGKILL to the peer
+  ClonePolicy policy = ClonePolicy::kNone;  // resolved policy (kAuto never appears)
+  PageStats stats;                          // the session's final stats on kFailed / kClosed
+};
+
+struct SessionStats {
+  SessionId id = 0;
+  pid_t peer_pid = 0;
+  PageStats stats;
+};
+
+struct ListenerStats {
+  ListenerId id = 0;
+  std::string tag;
+  std::string mem_file;
+  uint32_t sessions_active = 0;
+  uint32_t sessions_total = 0;         // accepted connections, good or bad
+  std::vector<SessionStats> sessions;  // live ones
+  PageStats stats;                     // live + closed sessions
+};
+
+struct SnapshotStats {
+  std::string mem_file;
+  uint64_t pages = 0;
+  uint64_t zero_pages = 0;
+  uint32_t listeners = 0;
+  PageStats stats;  // every session ever served from it by this server
+};
+
+struct ServerStats {
+  std::vector<ListenerStats> listeners;
+  std::vector<SnapshotStats> snapshots;
+  PageStats total;
+};
+
+struct PageServerOptions {
+  int threads = 0;            // loop threads; 0 = one per core
+  bool defer_taskrun = true;  // see lib/io/event_loop.h
+  // Nice value of the loop threads (0 = leave as is). A handful of threads
+  // serve every clone, whereas a thread-per-clone design gets N times the CPU
+  // weight under contention; -10 made no measurable difference on the test
+  // host (docs/page-server.md), so the default leaves it alone. Lowering it
+  // needs CAP_SYS_NICE; failure is logged, not fatal.
+  int loop_nice = 0;
+};
+
+class PageServer {
+ public:
+  // Starts the loop threads. Errors: io_uring or eventfd creation failures.
+  static absl::StatusOr<std::unique_ptr<PageServer>> Create(const PageServerOptions& options = {});
+  // Stop().
+  ~PageServer();
+  PageServer(const PageServer&) = delete;
+  PageServer& operator=(const PageServer&) = delete;
+
+  // Called on a loop thread for every session event; must be quick and must
+  // not call back into the server (except GetStats). Set it before adding
+  // listeners; replacing it later is safe (thread-safe swap).
+  void SetEventCallback(std::function<void(const SessionEvent&)> callback);
+
+  // Opens (or shares) the snapshot, creates the socket and starts accepting.
+  // Errors: InvalidArgument (bad spec), the snapshot's open/mmap errors, the
+  // socket's bind/listen errors, FailedPrecondition after Stop().
+  absl::StatusOr<ListenerId> AddListener(const ListenerSpec& spec);
+
+  // Waits until the listener has a session that completed its handshake and
+  // every such session finished its prefetch (immediately after the handshake
+  // when nothing is prefetched). Errors: NotFound (unknown id),
+  // DeadlineExceeded, Aborted when the listener's only session(s) failed
+  // before being ready (message carries the reason), Cancelled when removed.
+  absl::Status WaitPrefetchDone(ListenerId id, absl::Time deadline);
+
+  // Stops accepting, closes the socket (unlinks it) and ends the listener's
+  // sessions (killing their peers under kKill). Blocks until done. NotFound
+  // for an unknown id.
+  absl::Status RemoveListener(ListenerId id);
+
+  // Counters of every listener, snapshot and the total. Thread-safe.
+  ServerStats GetStats();
+
+  // Ends every session (per its policy), closes every listener, stops and
+  // joins the loops, flushes pending working-set files. Idempotent.
+  void Stop();
+
+  int num_loops() const;
+
+  struct Impl;  // opaque; public only so the .cc's helpers can name it
+
+ private:
+  explicit PageServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fcvm::uffd

@@ -1,0 +1,130 @@
+#pragma once
+
+// A snapshot memory file as the page server sees it.
+//
+// SnapshotMemory is one read-only MAP_SHARED mapping of the memory file, the
+// file's zero-page map and its recorded working set. It is shared (through
+// std::shared_ptr) by every listener and session serving that snapshot, so a
+// file is mapped once however many clones use it; the mapping goes away with
+// the last reference. SnapshotRegistry hands out those references, keyed by
+// the file's (device, inode).
+//
+// Zero map: one bit per page, set when the page is all zero. Computed once and
+// kept beside the snapshot (default "<mem file>.zeromap"); a file whose
+// header does not match the memory file (size, inode, mtime, page size) is
+// stale and recomputed. Failing to write it is not an error (logged).
+//
+// Working set: the file pages a recording clone faulted on, in first-touch
+// order, and the fault-around block it ran with (default "<mem file>.wset"),
+// loaded when present and valid.
+//
+// Thread-safety: data(), IsZero() and the sizes are immutable after Open and
+// safe from any thread; the working-set accessors lock a mutex (control
+// path only, never per fault).
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+
+namespace fcvm::uffd {
+
+struct SnapshotFiles {
+  std::string mem_file_path;
+  std::string zero_map_path;     // empty: "<mem_file_path>.zeromap"
+  std::string working_set_path;  // empty: "<mem_file_path>.wset"
+};
+
+// Identity of the memory file, written into the side files.
+struct FileIdentity {
+  uint64_t size = 0;
+  uint64_t inode = 0;
+  uint64_t mtime_ns = 0;
+  uint64_t page_size = 0;
+};
+
+// Side-file codecs (pure; exposed for tests). Decode returns
+// InvalidArgument/FailedPrecondition for a corrupt or stale file.
+std::string EncodeZeroMap(const FileIdentity& id, const std::vector<uint64_t>& bits);
+absl::StatusOr<std::vector<uint64_t>> DecodeZeroMap(absl::string_view data, const FileIdentity& id);
+// A working set also records the fault-around block (in pages) the recording
+// clone ran with: its faults stand for whole blocks.
+std::string EncodeWorkingSet(const FileIdentity& id, const std::vector<uint64_t>& pages,
+                             uint64_t block_pages = 1);
+absl::StatusOr<std::vector<uint64_t>> DecodeWorkingSet(absl::string_view data, const FileIdentity& id,
+                                                       uint64_t* block_pages = nullptr);
+
+class SnapshotMemory {
+ public:
+  // Opens and maps `files.mem_file_path`, loads or computes the zero map and
+  // loads the working set if present. Errors: the errno status of open/mmap
+  // ("open /x: No such file or directory"); InvalidArgument for an empty file
+  // or one whose size is not a multiple of the page size.
+  static absl::StatusOr<std::shared_ptr<SnapshotMemory>> Open(const SnapshotFiles& files);
+  ~SnapshotMemory();
+  SnapshotMemory(const SnapshotMemory&) = delete;
+  SnapshotMemory& operator=(const SnapshotMemory&) = delete;
+
+  const std::string& path() const { return files_.mem_file_path; }
+  const SnapshotFiles& files() const { return files_; }
+  const FileIdentity& identity() const { return id_; }
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return id_.size; }
+  uint64_t page_size() const { return id_.page_size; }
+  uint64_t num_pages() const { return id_.size / id_.page_size; }
+  bool IsZero(uint64_t page) const { return (zero_bits_[page >> 6] >> (page & 63)) & 1; }
+  uint64_t zero_pages() const { return zero_count_; }
+  // True when the zero map was read from its file rather than computed.
+  bool zero_map_loaded() const { return zero_map_loaded_; }
+
+  // The recorded working set (file page indices, first-touch order); empty
+  // when none was recorded.
+  std::shared_ptr<const std::vector<uint64_t>> working_set() const;
+  // The recording clone's fault-around block, in pages (1 = none).
+  uint64_t working_set_block_pages() const;
+  // Claims the one recording slot of this snapshot (policy auto). False when
+  // another session already records.
+  bool TryClaimRecording();
+  void ReleaseRecording();
+  // Installs a freshly recorded working set (the caller writes the file).
+  void SetWorkingSet(std::vector<uint64_t> pages, uint64_t block_pages = 1);
+
+ private:
+  SnapshotMemory() = default;
+  absl::Status LoadOrComputeZeroMap();
+
+  SnapshotFiles files_;
+  FileIdentity id_;
+  uint8_t* data_ = nullptr;
+  std::vector<uint64_t> zero_bits_;
+  uint64_t zero_count_ = 0;
+  bool zero_map_loaded_ = false;
+  std::atomic<bool> recording_{false};
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const std::vector<uint64_t>> working_set_ ABSL_GUARDED_BY(mu_);
+  uint64_t working_set_block_pages_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+// Thread-safe map (device, inode) -> live SnapshotMemory. Holds weak
+// references only: a snapshot no clone uses is unmapped.
+class SnapshotRegistry {
+ public:
+  absl::StatusOr<std::shared_ptr<SnapshotMemory>> Get(const SnapshotFiles& files);
+  // Snapshots alive right now (for stats).
+  std::vector<std::shared_ptr<SnapshotMemory>> Live();
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::weak_ptr<SnapshotMemory>> map_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace fcvm::uffd

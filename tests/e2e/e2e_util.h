@@ -1,0 +1,124 @@
+#pragma once
+
+// Shared pieces of the Firecracker end-to-end tests and the fc_bench program:
+// prerequisites (FCVM_FIRECRACKER_BIN, /dev/kvm, the test guest), reading the
+// test guest's console, a minimal Uffd page server, and leftover checks.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lib/base/unique_fd.h"
+#include "lib/firecracker/console.h"
+#include "lib/firecracker/vmm.h"
+
+namespace fcvm::e2e {
+
+// Path of the Firecracker binary (env FCVM_FIRECRACKER_BIN) and of the test
+// guest ELF (env FCVM_TEST_GUEST, else the path compiled in).
+std::string FirecrackerPath();
+std::string GuestPath();
+
+// Empty when the e2e tests can run; otherwise why not (for GTEST_SKIP).
+std::string MissingPrerequisite();
+
+// A directory under /tmp (short, for socket paths), removed recursively on
+// destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The boot arguments the tests use: small test areas so that 8 clones fit on
+// two CPUs.
+inline constexpr char kGuestBootArgs[] = "console=ttyS0 fcvm.read_mib=8 fcvm.write_mib=2 fcvm.tick_ms=250";
+inline constexpr int kGuestMemMib = 128;
+
+firecracker::BootSpec GuestBootSpec(const std::string& guest);
+
+struct Tick {
+  uint64_t number = 0;
+  bool ok = false;
+  std::string line;
+};
+
+// Waits for the guest's READY line from console line `from_line` on; returns
+// its line number.
+absl::StatusOr<uint64_t> WaitForReady(const firecracker::ConsoleCapture& console, uint64_t from_line,
+                                      absl::Duration timeout);
+
+// Waits for `count` tick lines after line `from_line`, all OK, with increasing
+// numbers greater than `after_tick`. Returns the last tick. A BAD tick is an
+// error quoting it.
+absl::StatusOr<Tick> WaitForOkTicks(const firecracker::ConsoleCapture& console, uint64_t from_line, int count,
+                                    uint64_t after_tick, absl::Duration timeout);
+
+// The number of the last tick line printed so far, 0 if none.
+uint64_t LastTick(const firecracker::ConsoleCapture& console);
+
+// The simplest correct Uffd page server for one Firecracker: accepts one
+// connection on `socket_path`, receives the region list and the uffd, and
+// resolves every page fault with UFFDIO_COPY from `mem_file` (zero pages in
+// ranges the guest removed). Runs on its own thread until Firecracker hangs
+// up or the server is destroyed. The real page server is lib/uffd.
+class UffdTestServer {
+ public:
+  struct Options {
+    // Called on the server thread once the handshake arrived.
+    std::function<void()> on_handshake;
+    // False: take the handshake but never serve a fault (the VM freezes).
+    bool serve = true;
+  };
+  static absl::StatusOr<std::unique_ptr<UffdTestServer>> Start(std::string socket_path, std::string mem_file,
+                                                               Options options);
+  static absl::StatusOr<std::unique_ptr<UffdTestServer>> Start(std::string socket_path,
+                                                               std::string mem_file) {
+    return Start(std::move(socket_path), std::move(mem_file), Options());
+  }
+  ~UffdTestServer();
+
+  const std::string& socket_path() const { return socket_path_; }
+  uint64_t faults_served() const { return faults_.load(); }
+  bool handshake_done() const { return handshake_.load(); }
+  // The error that stopped the server, OK if none (yet).
+  absl::Status error() const;
+
+ private:
+  UffdTestServer() = default;
+  void Run();
+  absl::Status Serve();
+
+  std::string socket_path_;
+  std::string mem_file_;
+  Options options_;
+  UniqueFd listen_;
+  UniqueFd stop_;
+  std::thread thread_;
+  std::atomic<uint64_t> faults_{0};
+  std::atomic<bool> handshake_{false};
+  mutable std::atomic<bool> failed_{false};
+  std::string error_message_;  // written by the thread before failed_ is set
+};
+
+// What a test left behind: child processes of this process (zombies too),
+// socket files under `dir`, mounts that mention `dir`, network namespaces
+// whose name starts with `netns_prefix` (when not empty).
+std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix = "");
+
+double MedianMs(std::vector<absl::Duration> v);
+
+}  // namespace fcvm::e2e

@@ -1,0 +1,65 @@
+#pragma once
+
+// Helpers shared by the page-server integration tests: a temp directory,
+// memory files with a known pattern (about half the pages zero), the fake
+// VMM, and an event collector.
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lib/base/process.h"
+#include "lib/uffd/page_server.h"
+
+namespace fcvm::uffd::testing {
+
+// mkdtemp under /tmp; removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Page p is zero when ZeroPage(p, seed); other pages hold bytes derived from
+// (seed, p, offset).
+bool ZeroPage(uint64_t page, uint32_t seed);
+void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed);
+uint64_t CountZeroPages(uint64_t pages, uint32_t seed, uint64_t first = 0);
+
+// Spawns the fake VMM with `args` (plus --socket/--memfile). stderr goes to
+// the test's stderr.
+Process SpawnFake(const std::string& socket, const std::string& memfile, std::vector<std::string> args);
+
+// Waits for a child; fails the test if it does not end within `timeout`.
+ExitStatus WaitChild(Process& p, absl::Duration timeout = absl::Seconds(60));
+
+class EventLog {
+ public:
+  std::function<void(const SessionEvent&)> Callback();
+  // Waits for an event matching `pred`; returns it, or nullopt on timeout.
+  std::optional<SessionEvent> WaitFor(std::function<bool(const SessionEvent&)> pred,
+                                      absl::Duration timeout = absl::Seconds(20));
+  std::vector<SessionEvent> All();
+
+ private:
+  absl::Mutex mu_;
+  std::vector<SessionEvent> events_ ABSL_GUARDED_BY(mu_);
+};
+
+// A userfaultfd of this process (for handshake tests). -1 on failure.
+int MakeUserfaultfd();
+
+bool WaitForFile(const std::string& path, absl::Duration timeout);
+
+}  // namespace fcvm::uffd::testing

@@ -1,0 +1,155 @@
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "lib/base/file_util.h"
+#include "lib/storage/disk.h"
+#include "lib/storage/snapshot_store.h"
+#include "tests/testing/status_matchers.h"
+
+namespace fcvm::storage {
+namespace {
+
+using ::fcvm::testing::StatusIs;
+using ::testing::HasSubstr;
+
+class TempDir {
+ public:
+  TempDir() {
+    char dir[] = "/tmp/fcvm-storage-XXXXXX";
+    path_ = mkdtemp(dir);
+  }
+  ~TempDir() { (void)RemoveTree(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(CopyDisk, SparseFileKeepsDataAndHoles) {
+  TempDir tmp;
+  std::string src = tmp.path() + "/src.img";
+  int fd = open(src.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  const off_t size = 64 << 20;
+  ASSERT_EQ(ftruncate(fd, size), 0);
+  ASSERT_EQ(pwrite(fd, "head", 4, 0), 4);
+  ASSERT_EQ(pwrite(fd, "tail", 4, size - 4), 4);
+  close(fd);
+
+  std::string dst = tmp.path() + "/dst.img";
+  ASSERT_OK_AND_ASSIGN(CopyMethod method, CopyDisk(src, dst));
+  ASSERT_OK_AND_ASSIGN(std::string copy, ReadFile(dst));
+  ASSERT_EQ(copy.size(), static_cast<size_t>(size));
+  EXPECT_EQ(copy.substr(0, 4), "head");
+  EXPECT_EQ(copy.substr(size - 4), "tail");
+  EXPECT_EQ(copy.find_first_not_of('\0', 4), static_cast<size_t>(size - 4));
+  struct stat st;
+  ASSERT_EQ(stat(dst.c_str(), &st), 0);
+  if (method == CopyMethod::kSparseCopy) {
+    // Holes stayed holes: far fewer blocks than the apparent size.
+    EXPECT_LT(st.st_blocks * 512, size / 4) << "copy is not sparse";
+  }
+  // The copy is independent of its source.
+  fd = open(dst.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_EQ(pwrite(fd, "HEAD", 4, 0), 4);
+  close(fd);
+  ASSERT_OK_AND_ASSIGN(std::string original, ReadFile(src));
+  EXPECT_EQ(original.substr(0, 4), "head");
+}
+
+TEST(CopyDisk, ErrorsNameTheFileAndLeaveNothing) {
+  TempDir tmp;
+  EXPECT_THAT(CopyDisk(tmp.path() + "/missing.img", tmp.path() + "/out.img"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing.img")));
+  EXPECT_NE(access((tmp.path() + "/out.img").c_str(), F_OK), 0);
+  std::string src = tmp.path() + "/a.img";
+  ASSERT_OK(WriteFileAtomic(src, "data"));
+  ASSERT_OK(WriteFileAtomic(tmp.path() + "/exists.img", "x"));
+  EXPECT_THAT(CopyDisk(src, tmp.path() + "/exists.img"), StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(CopyDisk(tmp.path(), tmp.path() + "/dir.img"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+void FillSnapshotFiles(const PendingSnapshot& p) {
+  ASSERT_OK(WriteFileAtomic(SnapshotStore::VmstatePath(p.dir), "vmstate-bytes"));
+  ASSERT_OK(WriteFileAtomic(SnapshotStore::MemoryPath(p.dir), std::string(8192, 'm')));
+}
+
+TEST(SnapshotStore, CommitGetListDelete) {
+  TempDir tmp;
+  std::string root = tmp.path() + "/snapshots";
+  ASSERT_OK_AND_ASSIGN(auto store, SnapshotStore::Open(root));
+  ASSERT_OK_AND_ASSIGN(PendingSnapshot p, store->Begin("snap-1", "base"));
+  // Nothing is visible while it is being built.
+  EXPECT_THAT(store->Get("base"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Begin("snap-2", "base"), StatusIs(absl::StatusCode::kAlreadyExists));
+  FillSnapshotFiles(p);
+  SnapshotRecord rec;
+  rec.labels = {{"app", "web"}};
+  rec.source_vm_id = "vm-1";
+  rec.config_json = R"({"memory_mib":128})";
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord done, store->Commit(p, rec));
+  EXPECT_EQ(done.memory_bytes, 8192u);
+  EXPECT_EQ(done.vmstate_bytes, 13u);
+  EXPECT_EQ(done.memory_sha256.size(), 64u);
+  EXPECT_NE(access(p.dir.c_str(), F_OK), 0) << "temporary dir left";
+
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord by_name, store->Get("base"));
+  EXPECT_EQ(by_name.id, "snap-1");
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord by_id, store->Get("snap-1"));
+  EXPECT_EQ(by_id.labels.at("app"), "web");
+  EXPECT_EQ(store->List().size(), 1u);
+
+  // Survives a reopen, with the same record.
+  ASSERT_OK_AND_ASSIGN(auto reopened, SnapshotStore::Open(root));
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord again, reopened->Get("base"));
+  EXPECT_EQ(again.memory_sha256, done.memory_sha256);
+  EXPECT_EQ(again.config_json, R"({"memory_mib":128})");
+
+  ASSERT_OK(store->Delete("snap-1"));
+  EXPECT_THAT(store->Get("snap-1"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_NE(access(store->Dir("snap-1").c_str(), F_OK), 0);
+  EXPECT_THAT(store->Delete("snap-1"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(SnapshotStore, AbortAndCrashLeftoversLeaveNoHalfSnapshot) {
+  TempDir tmp;
+  std::string root = tmp.path() + "/snapshots";
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, SnapshotStore::Open(root));
+    ASSERT_OK_AND_ASSIGN(PendingSnapshot p, store->Begin("snap-a", "a"));
+    FillSnapshotFiles(p);
+    store->Abort(p);
+    EXPECT_NE(access(p.dir.c_str(), F_OK), 0);
+    // The name is free again.
+    ASSERT_OK_AND_ASSIGN(PendingSnapshot p2, store->Begin("snap-b", "a"));
+    FillSnapshotFiles(p2);
+    // "Crash": the store goes away with p2 never committed.
+  }
+  ASSERT_OK_AND_ASSIGN(auto store, SnapshotStore::Open(root));
+  EXPECT_TRUE(store->List().empty());
+  EXPECT_NE(access((root + "/.tmp-snap-b").c_str(), F_OK), 0) << "leftover not cleaned";
+}
+
+TEST(SnapshotStore, CommitWithoutMemoryFails) {
+  TempDir tmp;
+  ASSERT_OK_AND_ASSIGN(auto store, SnapshotStore::Open(tmp.path() + "/s"));
+  ASSERT_OK_AND_ASSIGN(PendingSnapshot p, store->Begin("snap-x", "x"));
+  ASSERT_OK(WriteFileAtomic(SnapshotStore::VmstatePath(p.dir), "v"));
+  EXPECT_THAT(store->Commit(p, {}), StatusIs(absl::StatusCode::kNotFound, HasSubstr("memory")));
+  store->Abort(p);
+}
+
+TEST(Sha256File, KnownDigest) {
+  TempDir tmp;
+  ASSERT_OK(WriteFileAtomic(tmp.path() + "/abc", "abc"));
+  ASSERT_OK_AND_ASSIGN(std::string digest, Sha256File(tmp.path() + "/abc"));
+  EXPECT_EQ(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+}  // namespace
+}  // namespace fcvm::storage

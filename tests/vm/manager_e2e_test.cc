@@ -1,0 +1,312 @@
+// The VM manager against the real Firecracker and the test guest: boot,
+// snapshot, clone through the page server and the File backend, delete; bad
+// input; nothing left behind. Skips without Firecracker or /dev/kvm.
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "lib/base/file_util.h"
+#include "lib/vm/manager.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/status_matchers.h"
+
+namespace fcvm::vm {
+namespace {
+
+using ::fcvm::testing::StatusIs;
+using ::testing::HasSubstr;
+
+struct ConsoleTicks {
+  int ok = 0;
+  int bad = 0;
+  uint64_t first = 0;
+  uint64_t last = 0;
+  bool ready = false;
+};
+
+ConsoleTicks ReadTicks(const std::string& console_log) {
+  static const std::regex kTick("^FCVM-GUEST TICK ([0-9]+) (OK|BAD)( |$)");
+  ConsoleTicks t;
+  std::string text = ReadFile(console_log).value_or("");
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::string l(line);
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    if (l.rfind("FCVM-GUEST READY", 0) == 0) t.ready = true;
+    std::smatch m;
+    if (!std::regex_search(l, m, kTick)) continue;
+    uint64_t n = std::stoull(m[1]);
+    if (t.first == 0) t.first = n;
+    t.last = n;
+    (m[2] == "OK" ? t.ok : t.bad)++;
+  }
+  return t;
+}
+
+// Waits until the console shows `ok` OK ticks (and no BAD one).
+ConsoleTicks WaitTicks(const std::string& console_log, int ok, absl::Duration timeout = absl::Seconds(30)) {
+  absl::Time deadline = absl::Now() + timeout;
+  ConsoleTicks t;
+  while (absl::Now() < deadline) {
+    t = ReadTicks(console_log);
+    if (t.bad > 0 || t.ok >= ok) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return t;
+}
+
+class ManagerE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string missing = e2e::MissingPrerequisite();
+    if (!missing.empty()) GTEST_SKIP() << missing;
+    ManagerOptions o;
+    o.state_dir = tmp_.path() + "/state";
+    o.firecracker_bin = e2e::FirecrackerPath();
+    // Apart from any real fcvmd on this host.
+    o.network_prefix = "fcvt";
+    o.network_pool = "10.211.0.0/16";
+    ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(o));
+    ASSERT_OK(WriteFileAtomic(tmp_.path() + "/data.img", std::string(1 << 20, 'd')));
+  }
+
+  void TearDown() override {
+    if (manager_ == nullptr) return;
+    for (const VmInfo& v : manager_->List({})) (void)manager_->Delete(v.id, true, absl::ZeroDuration());
+    manager_.reset();
+    std::vector<std::string> left = e2e::Leftovers(tmp_.path());
+    EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
+  }
+
+  RunRequest GuestRun(const std::string& name) {
+    RunRequest r;
+    r.name = name;
+    r.labels = {{"suite", "manager"}};
+    r.config.kernel_path = e2e::GuestPath();
+    r.config.boot_args = e2e::kGuestBootArgs;
+    r.config.memory_mib = e2e::kGuestMemMib;
+    r.config.drives = {{"data", tmp_.path() + "/data.img", false, false}};
+    return r;
+  }
+
+  e2e::TempDir tmp_;
+  std::unique_ptr<Manager> manager_;
+};
+
+TEST_F(ManagerE2eTest, BootSnapshotCloneDelete) {
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("base")));
+  EXPECT_EQ(vm.state, VmState::kRunning);
+  EXPECT_GT(vm.pid, 0);
+  ConsoleTicks boot = WaitTicks(vm.console_log_path, 2);
+  ASSERT_TRUE(boot.ready) << ReadFile(vm.console_log_path).value_or("");
+  ASSERT_EQ(boot.bad, 0);
+  ASSERT_GE(boot.ok, 2);
+
+  ASSERT_OK_AND_ASSIGN(VmInfo paused, manager_->Pause("base"));
+  EXPECT_EQ(paused.state, VmState::kPaused);
+  EXPECT_THAT(manager_->Pause("base"), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(manager_->Resume("base").status());
+
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}));
+  EXPECT_EQ(snap.memory_bytes, uint64_t{e2e::kGuestMemMib} << 20);
+  EXPECT_EQ(snap.memory_sha256.size(), 64u);
+  ASSERT_OK_AND_ASSIGN(VmInfo after, manager_->Get("base"));
+  EXPECT_EQ(after.state, VmState::kRunning) << "snapshot must resume by default";
+  uint64_t snap_tick = ReadTicks(vm.console_log_path).last;
+
+  // The first UFFD clone records the working set; the later ones prefetch it.
+  CloneRequest uffd;
+  uffd.snapshot_ref = "golden";
+  uffd.count = 3;
+  uffd.parallelism = 3;
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone(uffd));
+  ASSERT_EQ(clones.succeeded, 3u) << (clones.clones.empty() ? "" : clones.clones[0].error);
+  CloneRequest file = uffd;
+  file.backend = MemoryBackend::kFile;
+  file.count = 2;
+  file.name_prefix = "filed";
+  ASSERT_OK_AND_ASSIGN(CloneResult filed, manager_->Clone(file));
+  ASSERT_EQ(filed.succeeded, 2u) << (filed.clones.empty() ? "" : filed.clones[0].error);
+
+  std::vector<VmInfo> all = clones.clones;
+  all.insert(all.end(), filed.clones.begin(), filed.clones.end());
+  for (const VmInfo& c : all) {
+    EXPECT_EQ(c.state, VmState::kRunning);
+    EXPECT_EQ(c.snapshot_id, snap.id);
+    ConsoleTicks t = WaitTicks(c.console_log_path, 2);
+    EXPECT_EQ(t.bad, 0) << c.name << ": " << ReadFile(c.console_log_path).value_or("");
+    EXPECT_GE(t.ok, 2) << c.name << ": " << ReadFile(c.console_log_path).value_or("");
+    // A clone continues the snapshot's tick count; it does not reboot.
+    EXPECT_FALSE(t.ready) << c.name << " rebooted";
+    EXPECT_GE(t.first, snap_tick > 3 ? snap_tick - 3 : 0) << c.name;
+  }
+  EXPECT_EQ(clones.clones[0].name, "golden-0");
+  EXPECT_EQ(filed.clones[1].name, "filed-1");
+
+  ASSERT_OK_AND_ASSIGN(uffd::ServerStats stats, manager_->PageServerStats());
+  EXPECT_GT(stats.total.faults, 0u);
+  EXPECT_GT(stats.total.pages_copied + stats.total.zero_pages, 0u);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo with_clones, manager_->GetSnapshot("golden"));
+  EXPECT_EQ(with_clones.clone_count, 5u);
+  EXPECT_THAT(manager_->DeleteSnapshot("golden", false), StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  EXPECT_EQ(manager_->List({.snapshot_ref = "golden"}).size(), 5u);
+  EXPECT_EQ(manager_->List({.label_selector = {{"suite", "manager"}}}).size(), 1u);
+  for (const VmInfo& c : all) ASSERT_OK(manager_->Delete(c.id, false, absl::Seconds(2)).status());
+  ASSERT_OK(manager_->Delete("base", true, absl::ZeroDuration()).status());
+  ASSERT_OK(manager_->DeleteSnapshot("golden", false).status());
+  EXPECT_TRUE(manager_->List({}).empty());
+}
+
+TEST_F(ManagerE2eTest, BadInputIsRefusedAndLeavesNothing) {
+  RunRequest r = GuestRun("x");
+  r.config.kernel_path = tmp_.path() + "/no-such-kernel";
+  EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no-such-kernel")));
+  r = GuestRun("a/b");
+  EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vm name")));
+  r = GuestRun(std::string(65, 'n'));
+  EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kInvalidArgument));
+  r = GuestRun("big");
+  r.config.memory_mib = 1024 * 1024 - 1;
+  EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kResourceExhausted));
+  // A kernel that is not ELF: Firecracker starts, the boot fails, nothing stays.
+  ASSERT_OK(WriteFileAtomic(tmp_.path() + "/not-elf", "MZ this is not an ELF kernel"));
+  r = GuestRun("notelf");
+  r.config.kernel_path = tmp_.path() + "/not-elf";
+  EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not-elf")));
+  EXPECT_THAT(manager_->Get("nope"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(manager_->Clone({.snapshot_ref = "nope"}), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(manager_->Delete("nope", false, absl::Seconds(1)), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(manager_->List({}).empty());
+}
+
+TEST_F(ManagerE2eTest, WarmPoolServesClonesAndBoots) {
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("pooled-base")));
+  ASSERT_GE(WaitTicks(vm.console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "pooled-base"}));
+  // The pool refills in the background; within a few seconds a clone must
+  // get a pooled process (no process start in its timings).
+  absl::Time deadline = absl::Now() + absl::Seconds(15);
+  bool pooled = false;
+  while (!pooled && absl::Now() < deadline) {
+    ASSERT_OK_AND_ASSIGN(CloneResult r, manager_->Clone({.snapshot_ref = snap.id, .count = 1}));
+    ASSERT_EQ(r.succeeded, 1u) << r.clones[0].error;
+    const VmInfo& c = r.clones[0];
+    pooled = c.timings.from_warm_pool;
+    ConsoleTicks t = WaitTicks(c.console_log_path, 1);
+    EXPECT_EQ(t.bad, 0);
+    EXPECT_GE(t.ok, 1) << ReadFile(c.console_log_path).value_or("");
+    ASSERT_OK(manager_->Delete(c.id, true, absl::ZeroDuration()).status());
+    if (!pooled) absl::SleepFor(absl::Milliseconds(300));
+  }
+  EXPECT_TRUE(pooled) << "no clone came from the warm pool";
+}
+
+// The Firecracker of `pid` holds a tun fd attached to `tap`, inside the network
+// namespace mounted at /run/netns/<netns>.
+void ExpectTapOpenedInNamespace(int pid, const std::string& netns, const std::string& tap) {
+  struct stat ns_st;
+  ASSERT_EQ(stat(("/run/netns/" + netns).c_str(), &ns_st), 0) << netns;
+  struct stat proc_ns;
+  ASSERT_EQ(stat(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), &proc_ns), 0);
+  EXPECT_EQ(proc_ns.st_ino, ns_st.st_ino) << "firecracker " << pid << " is not in " << netns;
+  bool found = false;
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fdinfo";
+  for (int fd = 0; fd < 256 && !found; ++fd) {
+    std::string info = ReadFile(fd_dir + "/" + std::to_string(fd)).value_or("");
+    found = info.find("iff:\t" + tap) != std::string::npos;
+  }
+  EXPECT_TRUE(found) << "firecracker " << pid << " has no tun fd for " << tap;
+}
+
+TEST_F(ManagerE2eTest, ClonesGetTheirOwnNamespaceAndTap) {
+  if (access("/run/netns", F_OK) != 0 && geteuid() != 0) GTEST_SKIP() << "needs root for network namespaces";
+  RunRequest r = GuestRun("netbase");
+  r.config.network.enabled = true;
+  absl::StatusOr<VmInfo> vm = manager_->Run(r);
+  if (vm.status().code() == absl::StatusCode::kUnavailable) GTEST_SKIP() << vm.status();
+  ASSERT_OK(vm.status());
+  ASSERT_FALSE(vm->network.netns.empty());
+  EXPECT_EQ(vm->network.guest_ip, "172.16.0.2");
+  ExpectTapOpenedInNamespace(vm->pid, vm->network.netns, vm->network.tap);
+  ASSERT_GE(WaitTicks(vm->console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "netbase", .name = "netsnap"}));
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "netsnap", .count = 8, .parallelism = 4}));
+  ASSERT_EQ(clones.succeeded, 8u) << clones.clones[0].error;
+  std::set<std::string> namespaces, addresses;
+  for (const VmInfo& c : clones.clones) {
+    EXPECT_FALSE(c.timings.from_warm_pool) << "a networked clone needs a process started in its namespace";
+    ExpectTapOpenedInNamespace(c.pid, c.network.netns, c.network.tap);
+    EXPECT_EQ(c.network.tap, vm->network.tap);
+    EXPECT_EQ(c.network.guest_ip, "172.16.0.2");
+    namespaces.insert(c.network.netns);
+    addresses.insert(c.network.host_ip);
+    ConsoleTicks t = WaitTicks(c.console_log_path, 1);
+    EXPECT_EQ(t.bad, 0);
+    EXPECT_GE(t.ok, 1);
+  }
+  EXPECT_EQ(namespaces.size(), 8u);
+  EXPECT_EQ(addresses.size(), 8u);
+  for (const VmInfo& c : clones.clones) ASSERT_OK(manager_->Delete(c.id, true, absl::ZeroDuration()).status());
+  ASSERT_OK(manager_->Delete("netbase", true, absl::ZeroDuration()).status());
+  for (const std::string& ns : namespaces) {
+    EXPECT_NE(access(("/run/netns/" + ns).c_str(), F_OK), 0) << ns << " left behind";
+  }
+}
+
+TEST_F(ManagerE2eTest, RestartReadoptsBootedVmAndStopsUffdClones) {
+  ManagerOptions o = manager_->options();
+  o.warm_pool_size = 0;  // pooled processes die with their manager by design
+  manager_.reset();
+  ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(o));
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("survivor")));
+  ASSERT_GE(WaitTicks(vm.console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "survivor"}));
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = snap.id, .count = 1}));
+  ASSERT_EQ(clones.succeeded, 1u);
+  int clone_pid = clones.clones[0].pid;
+
+  manager_.reset();  // "fcvmd stops"
+  EXPECT_EQ(kill(vm.pid, 0), 0) << "a booted VM must survive its manager";
+  EXPECT_NE(kill(clone_pid, 0), 0) << "a UFFD clone cannot outlive its page server";
+
+  ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(o));
+  ASSERT_OK_AND_ASSIGN(VmInfo back, manager_->Get("survivor"));
+  EXPECT_EQ(back.state, VmState::kRunning);
+  EXPECT_EQ(back.pid, vm.pid);
+  ASSERT_OK(manager_->Pause("survivor").status());
+  ASSERT_OK(manager_->Resume("survivor").status());
+  ASSERT_OK_AND_ASSIGN(VmInfo clone, manager_->Get(clones.clones[0].id));
+  EXPECT_EQ(clone.state, VmState::kStopped);
+  absl::SleepFor(absl::Milliseconds(600));  // a few guest ticks with nobody reading the console
+  EXPECT_EQ(kill(vm.pid, 0), 0) << "firecracker died without its console reader";
+  ASSERT_OK(manager_->Delete("survivor", false, absl::Seconds(2)).status());
+  ASSERT_OK(manager_->Delete(clone.id, false, absl::Seconds(1)).status());
+  EXPECT_NE(kill(vm.pid, 0), 0);
+}
+
+TEST_F(ManagerE2eTest, CrashedFirecrackerIsMarkedFailed) {
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("victim")));
+  ASSERT_EQ(kill(vm.pid, SIGKILL), 0);
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  VmInfo now;
+  do {
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_OK_AND_ASSIGN(now, manager_->Get("victim"));
+  } while (now.state == VmState::kRunning && absl::Now() < deadline);
+  EXPECT_EQ(now.state, VmState::kFailed);
+  EXPECT_THAT(now.error, HasSubstr("signal 9"));
+  EXPECT_EQ(now.pid, 0);
+  ASSERT_OK(manager_->Delete("victim", false, absl::Seconds(1)).status());
+}
+
+}  // namespace
+}  // namespace fcvm::vm
