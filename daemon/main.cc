@@ -39,11 +39,13 @@ int main(int argc, char** argv) {
             "page server loop threads (default 0 = one per core)");
   flags.Int("clone-parallelism", &clone_parallelism,
             "clones restored at once per CloneSnapshot request unless it says (default 4)");
-  flags.Int("warm-pool", &warm_pool, "pre-started Firecracker processes kept ready for clones (default 2; 0 = off)");
+  flags.Int("warm-pool", &warm_pool,
+            "pre-started Firecracker processes kept ready for clones (default 2; 0 = off)");
   flags.Bool("networking", &options.networking, "per-VM network namespaces (default on; --no-networking)");
-  flags.String("network-pool", &options.network_pool, "unique VM addresses come from this IPv4 CIDR (default 10.200.0.0/16)",
-               "CIDR");
-  flags.String("network-uplink", &options.network_uplink, "host interface to MASQUERADE guest traffic through", "IFACE");
+  flags.String("network-pool", &options.network_pool,
+               "unique VM addresses come from this IPv4 CIDR (default 10.200.0.0/16)", "CIDR");
+  flags.String("network-uplink", &options.network_uplink,
+               "host interface to MASQUERADE guest traffic through", "IFACE");
   flags.String("network-prefix", &options.network_prefix,
                "prefix of the namespaces, devices and nft tables fcvmd creates (default fcvm)", "PREFIX");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");

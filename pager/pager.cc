@@ -30,15 +30,20 @@ constexpr char kUsage[] =
 
 const char* PolicyName(uffd::ClonePolicy p) {
   switch (p) {
-    case uffd::ClonePolicy::kNone: return "none";
-    case uffd::ClonePolicy::kRecord: return "record";
-    case uffd::ClonePolicy::kPrefetch: return "prefetch";
-    case uffd::ClonePolicy::kAuto: return "auto";
+    case uffd::ClonePolicy::kNone:
+      return "none";
+    case uffd::ClonePolicy::kRecord:
+      return "record";
+    case uffd::ClonePolicy::kPrefetch:
+      return "prefetch";
+    case uffd::ClonePolicy::kAuto:
+      return "auto";
   }
   return "?";
 }
 
-absl::Status SplitPair(absl::string_view flag, const std::string& value, std::string* key, std::string* rest) {
+absl::Status SplitPair(absl::string_view flag, const std::string& value, std::string* key,
+                       std::string* rest) {
   size_t eq = value.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == value.size()) {
     return absl::InvalidArgumentError(absl::StrCat("--", flag, " wants NAME=VALUE, got '", value, "'"));
@@ -49,14 +54,16 @@ absl::Status SplitPair(absl::string_view flag, const std::string& value, std::st
 }
 
 std::string Summary(const uffd::PageStats& s) {
-  return absl::StrFormat("faults=%d copied=%d zero=%d prefetched=%d bytes=%d eagain=%d eexist=%d p50=%.1fus p99=%.1fus",
-                         s.faults, s.pages_copied, s.zero_pages, s.prefetched_pages, s.bytes_copied, s.eagain,
-                         s.eexist, s.p50_us(), s.p99_us());
+  return absl::StrFormat(
+      "faults=%d copied=%d zero=%d prefetched=%d bytes=%d eagain=%d eexist=%d p50=%.1fus p99=%.1fus",
+      s.faults, s.pages_copied, s.zero_pages, s.prefetched_pages, s.bytes_copied, s.eagain, s.eexist,
+      s.p50_us(), s.p99_us());
 }
 
 }  // namespace
 
-absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool* help, std::string* help_text) {
+absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool* help,
+                                      std::string* help_text) {
   PagerConfig c;
   std::vector<std::string> snapshot_args, socket_args;
   int64_t fault_around = static_cast<int64_t>(c.fault_around_bytes);
@@ -64,15 +71,17 @@ absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool
   bool no_zero = false;
   std::string policy = "none", on_bad_peer = "kill";
   FlagParser flags(kUsage);
-  flags.Int("fault-around", &fault_around, "bytes installed around each fault, power of two; 0 = off (default 65536)",
-            "BYTES");
+  flags.Int("fault-around", &fault_around,
+            "bytes installed around each fault, power of two; 0 = off (default 65536)", "BYTES");
   flags.Bool("no-zero-elision", &no_zero, "copy all-zero pages instead of mapping the zero page");
   flags.String("policy", &policy, "working set: none, record, prefetch or auto (default none)", "POLICY");
   flags.String("working-set", &c.working_set, "working-set file (default MEMFILE.wset)", "PATH");
   flags.Int("threads", &threads, "io_uring loop threads (default: one per core)");
-  flags.Duration("handshake-timeout", &c.handshake_timeout, "time a peer has to send its handshake (default 5s)");
+  flags.Duration("handshake-timeout", &c.handshake_timeout,
+                 "time a peer has to send its handshake (default 5s)");
   flags.String("on-bad-peer", &on_bad_peer,
-               "kill (default: a Firecracker without its pager would freeze) or drop the connection", "kill|drop");
+               "kill (default: a Firecracker without its pager would freeze) or drop the connection",
+               "kill|drop");
   flags.String("log-level", &c.log_level, "trace, debug, info, warn, error, off", "LEVEL");
   flags.Duration("stats-interval", &c.stats_interval, "print per-connection statistics this often");
   flags.Bool("once", &c.once, "serve one connection, exit when it hangs up");
@@ -101,23 +110,29 @@ absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool
   for (const std::string& s : snapshot_args) {
     std::string name, mem;
     RETURN_IF_ERROR(SplitPair("snapshot", s, &name, &mem));
-    if (!names.insert(name).second) return absl::InvalidArgumentError(absl::StrCat("--snapshot ", name, " given twice"));
+    if (!names.insert(name).second)
+      return absl::InvalidArgumentError(absl::StrCat("--snapshot ", name, " given twice"));
     auto it = sockets.find(name);
-    if (it == sockets.end()) return absl::InvalidArgumentError(absl::StrCat("--snapshot ", name, " has no --socket ", name, "=PATH"));
+    if (it == sockets.end())
+      return absl::InvalidArgumentError(
+          absl::StrCat("--snapshot ", name, " has no --socket ", name, "=PATH"));
     c.snapshots.push_back({name, mem, it->second});
     sockets.erase(it);
   }
   if (!sockets.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--socket ", sockets.begin()->first, " names no --snapshot"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--socket ", sockets.begin()->first, " names no --snapshot"));
   }
-  if (c.snapshots.empty()) return absl::InvalidArgumentError("nothing to serve: give SOCKET MEMFILE; see --help");
+  if (c.snapshots.empty())
+    return absl::InvalidArgumentError("nothing to serve: give SOCKET MEMFILE; see --help");
   if (!c.working_set.empty() && c.snapshots.size() > 1) {
     return absl::InvalidArgumentError("--working-set applies to a single snapshot");
   }
   if (c.once && c.snapshots.size() > 1) return absl::InvalidArgumentError("--once serves a single snapshot");
 
   if (fault_around < 0 || (fault_around != 0 && (fault_around & (fault_around - 1)) != 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("--fault-around must be 0 or a power of two, got ", fault_around));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fault-around must be 0 or a power of two, got ", fault_around));
   }
   c.fault_around_bytes = static_cast<uint64_t>(fault_around);
   c.zero_elision = !no_zero;
@@ -132,16 +147,19 @@ absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool
   } else if (policy == "auto") {
     c.policy = uffd::ClonePolicy::kAuto;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--policy must be none, record, prefetch or auto, got '", policy, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--policy must be none, record, prefetch or auto, got '", policy, "'"));
   }
   if (on_bad_peer == "kill") {
     c.on_bad_peer = uffd::FailurePolicy::kKill;
   } else if (on_bad_peer == "drop") {
     c.on_bad_peer = uffd::FailurePolicy::kDrop;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--on-bad-peer must be kill or drop, got '", on_bad_peer, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--on-bad-peer must be kill or drop, got '", on_bad_peer, "'"));
   }
-  if (c.handshake_timeout <= absl::ZeroDuration()) return absl::InvalidArgumentError("--handshake-timeout must be > 0");
+  if (c.handshake_timeout <= absl::ZeroDuration())
+    return absl::InvalidArgumentError("--handshake-timeout must be > 0");
   return c;
 }
 
@@ -150,7 +168,8 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
     out << "fcvm-pager: " << st.message() << "\n";
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<uffd::PageServer>> server = uffd::PageServer::Create({.threads = config.threads});
+  absl::StatusOr<std::unique_ptr<uffd::PageServer>> server =
+      uffd::PageServer::Create({.threads = config.threads});
   if (!server.ok()) {
     out << "fcvm-pager: cannot start: " << server.status().message() << "\n";
     return 1;
@@ -252,8 +271,8 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
       next_stats = absl::Now() + config.stats_interval;
       for (const uffd::ListenerStats& l : (*server)->GetStats().listeners) {
         for (const uffd::SessionStats& s : l.sessions) {
-          out << "[" << l.tag << "] connection " << s.id << " (pid " << s.peer_pid << "): " << Summary(s.stats)
-              << std::endl;
+          out << "[" << l.tag << "] connection " << s.id << " (pid " << s.peer_pid
+              << "): " << Summary(s.stats) << std::endl;
         }
       }
     }

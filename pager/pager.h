@@ -38,7 +38,8 @@ struct PagerConfig {
 // Parses the command line (without argv[0]). InvalidArgument names the
 // offending argument. Sets *help (and returns the help text in
 // *help_text) for --help.
-absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool* help, std::string* help_text);
+absl::StatusOr<PagerConfig> ParseArgs(const std::vector<std::string>& args, bool* help,
+                                      std::string* help_text);
 
 // Serves until `stop_fd` is readable (a signalfd for SIGTERM/SIGINT), or with
 // --once until its one connection ends. Prints one line per connection event

@@ -94,8 +94,9 @@ class Fcvmd {
     d->socket_ = d->dir_ + "/fcvmd.sock";
     int log = open((d->dir_ + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     SpawnOptions so;
-    so.argv = {o.fcvmd, "--socket", d->socket_, "--state-dir", d->dir_ + "/state", "--firecracker", o.firecracker,
-               "--warm-pool", absl::StrCat(warm_pool), "--log-level", "warn"};
+    so.argv = {o.fcvmd,         "--socket",    d->socket_,    "--state-dir",           d->dir_ + "/state",
+               "--firecracker", o.firecracker, "--warm-pool", absl::StrCat(warm_pool), "--log-level",
+               "warn"};
     so.fds = {{log, 2}};
     absl::StatusOr<Process> p = Process::Spawn(so);
     close(log);
@@ -183,8 +184,8 @@ absl::StatusOr<std::string> Prepare(Fcvmd& d, const Options& o) {
   return snap.id();
 }
 
-absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap, fcvm::v1::MemoryBackend backend,
-                            bool warm, bool batch) {
+absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap,
+                            fcvm::v1::MemoryBackend backend, bool warm, bool batch) {
   Row row;
   row.backend = backend == fcvm::v1::MEMORY_BACKEND_FILE ? "file" : "uffd";
   row.warm = warm;
@@ -241,7 +242,8 @@ absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap,
 int Main(int argc, char** argv) {
   Options o;
   if (const char* fc = std::getenv("FCVM_FIRECRACKER_BIN")) o.firecracker = fc;
-  FlagParser flags("fcvm-clone-bench [options]\n\nClone latency and memory through fcvmd (needs Firecracker).");
+  FlagParser flags(
+      "fcvm-clone-bench [options]\n\nClone latency and memory through fcvmd (needs Firecracker).");
   flags.String("fcvmd", &o.fcvmd, "fcvmd binary", "PATH");
   flags.String("guest", &o.guest, "test guest ELF", "PATH");
   flags.String("firecracker", &o.firecracker, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
@@ -250,7 +252,8 @@ int Main(int argc, char** argv) {
   flags.Int("parallelism", &o.parallelism, "clones restored at once within a request (default 4)");
   flags.Int("warm-pool", &o.warm_pool, "warm pool size for the 'warm' runs (default 4)");
   flags.Bool("json", &o.json, "print JSON instead of a table");
-  absl::StatusOr<std::vector<std::string>> rest = flags.Parse(std::vector<std::string>(argv + 1, argv + argc));
+  absl::StatusOr<std::vector<std::string>> rest =
+      flags.Parse(std::vector<std::string>(argv + 1, argv + argc));
   if (!rest.ok()) {
     std::cerr << "fcvm-clone-bench: " << rest.status().message() << "\n";
     return 2;
@@ -302,19 +305,20 @@ int Main(int argc, char** argv) {
     return 0;
   }
   std::cout << "\n"
-            << absl::StrFormat("%-7s %-5s %-7s %4s %9s %9s %10s %9s %9s %9s %8s %6s %6s\n", "backend", "warm", "kind",
-                               "n", "p50 ms", "p99 ms", "wall ms", "srv p50", "load p50", "pref p50", "PSS MiB",
-                               "pooled", "failed");
+            << absl::StrFormat("%-7s %-5s %-7s %4s %9s %9s %10s %9s %9s %9s %8s %6s %6s\n", "backend", "warm",
+                               "kind", "n", "p50 ms", "p99 ms", "wall ms", "srv p50", "load p50", "pref p50",
+                               "PSS MiB", "pooled", "failed");
   for (const Row& r : rows) {
-    std::cout << absl::StrFormat("%-7s %-5s %-7s %4d %9.2f %9.2f %10s %9.2f %9.2f %9.2f %8s %6d %6d\n", r.backend,
-                                 r.warm ? "on" : "off", r.kind, r.n, r.p50_ms, r.p99_ms,
-                                 r.kind == "batch" ? absl::StrFormat("%.1f", r.total_ms) : "-", r.server_p50_ms,
-                                 r.load_p50_ms, r.prefetch_p50_ms,
+    std::cout << absl::StrFormat("%-7s %-5s %-7s %4d %9.2f %9.2f %10s %9.2f %9.2f %9.2f %8s %6d %6d\n",
+                                 r.backend, r.warm ? "on" : "off", r.kind, r.n, r.p50_ms, r.p99_ms,
+                                 r.kind == "batch" ? absl::StrFormat("%.1f", r.total_ms) : "-",
+                                 r.server_p50_ms, r.load_p50_ms, r.prefetch_p50_ms,
                                  r.kind == "batch" ? absl::StrCat(r.pss_mib) : "-", r.pooled, r.failed);
   }
-  std::cout << "\nsingle: p50/p99 of request sent -> clone running, measured by the client over --runs requests;\n"
-               "batch: one request of --batch clones; p50/p99 of each clone's request -> running time (fcvmd),\n"
-               "wall = the whole request at the client; PSS = the batch's Firecracker processes summed.\n";
+  std::cout
+      << "\nsingle: p50/p99 of request sent -> clone running, measured by the client over --runs requests;\n"
+         "batch: one request of --batch clones; p50/p99 of each clone's request -> running time (fcvmd),\n"
+         "wall = the whole request at the client; PSS = the batch's Firecracker processes summed.\n";
   return 0;
 }
 

@@ -21,8 +21,8 @@ absl::Status ValidateName(absl::string_view kind, absl::string_view name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
               c == '_' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(kind, " '", absl::CHexEscape(name),
-                                                     "' has a character outside [A-Za-z0-9._-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kind, " '", absl::CHexEscape(name), "' has a character outside [A-Za-z0-9._-]"));
     }
   }
   return absl::OkStatus();
@@ -35,8 +35,8 @@ std::string NewId(absl::string_view prefix) {
     ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
     if (n > 0) got += static_cast<size_t>(n);
   }
-  return absl::StrCat(prefix, "-",
-                      absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bytes), sizeof(bytes))));
+  return absl::StrCat(
+      prefix, "-", absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bytes), sizeof(bytes))));
 }
 
 }  // namespace fcvm

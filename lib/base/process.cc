@@ -305,7 +305,8 @@ absl::StatusOr<std::optional<ExitStatus>> Process::TryWait() {
     // ended); otherwise its real parent does.
     siginfo_t info;
     std::memset(&info, 0, sizeof(info));
-    if (waitid(static_cast<idtype_t>(P_PIDFD), pidfd_.get(), &info, WEXITED | WNOHANG) == 0 && info.si_pid != 0) {
+    if (waitid(static_cast<idtype_t>(P_PIDFD), pidfd_.get(), &info, WEXITED | WNOHANG) == 0 &&
+        info.si_pid != 0) {
       exit_ = ExitStatus{info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED, info.si_status, true};
     } else {
       exit_ = ExitStatus{false, 0, false};

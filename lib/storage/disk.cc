@@ -53,7 +53,8 @@ absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& d
   if (!in) return ErrnoError(absl::StrCat("open disk ", src));
   struct stat st;
   if (fstat(in.get(), &st) < 0) return ErrnoError(absl::StrCat("stat ", src));
-  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat("disk ", src, " is not a regular file"));
+  if (!S_ISREG(st.st_mode))
+    return absl::InvalidArgumentError(absl::StrCat("disk ", src, " is not a regular file"));
   UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
   if (!out) return ErrnoError(absl::StrCat("create ", dst));
   absl::Cleanup remove_dst = [&dst] { unlink(dst.c_str()); };

@@ -140,7 +140,8 @@ absl::StatusOr<PendingSnapshot> SnapshotStore::Begin(const std::string& id, cons
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [existing_id, record] : by_id_) {
-      if (record.name == name) return absl::AlreadyExistsError(absl::StrCat("snapshot name '", name, "' is taken"));
+      if (record.name == name)
+        return absl::AlreadyExistsError(absl::StrCat("snapshot name '", name, "' is taken"));
     }
     if (pending_names_.count(name) > 0) {
       return absl::AlreadyExistsError(absl::StrCat("snapshot name '", name, "' is being created"));

@@ -52,8 +52,8 @@ struct VmEntry {
   absl::Mutex op_mu;
   VmInfo info;
   std::string dir;
-  std::unique_ptr<firecracker::Vmm> vmm;               // VMs this fcvmd started
-  std::optional<Process> adopted;                      // VMs re-adopted after a restart
+  std::unique_ptr<firecracker::Vmm> vmm;                // VMs this fcvmd started
+  std::optional<Process> adopted;                       // VMs re-adopted after a restart
   std::unique_ptr<firecracker::ApiClient> adopted_api;  // their API
   std::optional<uffd::ListenerId> listener;
   uint64_t watch_token = 0;
@@ -62,10 +62,14 @@ struct VmEntry {
 
 uffd::ClonePolicy ToUffdPolicy(PrefetchPolicy p) {
   switch (p) {
-    case PrefetchPolicy::kNone: return uffd::ClonePolicy::kNone;
-    case PrefetchPolicy::kRecord: return uffd::ClonePolicy::kRecord;
-    case PrefetchPolicy::kPrefetch: return uffd::ClonePolicy::kPrefetch;
-    case PrefetchPolicy::kAuto: return uffd::ClonePolicy::kAuto;
+    case PrefetchPolicy::kNone:
+      return uffd::ClonePolicy::kNone;
+    case PrefetchPolicy::kRecord:
+      return uffd::ClonePolicy::kRecord;
+    case PrefetchPolicy::kPrefetch:
+      return uffd::ClonePolicy::kPrefetch;
+    case PrefetchPolicy::kAuto:
+      return uffd::ClonePolicy::kAuto;
   }
   return uffd::ClonePolicy::kAuto;
 }
@@ -104,8 +108,10 @@ std::string InfoToJson(const VmInfo& v) {
   j["console_log_path"] = v.console_log_path;
   j["created_at_unix_ns"] = absl::ToUnixNanos(v.created_at);
   j["error"] = v.error;
-  j["network"] = {{"netns", v.network.netns},       {"tap", v.network.tap},
-                  {"guest_ip", v.network.guest_ip}, {"host_ip", v.network.host_ip},
+  j["network"] = {{"netns", v.network.netns},
+                  {"tap", v.network.tap},
+                  {"guest_ip", v.network.guest_ip},
+                  {"host_ip", v.network.host_ip},
                   {"guest_mac", v.network.guest_mac}};
   return j.dump(2);
 }
@@ -121,10 +127,11 @@ absl::StatusOr<VmInfo> InfoFromJson(const std::string& text) {
     if (!ParseState(j.value("state", "failed"), &v.state)) v.state = VmState::kFailed;
     ASSIGN_OR_RETURN(v.config, ConfigFromJson(j.contains("config") ? j["config"].dump() : "{}"));
     v.snapshot_id = j.value("snapshot_id", "");
-    v.memory_backend = j.value("memory_backend", "uffd") == "file" ? MemoryBackend::kFile : MemoryBackend::kUffd;
+    v.memory_backend =
+        j.value("memory_backend", "uffd") == "file" ? MemoryBackend::kFile : MemoryBackend::kUffd;
     std::string policy = j.value("prefetch_policy", "auto");
-    for (PrefetchPolicy p : {PrefetchPolicy::kNone, PrefetchPolicy::kRecord, PrefetchPolicy::kPrefetch,
-                             PrefetchPolicy::kAuto}) {
+    for (PrefetchPolicy p :
+         {PrefetchPolicy::kNone, PrefetchPolicy::kRecord, PrefetchPolicy::kPrefetch, PrefetchPolicy::kAuto}) {
       if (policy == PrefetchPolicyName(p)) v.prefetch_policy = p;
     }
     v.pid = j.value("pid", 0);
@@ -251,7 +258,8 @@ struct Manager::Impl {
     RETURN_IF_ERROR(ValidateName("vm name", name));
     absl::MutexLock lock(&mu);
     for (const auto& [id, e] : vms) {
-      if (e->info.name == name) return absl::AlreadyExistsError(absl::StrCat("vm name '", name, "' is taken"));
+      if (e->info.name == name)
+        return absl::AlreadyExistsError(absl::StrCat("vm name '", name, "' is taken"));
     }
     if (!pending_names.insert(name).second) {
       return absl::AlreadyExistsError(absl::StrCat("vm name '", name, "' is being created"));
@@ -268,8 +276,8 @@ struct Manager::Impl {
     if (!avail.ok()) return absl::OkStatus();  // cannot tell: let the kernel decide
     uint64_t need = mib * count;
     if (need > *avail) {
-      return absl::ResourceExhaustedError(absl::StrCat("not enough memory: ", count, " x ", mib, " MiB wanted, ",
-                                                       *avail, " MiB available"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("not enough memory: ", count, " x ", mib, " MiB wanted, ", *avail, " MiB available"));
     }
     return absl::OkStatus();
   }
@@ -286,8 +294,8 @@ struct Manager::Impl {
         if (symlink(d.path.c_str(), dst.c_str()) < 0) return ErrnoError(absl::StrCat("symlink ", dst));
         continue;
       }
-      RETURN_IF_ERROR(Annotate(storage::CopyDisk(writable_source(d), dst).status(),
-                               absl::StrCat("drive ", d.drive_id)));
+      RETURN_IF_ERROR(
+          Annotate(storage::CopyDisk(writable_source(d), dst).status(), absl::StrCat("drive ", d.drive_id)));
     }
     return absl::OkStatus();
   }
@@ -560,14 +568,17 @@ struct Manager::Impl {
   }
 
   // Creates the VM's network namespace, tap, veth and rules.
-  absl::StatusOr<net::VmNetwork> SetupNetwork(const std::string& id, const std::vector<PortMapping>& publish) {
+  absl::StatusOr<net::VmNetwork> SetupNetwork(const std::string& id,
+                                              const std::vector<PortMapping>& publish) {
     if (network == nullptr) {
-      return absl::UnavailableError(absl::StrCat("VM networking is not available on this host: ", network_error));
+      return absl::UnavailableError(
+          absl::StrCat("VM networking is not available on this host: ", network_error));
     }
     RETURN_IF_ERROR(ValidatePublish(publish));
     std::vector<net::PublishedPort> ports;
     for (const PortMapping& p : publish) {
-      ports.push_back({p.protocol == "udp" ? net::Protocol::kUdp : net::Protocol::kTcp, p.host_port, p.guest_port});
+      ports.push_back(
+          {p.protocol == "udp" ? net::Protocol::kUdp : net::Protocol::kTcp, p.host_port, p.guest_port});
     }
     absl::StatusOr<net::VmNetwork> n = network->Setup(id, ports);
     if (!n.ok()) return Annotate(n.status(), "network");
@@ -589,7 +600,9 @@ struct Manager::Impl {
   SnapshotInfo ToSnapshotInfo(const storage::SnapshotRecord& r) const;
   absl::StatusOr<VmInfo> CloneOne(const storage::SnapshotRecord& snap, const VmConfig& config,
                                   const CloneRequest& req, const std::string& name);
-  absl::StatusOr<DeleteResult> DeleteEntry(const std::shared_ptr<VmEntry>& e, bool force, absl::Duration grace);
+  absl::StatusOr<VmInfo> SetPaused(const std::string& ref, bool paused);
+  absl::StatusOr<DeleteResult> DeleteEntry(const std::shared_ptr<VmEntry>& e, bool force,
+                                           absl::Duration grace);
   void Reconcile();
 };
 
@@ -674,14 +687,16 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   Impl& m = *impl;
   m.options = options;
   if (options.state_dir.empty() || options.state_dir[0] != '/') {
-    return absl::InvalidArgumentError(absl::StrCat("state dir must be an absolute path, got '", options.state_dir, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("state dir must be an absolute path, got '", options.state_dir, "'"));
   }
   m.vms_dir = options.state_dir + "/vms";
   m.drives_dir = options.state_dir + "/drives";
   RETURN_IF_ERROR(MakeDirs(m.vms_dir, 0700));
   RETURN_IF_ERROR(MakeDirs(m.drives_dir, 0700));
   if (!options.firecracker_bin.empty()) {
-    ASSIGN_OR_RETURN(firecracker::FirecrackerBinary bin, firecracker::FirecrackerBinary::Probe(options.firecracker_bin));
+    ASSIGN_OR_RETURN(firecracker::FirecrackerBinary bin,
+                     firecracker::FirecrackerBinary::Probe(options.firecracker_bin));
     m.binary = std::move(bin);
     m.fc_version = m.binary->version().ToString();
   }
@@ -715,7 +730,8 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   if (epoll_ctl(m.epoll.get(), EPOLL_CTL_ADD, m.wake.get(), &ev) < 0) return ErrnoError("epoll_ctl");
   if (options.reconcile) m.Reconcile();
   m.watcher = std::thread([raw] { raw->WatchLoop(); });
-  if (m.binary.has_value() && options.warm_pool_size > 0) m.refiller = std::thread([raw] { raw->RefillLoop(); });
+  if (m.binary.has_value() && options.warm_pool_size > 0)
+    m.refiller = std::thread([raw] { raw->RefillLoop(); });
   return std::unique_ptr<Manager>(new Manager(std::move(impl)));
 }
 
@@ -767,8 +783,9 @@ absl::StatusOr<VmInfo> Manager::Run(const RunRequest& request) {
     e->info.network = Impl::StatusOf(*net, request.config.network.guest_mac, request.config.network.publish);
     e->info.timings.network = absl::Now() - nt;
   }
-  RETURN_IF_ERROR(m.AttachProcessAndDrives(*e, request.config, [](const DriveConfig& d) { return d.path; },
-                                           net.has_value() ? net->netns.get() : -1));
+  RETURN_IF_ERROR(m.AttachProcessAndDrives(
+      *e, request.config, [](const DriveConfig& d) { return d.path; },
+      net.has_value() ? net->netns.get() : -1));
   id = e->info.id;
   e->info.console_log_path = e->vmm->console_log_path();
   firecracker::BootSpec spec;
@@ -832,38 +849,31 @@ std::vector<VmInfo> Manager::List(const ListFilter& filter) const {
     if (!snapshot_id.empty() && v.snapshot_id != snapshot_id) continue;
     out.push_back(v);
   }
-  std::sort(out.begin(), out.end(), [](const VmInfo& a, const VmInfo& b) { return a.created_at < b.created_at; });
+  std::sort(out.begin(), out.end(),
+            [](const VmInfo& a, const VmInfo& b) { return a.created_at < b.created_at; });
   return out;
 }
 
-absl::StatusOr<VmInfo> Manager::Pause(const std::string& ref) {
-  Impl& m = *impl_;
-  ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, m.Find(ref));
+absl::StatusOr<VmInfo> Manager::Impl::SetPaused(const std::string& ref, bool paused) {
+  ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, Find(ref));
   absl::MutexLock op(&e->op_mu);
-  VmInfo info = m.Snapshot(*e);
-  RETURN_IF_ERROR(CheckTransition(info.id, info.state, VmState::kPaused, "pause"));
-  firecracker::ApiClient* api = m.Api(*e);
+  VmInfo info = Snapshot(*e);
+  const VmState to = paused ? VmState::kPaused : VmState::kRunning;
+  const char* verb = paused ? "pause" : "resume";
+  RETURN_IF_ERROR(CheckTransition(info.id, info.state, to, verb));
+  firecracker::ApiClient* api = Api(*e);
   if (api == nullptr) return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
-  RETURN_IF_ERROR(Annotate(api->Pause(), absl::StrCat("pause vm ", info.id)));
-  RETURN_IF_ERROR(m.SetState(*e, VmState::kPaused, "pause"));
-  return m.Snapshot(*e);
+  RETURN_IF_ERROR(Annotate(paused ? api->Pause() : api->Resume(), absl::StrCat(verb, " vm ", info.id)));
+  RETURN_IF_ERROR(SetState(*e, to, verb));
+  return Snapshot(*e);
 }
 
-absl::StatusOr<VmInfo> Manager::Resume(const std::string& ref) {
-  Impl& m = *impl_;
-  ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, m.Find(ref));
-  absl::MutexLock op(&e->op_mu);
-  VmInfo info = m.Snapshot(*e);
-  RETURN_IF_ERROR(CheckTransition(info.id, info.state, VmState::kRunning, "resume"));
-  firecracker::ApiClient* api = m.Api(*e);
-  if (api == nullptr) return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
-  RETURN_IF_ERROR(Annotate(api->Resume(), absl::StrCat("resume vm ", info.id)));
-  RETURN_IF_ERROR(m.SetState(*e, VmState::kRunning, "resume"));
-  return m.Snapshot(*e);
-}
+absl::StatusOr<VmInfo> Manager::Pause(const std::string& ref) { return impl_->SetPaused(ref, true); }
+
+absl::StatusOr<VmInfo> Manager::Resume(const std::string& ref) { return impl_->SetPaused(ref, false); }
 
 absl::StatusOr<DeleteResult> Manager::Impl::DeleteEntry(const std::shared_ptr<VmEntry>& e, bool force,
-                                                         absl::Duration grace) {
+                                                        absl::Duration grace) {
   absl::MutexLock op(&e->op_mu);
   VmInfo info = Snapshot(*e);
   RETURN_IF_ERROR(SetState(*e, VmState::kStopping, "delete"));
@@ -923,8 +933,8 @@ absl::StatusOr<SnapshotInfo> Manager::CreateSnapshot(const SnapshotRequest& requ
     }
     firecracker::ApiClient* api = m.Api(*e);
     if (api == nullptr || !e->vmm) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("vm ", info.id, " was re-adopted after a restart; snapshots need a VM this fcvmd started"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "vm ", info.id, " was re-adopted after a restart; snapshots need a VM this fcvmd started"));
     }
     ASSIGN_OR_RETURN(storage::PendingSnapshot pending, m.store->Begin(id, name));
     absl::Cleanup abort = [&m, &pending] { m.store->Abort(pending); };
@@ -1082,8 +1092,8 @@ absl::StatusOr<VmInfo> Manager::Impl::CloneOne(const storage::SnapshotRecord& sn
     e->listener = lid;
     struct stat st;
     bool have_wset = stat(wset.c_str(), &st) == 0 && st.st_size > 0;
-    prefetch_then_resume = req.policy == PrefetchPolicy::kPrefetch ||
-                           (req.policy == PrefetchPolicy::kAuto && have_wset);
+    prefetch_then_resume =
+        req.policy == PrefetchPolicy::kPrefetch || (req.policy == PrefetchPolicy::kAuto && have_wset);
     load.backend = firecracker::MemBackend::kUffd;
     load.backend_path = spec.socket_path;
   } else {
@@ -1216,7 +1226,8 @@ absl::StatusOr<CloneResult> Manager::Clone(const CloneRequest& req) {
       if (v.state == VmState::kFailed || v.id.empty()) continue;
       (void)Delete(v.id, true, absl::ZeroDuration());
     }
-    return Annotate(first_error, absl::StrCat(result.failed, " of ", req.count, " clones failed (all_or_nothing)"));
+    return Annotate(first_error,
+                    absl::StrCat(result.failed, " of ", req.count, " clones failed (all_or_nothing)"));
   }
   spdlog::info("cloned {} x{}: {} ok, {} failed in {}", snap.name, req.count, result.succeeded, result.failed,
                absl::FormatDuration(result.total));
@@ -1274,7 +1285,8 @@ void Manager::Impl::Reconcile() {
       e->info.state = VmState::kStopped;
       e->info.pid = 0;
       e->info.error = "killed at fcvmd start: its memory was served by the previous fcvmd's page server";
-      ev.message = absl::StrCat("killed UFFD clone ", n, " (pid ", info->pid, "): nobody can serve its faults");
+      ev.message =
+          absl::StrCat("killed UFFD clone ", n, " (pid ", info->pid, "): nobody can serve its faults");
     } else if (alive) {
       e->adopted = std::move(proc);
       e->adopted_api = std::make_unique<firecracker::ApiClient>(vm_dir + "/api.sock");

@@ -38,12 +38,18 @@ constexpr Transition kTransitions[] = {
 
 absl::string_view StateName(VmState state) {
   switch (state) {
-    case VmState::kCreating: return "creating";
-    case VmState::kRunning: return "running";
-    case VmState::kPaused: return "paused";
-    case VmState::kStopping: return "stopping";
-    case VmState::kStopped: return "stopped";
-    case VmState::kFailed: return "failed";
+    case VmState::kCreating:
+      return "creating";
+    case VmState::kRunning:
+      return "running";
+    case VmState::kPaused:
+      return "paused";
+    case VmState::kStopping:
+      return "stopping";
+    case VmState::kStopped:
+      return "stopped";
+    case VmState::kFailed:
+      return "failed";
   }
   return "unknown";
 }
@@ -67,7 +73,8 @@ bool CanTransition(VmState from, VmState to) {
 
 absl::Status CheckTransition(absl::string_view vm_id, VmState from, VmState to, absl::string_view verb) {
   if (CanTransition(from, to)) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat("vm ", vm_id, " is ", StateName(from), "; cannot ", verb));
+  return absl::FailedPreconditionError(
+      absl::StrCat("vm ", vm_id, " is ", StateName(from), "; cannot ", verb));
 }
 
 }  // namespace fcvm::vm

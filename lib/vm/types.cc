@@ -19,10 +19,14 @@ const char* MemoryBackendName(MemoryBackend backend) {
 
 const char* PrefetchPolicyName(PrefetchPolicy policy) {
   switch (policy) {
-    case PrefetchPolicy::kNone: return "none";
-    case PrefetchPolicy::kRecord: return "record";
-    case PrefetchPolicy::kPrefetch: return "prefetch";
-    case PrefetchPolicy::kAuto: return "auto";
+    case PrefetchPolicy::kNone:
+      return "none";
+    case PrefetchPolicy::kRecord:
+      return "record";
+    case PrefetchPolicy::kPrefetch:
+      return "prefetch";
+    case PrefetchPolicy::kAuto:
+      return "auto";
   }
   return "auto";
 }
@@ -36,12 +40,16 @@ std::string ConfigToJson(const VmConfig& c) {
   j["memory_mib"] = c.memory_mib;
   j["drives"] = json::array();
   for (const DriveConfig& d : c.drives) {
-    j["drives"].push_back(
-        {{"drive_id", d.drive_id}, {"path", d.path}, {"is_root_device", d.is_root_device}, {"read_only", d.read_only}});
+    j["drives"].push_back({{"drive_id", d.drive_id},
+                           {"path", d.path},
+                           {"is_root_device", d.is_root_device},
+                           {"read_only", d.read_only}});
   }
-  j["network"] = {{"enabled", c.network.enabled}, {"guest_mac", c.network.guest_mac}, {"publish", json::array()}};
+  j["network"] = {
+      {"enabled", c.network.enabled}, {"guest_mac", c.network.guest_mac}, {"publish", json::array()}};
   for (const PortMapping& p : c.network.publish) {
-    j["network"]["publish"].push_back({{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
+    j["network"]["publish"].push_back(
+        {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
   }
   return j.dump();
 }
@@ -82,20 +90,24 @@ namespace {
 
 absl::Status CheckFile(absl::string_view what, const std::string& path) {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " path is empty"));
-  if (path[0] != '/') return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not an absolute path"));
+  if (path[0] != '/')
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not an absolute path"));
   struct stat st;
   if (stat(path.c_str(), &st) < 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": ", ErrnoError("stat").message()));
   }
-  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not a regular file"));
-  if (access(path.c_str(), R_OK) < 0) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not readable"));
+  if (!S_ISREG(st.st_mode))
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not a regular file"));
+  if (access(path.c_str(), R_OK) < 0)
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not readable"));
   return absl::OkStatus();
 }
 
 bool ValidDriveId(const std::string& id) {
   if (id.empty() || id.size() > 64) return false;
   for (char c : id) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -107,11 +119,14 @@ absl::Status ValidatePublish(const std::vector<PortMapping>& publish) {
   std::set<std::pair<std::string, uint16_t>> seen;
   for (const PortMapping& p : publish) {
     if (p.protocol != "tcp" && p.protocol != "udp") {
-      return absl::InvalidArgumentError(absl::StrCat("published port protocol must be tcp or udp, got '", p.protocol, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("published port protocol must be tcp or udp, got '", p.protocol, "'"));
     }
-    if (p.host_port == 0 || p.guest_port == 0) return absl::InvalidArgumentError("published ports must be 1-65535");
+    if (p.host_port == 0 || p.guest_port == 0)
+      return absl::InvalidArgumentError("published ports must be 1-65535");
     if (!seen.insert({p.protocol, p.host_port}).second) {
-      return absl::InvalidArgumentError(absl::StrCat("host port ", p.host_port, "/", p.protocol, " published twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("host port ", p.host_port, "/", p.protocol, " published twice"));
     }
   }
   return absl::OkStatus();
@@ -131,7 +146,8 @@ absl::Status ValidateConfig(const VmConfig& c) {
   int roots = 0;
   for (const DriveConfig& d : c.drives) {
     if (!ValidDriveId(d.drive_id)) {
-      return absl::InvalidArgumentError(absl::StrCat("drive id '", d.drive_id, "' must be 1-64 of [A-Za-z0-9_-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("drive id '", d.drive_id, "' must be 1-64 of [A-Za-z0-9_-]"));
     }
     if (!ids.insert(d.drive_id).second) {
       return absl::InvalidArgumentError(absl::StrCat("drive id '", d.drive_id, "' appears twice"));

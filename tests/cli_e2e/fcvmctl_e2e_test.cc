@@ -19,6 +19,7 @@
 #include "lib/base/unix_socket.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/e2e_util.h"
+#include "tests/testing/run_command.h"
 #include "tests/testing/status_matchers.h"
 
 namespace fcvm {
@@ -27,48 +28,8 @@ namespace {
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-Result RunCommand(const std::vector<std::string>& argv) {
-  Result r;
-  int out[2], err[2];
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return r;
-  SpawnOptions opts;
-  opts.argv = argv;
-  opts.fds = {{out[1], 1}, {err[1], 2}};
-  absl::StatusOr<Process> p = Process::Spawn(opts);
-  close(out[1]);
-  close(err[1]);
-  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_count = 2;
-  char buf[4096];
-  while (p.ok() && open_count > 0 && poll(fds, 2, 120000) > 0) {
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      if (n <= 0) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_count;
-      } else {
-        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-      }
-    }
-  }
-  for (auto& f : fds) {
-    if (f.fd >= 0) close(f.fd);
-  }
-  if (!p.ok()) {
-    r.err = p.status().ToString();
-    return r;
-  }
-  absl::StatusOr<ExitStatus> st = p->Wait(absl::Seconds(120));
-  if (st.ok() && !st->signaled) r.code = st->value;
-  return r;
-}
+using Result = ::fcvm::testing::CommandResult;
+using ::fcvm::testing::RunCommand;
 
 int OkTicks(const std::string& console_log, int* bad) {
   static const std::regex kTick("^FCVM-GUEST TICK ([0-9]+) (OK|BAD)( |$)");
@@ -90,7 +51,12 @@ class FcvmctlE2eTest : public ::testing::Test {
     socket_ = tmp_.path() + "/fcvmd.sock";
     int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     SpawnOptions so;
-    so.argv = {FCVMD_PATH, "--socket", socket_, "--state-dir", tmp_.path() + "/state", "--firecracker",
+    so.argv = {FCVMD_PATH,
+               "--socket",
+               socket_,
+               "--state-dir",
+               tmp_.path() + "/state",
+               "--firecracker",
                e2e::FirecrackerPath()};
     so.fds = {{log, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
@@ -126,13 +92,14 @@ class FcvmctlE2eTest : public ::testing::Test {
 };
 
 TEST_F(FcvmctlE2eTest, RunSnapshotCloneTenDeleteAll) {
-  json vm = Ctl({"run", "--name", "golden-vm", "--kernel", e2e::GuestPath(), "--boot-args", e2e::kGuestBootArgs,
-                 "--memory-mib", "128", "--label", "role=base"});
+  json vm = Ctl({"run", "--name", "golden-vm", "--kernel", e2e::GuestPath(), "--boot-args",
+                 e2e::kGuestBootArgs, "--memory-mib", "128", "--label", "role=base"});
   ASSERT_EQ(vm["state"], "VM_STATE_RUNNING") << vm.dump();
   std::string console = vm["console_log_path"];
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   int bad = 0;
-  while (OkTicks(console, &bad) < 2 && bad == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+  while (OkTicks(console, &bad) < 2 && bad == 0 && absl::Now() < deadline)
+    absl::SleepFor(absl::Milliseconds(50));
   ASSERT_EQ(bad, 0);
 
   json snap = Ctl({"snapshot", "create", "golden-vm", "--name", "golden"});
@@ -151,7 +118,8 @@ TEST_F(FcvmctlE2eTest, RunSnapshotCloneTenDeleteAll) {
     std::string log = c["console_log_path"];
     absl::Time until = absl::Now() + absl::Seconds(40);
     int ok = 0;
-    while ((ok = OkTicks(log, &bad)) < 2 && bad == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+    while ((ok = OkTicks(log, &bad)) < 2 && bad == 0 && absl::Now() < until)
+      absl::SleepFor(absl::Milliseconds(50));
     EXPECT_EQ(bad, 0) << c["name"] << ": " << ReadFile(log).value_or("");
     EXPECT_GE(ok, 2) << c["name"] << ": " << ReadFile(log).value_or("");
   }
@@ -183,8 +151,8 @@ TEST_F(FcvmctlE2eTest, ErrorsAreOneLineWithExitCodes) {
   Result unknown = RunCommand({FCVMCTL_PATH, "--socket", socket_, "clone", "no-such-snapshot"});
   EXPECT_EQ(unknown.code, 1);
   EXPECT_THAT(unknown.err, HasSubstr("not found"));
-  Result bad_name = RunCommand({FCVMCTL_PATH, "--socket", socket_, "run", "--name", "../evil", "--kernel",
-                                e2e::GuestPath()});
+  Result bad_name = RunCommand(
+      {FCVMCTL_PATH, "--socket", socket_, "run", "--name", "../evil", "--kernel", e2e::GuestPath()});
   EXPECT_EQ(bad_name.code, 1);
   EXPECT_THAT(bad_name.err, HasSubstr("vm name"));
 }

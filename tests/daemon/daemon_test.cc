@@ -21,6 +21,7 @@
 #include "lib/base/unix_socket.h"
 #include "nlohmann/json.hpp"
 #include "probe.grpc.pb.h"
+#include "tests/testing/run_command.h"
 #include "tests/testing/status_matchers.h"
 
 namespace fcvm {
@@ -28,52 +29,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct Result {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-// Runs a command to completion, keeping stdout and stderr apart.
-Result RunCommand(const std::vector<std::string>& argv) {
-  Result r;
-  int out[2], err[2];
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) return r;
-  SpawnOptions opts;
-  opts.argv = argv;
-  opts.fds = {{out[1], 1}, {err[1], 2}};
-  absl::StatusOr<Process> p = Process::Spawn(opts);
-  close(out[1]);
-  close(err[1]);
-  if (!p.ok()) {
-    r.err = p.status().ToString();
-    close(out[0]);
-    close(err[0]);
-    return r;
-  }
-  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_count = 2;
-  char buf[4096];
-  while (open_count > 0 && poll(fds, 2, 30000) > 0) {
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      if (n <= 0) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_count;
-      } else {
-        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-      }
-    }
-  }
-  for (auto& f : fds) {
-    if (f.fd >= 0) close(f.fd);
-  }
-  absl::StatusOr<ExitStatus> st = p->Wait(absl::Seconds(30));
-  if (st.ok() && !st->signaled) r.code = st->value;
-  return r;
-}
+using Result = ::fcvm::testing::CommandResult;
+using ::fcvm::testing::RunCommand;
 
 class DaemonTest : public ::testing::Test {
  protected:

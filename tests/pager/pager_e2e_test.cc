@@ -33,7 +33,8 @@ TEST(PagerE2e, ServesThreeFirecrackerClones) {
   // Boot the guest, let it tick, snapshot it.
   uint64_t snap_tick = 0;
   {
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Vmm> vmm, Vmm::Launch(bin, {.vm_dir = tmp.path() + "/golden", .id = "golden"}));
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Vmm> vmm,
+                         Vmm::Launch(bin, {.vm_dir = tmp.path() + "/golden", .id = "golden"}));
     ASSERT_OK(vmm->Boot(e2e::GuestBootSpec(e2e::GuestPath())));
     ASSERT_OK(e2e::WaitForOkTicks(vmm->console(), 0, 2, 0, absl::Seconds(30)).status());
     ASSERT_OK(vmm->api().Pause());
@@ -71,8 +72,8 @@ TEST(PagerE2e, ServesThreeFirecrackerClones) {
     clones.push_back(std::move(vmm));
   }
   for (auto& c : clones) {
-    absl::StatusOr<e2e::Tick> tick = e2e::WaitForOkTicks(c->console(), 0, 2, snap_tick > 2 ? snap_tick - 2 : 0,
-                                                         absl::Seconds(40));
+    absl::StatusOr<e2e::Tick> tick =
+        e2e::WaitForOkTicks(c->console(), 0, 2, snap_tick > 2 ? snap_tick - 2 : 0, absl::Seconds(40));
     EXPECT_OK(tick.status()) << ReadFile(out_path).value_or("");
   }
   for (auto& c : clones) ASSERT_OK(c->Kill().status());

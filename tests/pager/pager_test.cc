@@ -32,8 +32,9 @@ absl::StatusOr<PagerConfig> Parse(std::vector<std::string> args) {
 }
 
 TEST(PagerArgs, PositionalForm) {
-  ASSERT_OK_AND_ASSIGN(PagerConfig c, Parse({"/run/s.sock", "/snap/mem", "--policy", "auto", "--fault-around",
-                                             "32768", "--no-zero-elision", "--on-bad-peer", "drop", "--once"}));
+  ASSERT_OK_AND_ASSIGN(PagerConfig c,
+                       Parse({"/run/s.sock", "/snap/mem", "--policy", "auto", "--fault-around", "32768",
+                              "--no-zero-elision", "--on-bad-peer", "drop", "--once"}));
   ASSERT_EQ(c.snapshots.size(), 1u);
   EXPECT_EQ(c.snapshots[0].socket, "/run/s.sock");
   EXPECT_EQ(c.snapshots[0].mem_file, "/snap/mem");
@@ -45,8 +46,8 @@ TEST(PagerArgs, PositionalForm) {
 }
 
 TEST(PagerArgs, SeveralSnapshots) {
-  ASSERT_OK_AND_ASSIGN(PagerConfig c, Parse({"--snapshot", "a=/m/a", "--socket", "a=/s/a", "--snapshot=b=/m/b",
-                                             "--socket=b=/s/b"}));
+  ASSERT_OK_AND_ASSIGN(PagerConfig c, Parse({"--snapshot", "a=/m/a", "--socket", "a=/s/a",
+                                             "--snapshot=b=/m/b", "--socket=b=/s/b"}));
   ASSERT_EQ(c.snapshots.size(), 2u);
   EXPECT_EQ(c.snapshots[1].name, "b");
   EXPECT_EQ(c.snapshots[1].socket, "/s/b");
@@ -55,10 +56,12 @@ TEST(PagerArgs, SeveralSnapshots) {
 TEST(PagerArgs, ErrorsNameTheArgument) {
   EXPECT_THAT(Parse({}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nothing to serve")));
   EXPECT_THAT(Parse({"only-one"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("SOCKET MEMFILE")));
-  EXPECT_THAT(Parse({"s", "m", "--policy", "sometimes"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--policy")));
+  EXPECT_THAT(Parse({"s", "m", "--policy", "sometimes"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--policy")));
   EXPECT_THAT(Parse({"s", "m", "--fault-around", "1000"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("power of two")));
-  EXPECT_THAT(Parse({"--snapshot", "a=/m"}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--socket a")));
+  EXPECT_THAT(Parse({"--snapshot", "a=/m"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--socket a")));
   EXPECT_THAT(Parse({"--snapshot", "a=/m", "--socket", "a=/s", "--socket", "b=/t"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--socket b")));
   EXPECT_THAT(Parse({"--snapshot", "noequals", "--socket", "a=/s"}),
@@ -175,7 +178,8 @@ TEST_F(PagerCommandTest, TwoSnapshotsOnTheirOwnSockets) {
   std::string mem_a = MakeMemFile(dir_ + "/a", 1024, 3);
   std::string mem_b = MakeMemFile(dir_ + "/b", 1536, 4);
   std::string sa = dir_ + "/a.sock", sb = dir_ + "/b.sock";
-  StartPager({"--snapshot", "a=" + mem_a, "--socket", "a=" + sa, "--snapshot", "b=" + mem_b, "--socket", "b=" + sb});
+  StartPager(
+      {"--snapshot", "a=" + mem_a, "--socket", "a=" + sa, "--snapshot", "b=" + mem_b, "--socket", "b=" + sb});
   WaitForSocket(sa);
   WaitForSocket(sb);
   std::vector<Process> clients;

@@ -239,7 +239,8 @@ TEST_F(ManagerE2eTest, ClonesGetTheirOwnNamespaceAndTap) {
   ExpectTapOpenedInNamespace(vm->pid, vm->network.netns, vm->network.tap);
   ASSERT_GE(WaitTicks(vm->console_log_path, 1).ok, 1);
   ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "netbase", .name = "netsnap"}));
-  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "netsnap", .count = 8, .parallelism = 4}));
+  ASSERT_OK_AND_ASSIGN(CloneResult clones,
+                       manager_->Clone({.snapshot_ref = "netsnap", .count = 8, .parallelism = 4}));
   ASSERT_EQ(clones.succeeded, 8u) << clones.clones[0].error;
   std::set<std::string> namespaces, addresses;
   for (const VmInfo& c : clones.clones) {
@@ -255,7 +256,8 @@ TEST_F(ManagerE2eTest, ClonesGetTheirOwnNamespaceAndTap) {
   }
   EXPECT_EQ(namespaces.size(), 8u);
   EXPECT_EQ(addresses.size(), 8u);
-  for (const VmInfo& c : clones.clones) ASSERT_OK(manager_->Delete(c.id, true, absl::ZeroDuration()).status());
+  for (const VmInfo& c : clones.clones)
+    ASSERT_OK(manager_->Delete(c.id, true, absl::ZeroDuration()).status());
   ASSERT_OK(manager_->Delete("netbase", true, absl::ZeroDuration()).status());
   for (const std::string& ns : namespaces) {
     EXPECT_NE(access(("/run/netns/" + ns).c_str(), F_OK), 0) << ns << " left behind";

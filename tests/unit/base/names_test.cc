@@ -18,10 +18,14 @@ TEST(ValidateName, AcceptsSafeNames) {
 }
 
 TEST(ValidateName, RejectsUnsafeNames) {
-  const std::string bad[] = {"", ".", "..", "a/b", "../x", "tab\there", "nl\n", std::string(65, 'a'),
+  const std::string bad[] = {"",       ".",
+                             "..",     "a/b",
+                             "../x",   "tab\there",
+                             "nl\n",   std::string(65, 'a'),
                              "sp ace", std::string("nul\0x", 5)};
   for (const std::string& name : bad) {
-    EXPECT_THAT(ValidateName("vm name", name), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vm name")))
+    EXPECT_THAT(ValidateName("vm name", name),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vm name")))
         << name;
   }
 }

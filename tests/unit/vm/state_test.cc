@@ -15,14 +15,14 @@ using ::fcvm::testing::StatusIs;
 // states is checked against it, so adding or losing a transition in one place
 // only fails this test.
 const std::set<std::pair<VmState, VmState>> kAllowed = {
-    {VmState::kCreating, VmState::kRunning},  {VmState::kCreating, VmState::kPaused},
-    {VmState::kCreating, VmState::kFailed},   {VmState::kCreating, VmState::kStopping},
-    {VmState::kRunning, VmState::kPaused},    {VmState::kPaused, VmState::kRunning},
-    {VmState::kRunning, VmState::kStopping},  {VmState::kPaused, VmState::kStopping},
-    {VmState::kRunning, VmState::kStopped},   {VmState::kPaused, VmState::kStopped},
-    {VmState::kRunning, VmState::kFailed},    {VmState::kPaused, VmState::kFailed},
-    {VmState::kStopping, VmState::kStopped},  {VmState::kStopping, VmState::kFailed},
-    {VmState::kStopped, VmState::kStopping},  {VmState::kFailed, VmState::kStopping},
+    {VmState::kCreating, VmState::kRunning}, {VmState::kCreating, VmState::kPaused},
+    {VmState::kCreating, VmState::kFailed},  {VmState::kCreating, VmState::kStopping},
+    {VmState::kRunning, VmState::kPaused},   {VmState::kPaused, VmState::kRunning},
+    {VmState::kRunning, VmState::kStopping}, {VmState::kPaused, VmState::kStopping},
+    {VmState::kRunning, VmState::kStopped},  {VmState::kPaused, VmState::kStopped},
+    {VmState::kRunning, VmState::kFailed},   {VmState::kPaused, VmState::kFailed},
+    {VmState::kStopping, VmState::kStopped}, {VmState::kStopping, VmState::kFailed},
+    {VmState::kStopped, VmState::kStopping}, {VmState::kFailed, VmState::kStopping},
 };
 
 TEST(VmState, EveryPairMatchesTheTable) {
