@@ -208,11 +208,13 @@ double Percentile(std::vector<double> values, double p) {
 }
 
 std::string FormatVmTable(const fcvm::v1::ListVmsResponse& resp, absl::Time now) {
-  Table t({"ID", "NAME", "STATE", "BACKEND", "SNAPSHOT", "PID", "AGE"});
+  Table t({"ID", "NAME", "STATE", "BACKEND", "SNAPSHOT", "PID", "IP", "AGE"});
   for (const fcvm::v1::Vm& vm : resp.vms()) {
+    // IP: the VM's unique host-reachable address (its guest address is the
+    // same in every clone).
     t.AddRow({vm.id(), vm.name(), StateName(vm.state()),
               vm.snapshot_id().empty() ? "-" : BackendName(vm.memory_backend()), OrDash(vm.snapshot_id()),
-              Pid(vm.pid()), FormatAge(vm.created_at(), now)});
+              Pid(vm.pid()), OrDash(vm.network().host_ip()), FormatAge(vm.created_at(), now)});
   }
   return t.Render();
 }

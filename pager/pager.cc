@@ -244,7 +244,8 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
       switch (ev.kind) {
         case uffd::SessionEventKind::kReady:
           ++connections;
-          out << prefix << ": peer pid " << ev.peer_pid << ", policy " << PolicyName(ev.policy) << std::endl;
+          out << prefix << ": peer pid " << ev.peer_pid << ", " << ev.regions << " region(s), policy "
+              << PolicyName(ev.policy) << std::endl;
           break;
         case uffd::SessionEventKind::kRejected:
           ++refused;

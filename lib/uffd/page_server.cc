@@ -445,6 +445,7 @@ SessionEvent Session::MakeEvent(SessionEventKind kind, absl::Status status) cons
   e.peer_pid = pid_;
   e.status = std::move(status);
   e.policy = mode_;
+  e.regions = static_cast<uint32_t>(hs_.regions.size());
   return e;
 }
 

@@ -112,6 +112,7 @@ struct SessionEvent {
   absl::Status status;                      // the reason for kRejected / kFailed / kClosed
   bool peer_killed = false;                 // we sent SIGKILL to the peer
   ClonePolicy policy = ClonePolicy::kNone;  // resolved policy (kAuto never appears)
+  uint32_t regions = 0;                     // guest memory regions in the handshake (0 before it)
   PageStats stats;                          // the session's final stats on kFailed / kClosed
 };
 

@@ -316,7 +316,7 @@ TEST_F(CliTest, GetJsonRoundTrips) {
 TEST_F(CliTest, LsSendsFilters) {
   Result r = Ctl({"ls", "--label", "app=web", "--state", "running", "--snapshot", "base"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_THAT(r.out, StartsWith("ID               NAME   STATE    BACKEND  SNAPSHOT  PID   AGE\n"));
+  EXPECT_THAT(r.out, StartsWith("ID               NAME   STATE    BACKEND  SNAPSHOT  PID   IP  AGE\n"));
   std::lock_guard<std::mutex> lock(vms_.mu);
   EXPECT_THAT(vms_.list.label_selector(), UnorderedElementsAre(Pair("app", "web")));
   EXPECT_THAT(vms_.list.states(), ElementsAre(v1::VM_STATE_RUNNING));

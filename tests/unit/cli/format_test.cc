@@ -147,8 +147,13 @@ TEST(FormatVm, TableSummaryAndDetails) {
   v1::ListVmsResponse list;
   *list.add_vms() = vm;
   EXPECT_EQ(FormatVmTable(list, absl::FromUnixSeconds(1000 + 90)),
-            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   AGE\n"
-            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  1m\n");
+            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP  AGE\n"
+            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  -   1m\n");
+  v1::ListVmsResponse networked = list;
+  networked.mutable_vms(0)->mutable_network()->set_host_ip("10.200.0.2");
+  EXPECT_EQ(FormatVmTable(networked, absl::FromUnixSeconds(1000 + 90)),
+            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP          AGE\n"
+            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  10.200.0.2  1m\n");
 
   EXPECT_EQ(FormatVmSummary(vm),
             "id:          vm-0123456789ab\n"
