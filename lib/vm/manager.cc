@@ -172,6 +172,8 @@ struct Manager::Impl {
   uint64_t next_token ABSL_GUARDED_BY(mu) = 1;
   std::map<uint64_t, std::string> watched ABSL_GUARDED_BY(mu);  // watch token -> vm id
   std::set<std::string> pending_names ABSL_GUARDED_BY(mu);
+  // OnExit handlers still running (detached threads); the destructor waits.
+  int exit_handlers ABSL_GUARDED_BY(mu) = 0;
 
   // Warm pool: ready Firecracker processes, each with its VM id and
   // directory already made (its drives directory is bind-mounted, so the
@@ -405,7 +407,15 @@ struct Manager::Impl {
           id = it->second;
           watched.erase(it);
         }
-        std::thread([this, id] { OnExit(id); }).detach();
+        {
+          absl::MutexLock lock(&mu);
+          ++exit_handlers;
+        }
+        std::thread([this, id] {
+          OnExit(id);
+          absl::MutexLock lock(&mu);
+          --exit_handlers;
+        }).detach();
       }
     }
   }
@@ -646,6 +656,11 @@ Manager::~Manager() {
   uint64_t one = 1;
   if (write(m.wake.get(), &one, sizeof(one)) < 0) spdlog::warn("vm watcher: wake-up failed");
   if (m.watcher.joinable()) m.watcher.join();
+  {
+    absl::MutexLock lock(&m.mu);
+    m.mu.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &m.exit_handlers));
+  }
   std::map<std::string, std::shared_ptr<VmEntry>> vms;
   {
     absl::MutexLock lock(&m.mu);
