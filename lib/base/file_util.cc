@@ -30,7 +30,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode) {
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode, bool durable) {
   std::string dir = ".";
   size_t slash = path.rfind('/');
   if (slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
@@ -48,7 +48,7 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
     }
     done += static_cast<size_t>(n);
   }
-  if (fsync(fd.get()) < 0) {
+  if (durable && fsync(fd.get()) < 0) {
     int err = errno;
     unlink(tmp.c_str());
     return ErrnoError(err, absl::StrCat("fsync ", tmp));
@@ -59,8 +59,10 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
     unlink(tmp.c_str());
     return ErrnoError(err, absl::StrCat("rename ", tmp, " -> ", path));
   }
-  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd) fsync(dfd.get());
+  if (durable) {
+    UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (dfd) fsync(dfd.get());
+  }
   return absl::OkStatus();
 }
 

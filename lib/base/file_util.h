@@ -13,9 +13,12 @@ namespace fcvm {
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
 // Writes `contents` to `path` atomically: a temporary file in the same
-// directory, fsync, rename over `path`, fsync of the directory. A crash leaves
-// either the old or the new contents, never a mix.
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode = 0644);
+// directory, rename over `path`. A crash of the process leaves either the old
+// or the new contents, never a mix. With `durable` (the default) the file and
+// the directory are also fsynced, so the same holds across a power loss;
+// records that mean nothing after a host reboot (running VMs) skip that cost.
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode = 0644,
+                             bool durable = true);
 
 // mkdir -p with `mode` for the directories it creates.
 absl::Status MakeDirs(const std::string& path, int mode = 0755);

@@ -48,7 +48,7 @@ absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, con
 
 }  // namespace
 
-absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst) {
+absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable) {
   UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return ErrnoError(absl::StrCat("open disk ", src));
   struct stat st;
@@ -68,7 +68,7 @@ absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& d
     if (ftruncate(out.get(), st.st_size) < 0) return ErrnoError(absl::StrCat("truncate ", dst));
     RETURN_IF_ERROR(SparseCopy(in.get(), out.get(), st.st_size, src, dst));
   }
-  if (fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", dst));
+  if (durable && fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", dst));
   std::move(remove_dst).Cancel();
   return method;
 }

@@ -16,9 +16,10 @@ enum class CopyMethod {
 const char* CopyMethodName(CopyMethod method);
 
 // Copies `src` to a new file `dst` (which must not exist), by reflink where
-// the file system can, else as a sparse copy. The copy is fsynced. On error
+// the file system can, else as a sparse copy. With `durable` the copy is
+// fsynced (snapshots); a running VM's private copy need not be. On error
 // `dst` does not exist. NotFound for a missing `src` (naming it);
 // AlreadyExists for an existing `dst`; ResourceExhausted when the disk is full.
-absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst);
+absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable = true);
 
 }  // namespace fcvm::storage

@@ -205,8 +205,11 @@ struct Manager::Impl {
     for (auto& cb : subs) cb(event);
   }
 
+  // Not fsynced: a VM record only matters while the host stays up (no VM
+  // survives a reboot), and an fcvmd crash does not lose the page cache.
   void Persist(const VmInfo& info, const std::string& dir) {
-    if (absl::Status st = WriteFileAtomic(dir + "/vm.json", InfoToJson(info), 0600); !st.ok()) {
+    if (absl::Status st = WriteFileAtomic(dir + "/vm.json", InfoToJson(info), 0600, /*durable=*/false);
+        !st.ok()) {
       spdlog::warn("vm {}: cannot persist its record: {}", info.id, st);
     }
   }
@@ -296,8 +299,8 @@ struct Manager::Impl {
         if (symlink(d.path.c_str(), dst.c_str()) < 0) return ErrnoError(absl::StrCat("symlink ", dst));
         continue;
       }
-      RETURN_IF_ERROR(
-          Annotate(storage::CopyDisk(writable_source(d), dst).status(), absl::StrCat("drive ", d.drive_id)));
+      RETURN_IF_ERROR(Annotate(storage::CopyDisk(writable_source(d), dst, /*durable=*/false).status(),
+                               absl::StrCat("drive ", d.drive_id)));
     }
     return absl::OkStatus();
   }
