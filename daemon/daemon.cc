@@ -82,6 +82,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
         absl::StrCat("--socket must be 1-107 bytes (a Unix socket path), got '", options.socket_path, "'"));
   }
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
+  if (!options.jailer_bin.empty()) {
+    return absl::UnimplementedError(
+        "--jailer: jailer mode is not implemented yet; VMs run in per-VM mount and network namespaces "
+        "(docs/firecracker.md)");
+  }
   if (options.workers < 1 || options.workers > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("--workers must be 1-1024, got ", options.workers));
   }

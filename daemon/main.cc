@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   flags.String("state-dir", &options.state_dir, "state directory (default /var/lib/fcvm)", "DIR");
   flags.String("firecracker", &options.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)",
                "PATH");
-  flags.String("jailer", &options.jailer_bin, "jailer binary (optional)", "PATH");
+  flags.String("jailer", &options.jailer_bin, "jailer binary (jailer mode is not implemented yet: refused)",
+               "PATH");
   flags.Int("workers", &workers, "threads running blocking VM operations (default 16)");
   flags.Int("page-server-threads", &page_server_threads,
             "page server loop threads (default 0 = one per core)");
