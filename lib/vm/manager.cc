@@ -669,6 +669,7 @@ Manager::~Manager() {
     absl::MutexLock lock(&m.mu);
     vms = m.vms;
   }
+  bool networks_left = false;
   for (auto& [id, e] : vms) {
     absl::MutexLock op(&e->op_mu);
     if (e->listener.has_value() || e->info.timings.from_warm_pool) {
@@ -687,10 +688,17 @@ Manager::~Manager() {
       spdlog::info("vm {}: left running (pid {}) for re-adoption", id, e->vmm->pid());
       e->vmm->Detach();
       e->vmm.reset();
+      networks_left |= !e->info.network.netns.empty();
     } else if (e->adopted.has_value()) {
       e->adopted->Release();
       e->adopted.reset();
+      networks_left |= !e->info.network.netns.empty();
     }
+  }
+  // The shared host rules go with the last VM network (the next fcvmd puts
+  // them back at start).
+  if (m.network != nullptr && !networks_left) {
+    if (absl::Status st = m.network->RemoveHostRules(); !st.ok()) spdlog::warn("network: {}", st);
   }
   {
     absl::MutexLock lock(&m.warm_mu);  // wakes the refiller's Await
