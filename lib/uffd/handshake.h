@@ -4,7 +4,7 @@
 //
 // Firecracker (v1.12+) connects to the page server's socket and sends ONE
 // message: a bare JSON array of guest memory regions, with the userfaultfd as
-// the only SCM_RIGHTS fd (see /work/shared/firecracker-facts.md). Example:
+// the only SCM_RIGHTS fd (see the team's shared firecracker-facts.md). Example:
 //   [{"base_host_virt_addr":140027082309632,"size":134217728,"offset":0,
 //     "page_size":4096,"page_size_kib":4096}]
 // `page_size` is in bytes; older releases send only `page_size_kib`, which
