@@ -28,20 +28,6 @@ constexpr char kUsage[] =
     "/snapshot/load mem_backend {\"backend_type\": \"Uffd\", \"backend_path\": SOCKET}),\n"
     "from MEMFILE, any number at once, until SIGTERM/SIGINT.";
 
-const char* PolicyName(uffd::ClonePolicy p) {
-  switch (p) {
-    case uffd::ClonePolicy::kNone:
-      return "none";
-    case uffd::ClonePolicy::kRecord:
-      return "record";
-    case uffd::ClonePolicy::kPrefetch:
-      return "prefetch";
-    case uffd::ClonePolicy::kAuto:
-      return "auto";
-  }
-  return "?";
-}
-
 absl::Status SplitPair(absl::string_view flag, const std::string& value, std::string* key,
                        std::string* rest) {
   size_t eq = value.find('=');
@@ -210,8 +196,8 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
     }
     names[*id] = s.name;
     out << "fcvm-pager: serving " << s.mem_file << " on " << s.socket << " (" << s.name << ", policy "
-        << PolicyName(config.policy) << ", fault-around " << config.fault_around_bytes << ", zero elision "
-        << (config.zero_elision ? "on" : "off") << ")" << std::endl;
+        << uffd::ClonePolicyName(config.policy) << ", fault-around " << config.fault_around_bytes
+        << ", zero elision " << (config.zero_elision ? "on" : "off") << ")" << std::endl;
   }
 
   int exit_code = 0;
@@ -245,7 +231,7 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
         case uffd::SessionEventKind::kReady:
           ++connections;
           out << prefix << ": peer pid " << ev.peer_pid << ", " << ev.regions << " region(s), policy "
-              << PolicyName(ev.policy) << std::endl;
+              << uffd::ClonePolicyName(ev.policy) << std::endl;
           break;
         case uffd::SessionEventKind::kRejected:
           ++refused;

@@ -48,7 +48,13 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-const char* PolicyName(ClonePolicy p) {
+bool TestBit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
+void SetBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] |= 1ull << (i & 63); }
+void ClearBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] &= ~(1ull << (i & 63)); }
+
+}  // namespace
+
+const char* ClonePolicyName(ClonePolicy p) {
   switch (p) {
     case ClonePolicy::kNone:
       return "none";
@@ -61,12 +67,6 @@ const char* PolicyName(ClonePolicy p) {
   }
   return "?";
 }
-
-bool TestBit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
-void SetBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] |= 1ull << (i & 63); }
-void ClearBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] &= ~(1ull << (i & 63)); }
-
-}  // namespace
 
 const char* SessionEventKindName(SessionEventKind kind) {
   switch (kind) {
@@ -606,7 +606,7 @@ void Session::BecomeReady() {
     ls_->cv.SignalAll();
   }
   spdlog::info("page server: session {} ({}) ready: peer pid {}, {} region(s), policy {}{}", id_,
-               ls_->spec.tag, pid_, hs_.regions.size(), PolicyName(mode_),
+               ls_->spec.tag, pid_, hs_.regions.size(), ClonePolicyName(mode_),
                prefetching_ ? absl::StrCat(", prefetching ", plan_.size(), " runs") : "");
   loop_->server->Emit(MakeEvent(SessionEventKind::kReady, absl::OkStatus()));
   if (prefetching_) MarkBusy();
@@ -1134,7 +1134,7 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
   spdlog::info(
       "page server: listener {} ({}) on {} for {} ({} pages, {} zero), policy {}, fault-around {} KiB",
       ls->id, spec.tag, spec.socket_path, spec.files.mem_file_path, ls->snap->num_pages(),
-      ls->snap->zero_pages(), PolicyName(spec.policy), spec.fault_around_bytes / 1024);
+      ls->snap->zero_pages(), ClonePolicyName(spec.policy), spec.fault_around_bytes / 1024);
   return ls->id;
 }
 

@@ -102,6 +102,7 @@ enum class SessionEventKind {
   kClosed,        // peer hung up / exited, or listener removed / server stopped
 };
 const char* SessionEventKindName(SessionEventKind kind);
+const char* ClonePolicyName(ClonePolicy policy);  // "none", "record", "prefetch", "auto"
 
 struct SessionEvent {
   SessionEventKind kind;
