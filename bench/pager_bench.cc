@@ -76,7 +76,26 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-bool IsZeroPage(uint64_t page) { return ((page * 0x9E3779B97F4A7C15ull) >> 31 & 1) == 0; }
+// Which pages of the memory file are zero (about half of them either way):
+//   runs       runs of zero pages and runs of data pages alternate, each 1..64 pages long
+//              (guest memory: free memory is zero in long stretches, used memory is data);
+//   alternate  page by page from a hash whose bit flips almost every page: the worst case
+//              for merging neighbours into one ioctl.
+std::vector<bool> ZeroLayout(uint64_t pages, const std::string& layout) {
+  std::vector<bool> zero(pages, false);
+  if (layout == "alternate") {
+    for (uint64_t p = 0; p < pages; ++p) zero[p] = ((p * 0x9E3779B97F4A7C15ull) >> 31 & 1) == 0;
+    return zero;
+  }
+  std::mt19937_64 rng(777);
+  bool z = false;
+  for (uint64_t p = 0; p < pages;) {
+    uint64_t len = 1 + rng() % 64;
+    for (uint64_t i = 0; i < len && p < pages; ++i, ++p) zero[p] = z;
+    z = !z;
+  }
+  return zero;
+}
 
 // The working set: page indices of the guest, the same for every clone. Runs
 // of 1..32 pages (mean ~66 KiB) at pseudo-random page-aligned places, until
@@ -250,23 +269,26 @@ struct Options {
   bool json = false;
   std::string log_level = "warn";
   std::string dir;
+  std::string zero_layout = "runs";
 };
 
 struct RunResult {
   double wall_ms = 0, faults_per_s = 0, p50_us = 0, p99_us = 0, rss_mib = 0, pss_mib = 0;
   double server_faults = 0;               // uffd page-fault events the page server saw (server modes)
   double srv_p50_us = 0, srv_p99_us = 0;  // server-side service time (event read -> page installed)
+  double connect_ms = 0, ready_ms = 0;    // clock start -> every handshake sent; -> every clone released
   bool ok = true;
   std::string error;
 };
 
-void WriteMemFile(const std::string& path, uint64_t size) {
+void WriteMemFile(const std::string& path, uint64_t size, const std::string& layout) {
+  const std::vector<bool> zero = ZeroLayout(size / kPs, layout);
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   std::vector<uint8_t> buf(4 << 20);
   for (uint64_t off = 0; off < size; off += buf.size()) {
     for (uint64_t po = 0; po < buf.size(); po += kPs) {
       uint64_t page = (off + po) / kPs;
-      if (IsZeroPage(page)) {
+      if (zero[page]) {
         memset(buf.data() + po, 0, kPs);
       } else {
         uint64_t x = page * 2654435761ull + 1;
@@ -408,6 +430,7 @@ RunResult RunOnce(const Options& o, const std::string& self, const std::string& 
       }
     }
   }
+  const uint64_t t_connected = NowNs();
   if (res.ok && server) {
     for (auto id : ids) {
       auto st = server->WaitPrefetchDone(id, absl::Now() + absl::Seconds(60));
@@ -419,6 +442,7 @@ RunResult RunOnce(const Options& o, const std::string& self, const std::string& 
   }
   std::vector<double> p50s, p99s;
   uint64_t faults = 0;
+  const uint64_t t_ready = NowNs();
   if (res.ok) {
     for (auto& c : clones) {
       if (write(c.go, "g", 1) != 1) res = {.ok = false, .error = "go"};
@@ -438,6 +462,8 @@ RunResult RunOnce(const Options& o, const std::string& self, const std::string& 
   uint64_t t1 = NowNs();
   if (res.ok) {
     res.wall_ms = static_cast<double>(t1 - t0) / 1e6;
+    res.connect_ms = static_cast<double>(t_connected - t0) / 1e6;
+    res.ready_ms = static_cast<double>(t_ready - t0) / 1e6;
     res.faults_per_s = static_cast<double>(faults) / (static_cast<double>(t1 - t0) / 1e9);
     std::sort(p50s.begin(), p50s.end());
     std::sort(p99s.begin(), p99s.end());
@@ -540,6 +566,8 @@ int Main(int argc, char** argv) {
       o.fault_around = std::stoull(val("--fault-around-kib")) << 10;
     } else if (!val("--threads").empty()) {
       o.threads = std::stoi(val("--threads"));
+    } else if (val("--zero-layout") == "runs" || val("--zero-layout") == "alternate") {
+      o.zero_layout = val("--zero-layout");
     } else if (!val("--dir").empty()) {
       o.dir = val("--dir");
     } else {
@@ -548,7 +576,8 @@ int Main(int argc, char** argv) {
           "usage: fcvm-pager-bench [--k=1,8,32,64] "
           "[--modes=tpc,ondemand,ondemand-nozero,faultaround,prefetch,"
           "prefetch-cold,file-warm,file-cold] [--runs=3] [--ws-mib=16] [--fault-around-kib=32] [--threads=N]"
-          " [--no-defer-taskrun] [--loop-nice=0] [--log=warn] [--dir=D] [--json] [--quick]\n");
+          " [--zero-layout=runs|alternate] [--no-defer-taskrun] [--loop-nice=0] [--log=warn] [--dir=D] [--json]"
+          " [--quick]\n");
       return 1;
     }
   }
@@ -570,7 +599,7 @@ int Main(int argc, char** argv) {
     uint64_t guest = k >= 64 ? 64ull << 20 : 256ull << 20;
     if (!mems.count(guest)) {
       std::string path = absl::StrCat(o.dir, "/mem-", guest >> 20, "M");
-      WriteMemFile(path, guest);
+      WriteMemFile(path, guest, o.zero_layout);
       mems[guest] = path;
       bool wants_prefetch = std::find_if(o.modes.begin(), o.modes.end(), [](const std::string& m) {
                               return m.rfind("prefetch", 0) == 0;
@@ -617,10 +646,12 @@ int Main(int argc, char** argv) {
       };
       row.med = {med(&RunResult::wall_ms),       med(&RunResult::faults_per_s), med(&RunResult::p50_us),
                  med(&RunResult::p99_us),        med(&RunResult::rss_mib),      med(&RunResult::pss_mib),
-                 med(&RunResult::server_faults), med(&RunResult::srv_p50_us),   med(&RunResult::srv_p99_us)};
+                 med(&RunResult::server_faults), med(&RunResult::srv_p50_us),   med(&RunResult::srv_p99_us),
+                 med(&RunResult::connect_ms),    med(&RunResult::ready_ms)};
       rows.push_back(row);
       if (!o.json) {
-        fprintf(stderr, "  done: K=%d %-16s wall %.1f ms%s\n", k, mode.c_str(), row.med.wall_ms,
+        fprintf(stderr, "  done: K=%d %-16s wall %.1f ms (connected %.1f, released %.1f)%s\n", k, mode.c_str(),
+                row.med.wall_ms, row.med.connect_ms, row.med.ready_ms,
                 row.failed ? absl::StrCat(" (", row.failed, " failed runs: ", row.error, ")").c_str() : "");
       }
     }
@@ -634,10 +665,10 @@ int Main(int argc, char** argv) {
   std::string load_after = loadavg();
   if (o.json) {
     printf(
-        "{\"ws_bytes\":%lu,\"runs\":%d,\"fault_around\":%lu,\"loadavg_before\":\"%s\",\"loadavg_after\":\"%"
+        "{\"ws_bytes\":%lu,\"zero_layout\":\"%s\",\"runs\":%d,\"fault_around\":%lu,\"loadavg_before\":\"%s\",\"loadavg_after\":\"%"
         "s\","
         "\"results\":[",
-        static_cast<unsigned long>(o.ws), o.runs, static_cast<unsigned long>(o.fault_around),
+        static_cast<unsigned long>(o.ws), o.zero_layout.c_str(), o.runs, static_cast<unsigned long>(o.fault_around),
         load_before.c_str(), load_after.c_str());
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
@@ -645,18 +676,18 @@ int Main(int argc, char** argv) {
       printf(
           "%s{\"mode\":\"%s\",\"k\":%d,\"wall_ms\":%.3f,\"touches_per_s\":%.0f,\"server_faults\":%.0f,\"srv_"
           "p50_us\":%.2f,\"srv_p99_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-          "\"rss_mib\":%.1f,\"pss_mib\":%.1f,\"vs_tpc_wall\":%.3f,\"failed_runs\":%d}",
+          "\"rss_mib\":%.1f,\"pss_mib\":%.1f,\"connect_ms\":%.3f,\"release_ms\":%.3f,\"vs_tpc_wall\":%.3f,"
+          "\"failed_runs\":%d}",
           i ? "," : "", r.mode.c_str(), r.k, r.med.wall_ms, r.med.faults_per_s, r.med.server_faults,
           r.med.srv_p50_us, r.med.srv_p99_us, r.med.p50_us, r.med.p99_us, r.med.rss_mib, r.med.pss_mib,
-          base && base->med.wall_ms > 0 ? r.med.wall_ms / base->med.wall_ms : 0.0, r.failed);
+          r.med.connect_ms, r.med.ready_ms, base && base->med.wall_ms > 0 ? r.med.wall_ms / base->med.wall_ms : 0.0, r.failed);
     }
     printf("]}\n");
   } else {
     printf(
-        "fcvm-pager-bench: W=%lu MiB, medians of %d run(s), fault-around %lu KiB, %d loop thread(s), %u "
-        "CPUs, "
-        "loadavg %s -> %s\n",
-        static_cast<unsigned long>(o.ws >> 20), o.runs, static_cast<unsigned long>(o.fault_around >> 10),
+        "fcvm-pager-bench: W=%lu MiB, zero layout %s, medians of %d run(s), fault-around %lu KiB, %d loop "
+        "thread(s), %u CPUs, loadavg %s -> %s\n",
+        static_cast<unsigned long>(o.ws >> 20), o.zero_layout.c_str(), o.runs, static_cast<unsigned long>(o.fault_around >> 10),
         o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()),
         std::thread::hardware_concurrency(), load_before.c_str(), load_after.c_str());
     printf("%-4s %-16s %10s %12s %10s %8s %8s %9s %9s %10s %10s %8s %8s %8s\n", "K", "mode", "wall_ms",

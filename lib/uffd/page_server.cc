@@ -330,6 +330,8 @@ class Session {
   std::vector<Retry> around_;  // fault-around remainders, installed after this batch's faults
   std::shared_ptr<AtomicPageStats> stats_;
   uint64_t block_pages_ = 1;
+  uint64_t start_ns_ = 0, ready_ns_ = 0;  // accepted; handshake taken (for the log lines)
+  uint64_t ioctls_ = 0;                    // UFFDIO_COPY/ZEROPAGE calls (for the log lines)
 };
 
 // ---------------------------------------------------------------- Listener
@@ -450,6 +452,7 @@ SessionEvent Session::MakeEvent(SessionEventKind kind, absl::Status status) cons
 }
 
 void Session::Start() {
+  start_ns_ = NowNs();
   auto creds = GetPeerCredentials(sock_.get());
   if (creds.ok()) pid_ = creds->pid;
   auto pidfd = GetPeerPidfd(sock_.get());
@@ -545,6 +548,7 @@ absl::Status Session::TakeHandshake() {
 }
 
 void Session::BecomeReady() {
+  ready_ns_ = NowNs();
   if (hs_timer_ != 0) loop_->ev->Cancel(hs_timer_);
   hs_timer_ = 0;
   const uint64_t pages = ls_->snap->num_pages();
@@ -712,8 +716,11 @@ void Session::PrefetchDone() {
     ls_->cv.SignalAll();
   }
   PageStats s = stats_->Read();
-  spdlog::info("page server: session {} ({}) prefetch done: {} pages", id_, ls_->spec.tag,
-               s.prefetched_pages);
+  const uint64_t now = NowNs();
+  spdlog::info("page server: session {} ({}) prefetch done: {} pages in {:.2f} ms ({} ioctls; {:.2f} ms "
+               "since accept)",
+               id_, ls_->spec.tag, s.prefetched_pages, static_cast<double>(now - ready_ns_) / 1e6, ioctls_,
+               static_cast<double>(now - start_ns_) / 1e6);
   SessionEvent e = MakeEvent(SessionEventKind::kPrefetchDone, absl::OkStatus());
   e.stats = s;
   loop_->server->Emit(e);
@@ -910,6 +917,7 @@ Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count
     const uint64_t len = count * ps_;
     int64_t done = 0;
     int rc;
+    ++ioctls_;
     if (kind == Kind::kData) {
       uffdio_copy c{};
       c.dst = dst;

@@ -46,6 +46,9 @@ using json = nlohmann::json;
 
 namespace {
 
+// How long the warm-pool refiller waits for running restores to finish.
+constexpr absl::Duration kRefillHoldBack = absl::Milliseconds(200);
+
 // One VM. `op_mu` serialises operations on it; `info` and the resource
 // handles are read under Impl::mu_ for listing, and changed under both.
 struct VmEntry {
@@ -186,6 +189,10 @@ struct Manager::Impl {
   absl::Mutex warm_mu;
   std::deque<Warm> warm ABSL_GUARDED_BY(warm_mu);
   std::thread refiller;
+  // Clones being restored right now. The refiller holds back while this is
+  // not zero (up to kRefillHoldBack): starting a Firecracker takes a core
+  // for several milliseconds, which the restore needs more.
+  std::atomic<int> restoring{0};
 
   // Exit watcher: epoll over every VM's pidfd.
   UniqueFd epoll;
@@ -491,6 +498,12 @@ struct Manager::Impl {
                                    absl::Seconds(1));
           continue;
         }
+      }
+      // Hold back while clones are being restored, but not forever: under a
+      // steady stream of clones the pool must still refill.
+      for (absl::Time until = absl::Now() + kRefillHoldBack;
+           restoring.load() > 0 && !stopping.load() && absl::Now() < until;) {
+        absl::SleepFor(absl::Milliseconds(1));
       }
       Warm w;
       w.id = NewId("vm");
@@ -1065,6 +1078,8 @@ absl::StatusOr<DeleteSnapshotResult> Manager::DeleteSnapshot(const std::string& 
 absl::StatusOr<VmInfo> Manager::Impl::CloneOne(const storage::SnapshotRecord& snap, const VmConfig& config,
                                                const CloneRequest& req, const std::string& name) {
   absl::Time start = absl::Now();
+  restoring.fetch_add(1);
+  absl::Cleanup restored = [this] { restoring.fetch_sub(1); };
   std::string id = NewId("vm");
   auto e = std::make_shared<VmEntry>();
   e->dir = vms_dir + "/" + id;
