@@ -17,6 +17,9 @@
 //   prefetch-nozero  prefetch without zero elision (not in the default set)
 //   file-warm      File backend: the clone maps the memory file MAP_PRIVATE, cache warm
 //   file-cold      the same after posix_fadvise(DONTNEED) of the memory file
+//   copy-floor     the kernel's floor for prefetch: the K working sets installed with the
+//                  largest possible UFFDIO_COPY/ZEROPAGE calls by one thread per core, in this
+//                  process (no server, no clone processes, no handshakes)
 //
 // Timing: every clone first maps its memory (and creates its uffd); the clock
 // then starts, the clones connect and send their handshakes, the parent waits
@@ -60,6 +63,7 @@
 #include "absl/strings/str_split.h"
 #include "lib/base/logging.h"
 #include "lib/base/process.h"
+#include "lib/base/unique_fd.h"
 #include "lib/base/unix_socket.h"
 #include "lib/uffd/handshake.h"
 #include "lib/uffd/page_server.h"
@@ -258,8 +262,8 @@ class ThreadPerClone {
 
 struct Options {
   std::vector<int> ks = {1, 8, 32, 64};
-  std::vector<std::string> modes = {"tpc",      "ondemand",      "ondemand-nozero", "faultaround",
-                                    "prefetch", "prefetch-cold", "file-warm",       "file-cold"};
+  std::vector<std::string> modes = {"tpc",      "ondemand",      "ondemand-nozero", "faultaround", "prefetch",
+                                    "prefetch-cold", "copy-floor", "file-warm",       "file-cold"};
   int runs = 3;
   uint64_t ws = 16 << 20;
   uint64_t fault_around = 32 * 1024;
@@ -348,8 +352,106 @@ bool ReadLine(int fd, std::string* out, int timeout_ms) {
   }
 }
 
+// The kernel's floor for installing the K working sets: no page server, no
+// clone processes, no handshakes. K registered anonymous regions in this
+// process; every core's worth of threads installs them with the largest
+// ioctls the working set allows (UFFDIO_COPY for data, UFFDIO_ZEROPAGE for
+// zero pages) from a populated mapping of the memory file. Only the
+// installing is timed.
+RunResult RunCopyFloor(const Options& o, int k, const std::string& mem, uint64_t guest) {
+  RunResult res;
+  UniqueFd fd(open(mem.c_str(), O_RDONLY | O_CLOEXEC));
+  auto* src = static_cast<uint8_t*>(mmap(nullptr, guest, PROT_READ, MAP_SHARED, fd.get(), 0));
+  if (src == MAP_FAILED) return {.ok = false, .error = "mmap memory file"};
+  std::vector<uint64_t> pages = WorkingSet(guest, o.ws);
+  std::sort(pages.begin(), pages.end());
+  struct Run {
+    uint64_t page, count;
+    bool zero;
+  };
+  std::vector<Run> runs;
+  static const uint8_t kZero[kPs] = {};
+  for (uint64_t p : pages) {
+    bool zero = memcmp(src + p * kPs, kZero, kPs) == 0;
+    if (!runs.empty() && runs.back().page + runs.back().count == p && runs.back().zero == zero &&
+        runs.back().count < 512) {
+      ++runs.back().count;
+    } else {
+      runs.push_back({p, 1, zero});
+    }
+  }
+  for (const Run& r : runs) {
+    if (!r.zero) madvise(src + r.page * kPs, r.count * kPs, 22 /* MADV_POPULATE_READ */);
+  }
+  struct Dst {
+    uint8_t* mem;
+    UniqueFd uffd;
+  };
+  std::vector<Dst> dsts;
+  for (int i = 0; i < k; ++i) {
+    auto* m = static_cast<uint8_t*>(
+        mmap(nullptr, guest, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    UniqueFd u(static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+    uffdio_api api{};
+    api.api = UFFD_API;
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<uint64_t>(m);
+    reg.range.len = guest;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (m == MAP_FAILED || !u || ioctl(u.get(), UFFDIO_API, &api) < 0 ||
+        ioctl(u.get(), UFFDIO_REGISTER, &reg) < 0) {
+      res = {.ok = false, .error = "copy-floor setup"};
+      break;
+    }
+    dsts.push_back({m, std::move(u)});
+  }
+  if (res.ok) {
+    int threads = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+    std::atomic<int> next{0};
+    std::atomic<bool> failed{false};
+    uint64_t t0 = NowNs();
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&] {
+        for (int i; (i = next.fetch_add(1)) < k;) {
+          Dst& d = dsts[static_cast<size_t>(i)];
+          for (const Run& r : runs) {
+            int rc;
+            if (r.zero) {
+              uffdio_zeropage z{};
+              z.range.start = reinterpret_cast<uint64_t>(d.mem) + r.page * kPs;
+              z.range.len = r.count * kPs;
+              rc = ioctl(d.uffd.get(), UFFDIO_ZEROPAGE, &z);
+            } else {
+              uffdio_copy c{};
+              c.dst = reinterpret_cast<uint64_t>(d.mem) + r.page * kPs;
+              c.src = reinterpret_cast<uint64_t>(src + r.page * kPs);
+              c.len = r.count * kPs;
+              rc = ioctl(d.uffd.get(), UFFDIO_COPY, &c);
+            }
+            if (rc < 0) failed = true;
+          }
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+    uint64_t t1 = NowNs();
+    if (failed) {
+      res = {.ok = false, .error = "copy-floor ioctl failed"};
+    } else {
+      res.wall_ms = static_cast<double>(t1 - t0) / 1e6;
+      res.faults_per_s = static_cast<double>(pages.size() * static_cast<uint64_t>(k)) /
+                         (static_cast<double>(t1 - t0) / 1e9);
+    }
+  }
+  for (Dst& d : dsts) munmap(d.mem, guest);
+  munmap(src, guest);
+  return res;
+}
+
 RunResult RunOnce(const Options& o, const std::string& self, const std::string& mode, int k,
                   const std::string& mem, uint64_t guest, int run_index) {
+  if (mode == "copy-floor") return RunCopyFloor(o, k, mem, guest);
   RunResult res;
   const bool server_mode = mode == "ondemand" || mode == "ondemand-nozero" || mode == "faultaround" ||
                            mode == "prefetch" || mode == "prefetch-cold" || mode == "prefetch-nozero";
@@ -380,6 +482,7 @@ RunResult RunOnce(const Options& o, const std::string& self, const std::string& 
       spec.fault_around_bytes = mode == "faultaround" || prefetch ? o.fault_around : 0;
       spec.zero_elision = mode != "ondemand-nozero" && mode != "prefetch-nozero";
       spec.policy = prefetch ? uffd::ClonePolicy::kPrefetch : uffd::ClonePolicy::kNone;
+      spec.paused_during_prefetch = prefetch;  // clones touch nothing before WaitPrefetchDone returns
       spec.tag = absl::StrCat("clone", i);
       auto id = server->AddListener(spec);
       if (!id.ok()) return {.ok = false, .error = id.status().ToString()};
@@ -575,7 +678,7 @@ int Main(int argc, char** argv) {
           stderr,
           "usage: fcvm-pager-bench [--k=1,8,32,64] "
           "[--modes=tpc,ondemand,ondemand-nozero,faultaround,prefetch,"
-          "prefetch-cold,file-warm,file-cold] [--runs=3] [--ws-mib=16] [--fault-around-kib=32] [--threads=N]"
+          "prefetch-cold,copy-floor,file-warm,file-cold] [--runs=3] [--ws-mib=16] [--fault-around-kib=32] [--threads=N]"
           " [--zero-layout=runs|alternate] [--no-defer-taskrun] [--loop-nice=0] [--log=warn] [--dir=D] [--json]"
           " [--quick]\n");
       return 1;

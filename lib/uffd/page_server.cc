@@ -40,6 +40,7 @@ namespace {
 constexpr size_t kMsgBatch = 64;                   // uffd_msg per read(2)
 constexpr uint64_t kMaxIoctlBytes = 2 << 20;       // bytes per UFFDIO_COPY / ZEROPAGE
 constexpr uint64_t kPrefetchSliceBytes = 1 << 20;  // prefetch work between two event checks
+constexpr uint64_t kPrefetchChunkBytes = 512 << 10;  // unit of prefetch work shared between loops
 constexpr uint64_t kNoPage = std::numeric_limits<uint64_t>::max();
 
 uint64_t NowNs() {
@@ -200,6 +201,42 @@ void PageServer::Impl::WriterMain() {
   }
 }
 
+// A prefetch spread over several loop threads (ListenerSpec::
+// paused_during_prefetch). The plan is cut into chunks; the session's own
+// loop and one helper on every other loop claim chunks through `next` until
+// none is left, so a busy loop simply takes fewer. Helpers do not touch the
+// session (its bitmaps and counters belong to its loop): they report what
+// they installed, and what they could not (EAGAIN), when they run out.
+struct PrefetchShare {
+  struct Chunk {
+    size_t region;
+    uint64_t begin, count;  // file pages
+  };
+  std::vector<Chunk> chunks;  // immutable once helpers run
+  std::atomic<size_t> next{0};
+  std::atomic<bool> cancelled{false};
+  // Read-only for helpers:
+  UniqueFd uffd;  // a duplicate of the session's: it stays valid whatever the session does
+  std::shared_ptr<SnapshotMemory> snap;
+  std::vector<GuestRegion> regions;
+  uint64_t ps = 0;
+  bool zero_elision = true;
+  LoopCtx* owner = nullptr;
+  SessionId session = 0;
+};
+
+struct HelperReport {
+  std::vector<PrefetchShare::Chunk> installed, left;  // left: hit EAGAIN, for the session to retry
+  uint64_t copied = 0, zero = 0, eexist = 0, eagain = 0, ioctls = 0;
+  bool gone = false;    // the peer's address space is gone (ESRCH)
+  absl::Status error;   // a copy failed for good
+};
+
+struct HelperJob {
+  std::shared_ptr<PrefetchShare> share;
+  HelperReport report;
+};
+
 // Everything one loop thread owns. Touched only on that thread (after setup).
 struct LoopCtx {
   PageServer::Impl* server = nullptr;
@@ -209,9 +246,12 @@ struct LoopCtx {
   std::unordered_map<SessionId, std::unique_ptr<Session>> sessions;
   std::vector<std::unique_ptr<Session>> graveyard;  // closed this iteration
   std::vector<SessionId> busy;                      // sessions with prefetch/retry work
+  std::vector<std::unique_ptr<HelperJob>> helping;  // other loops' prefetches this loop helps with
 
   void AddSession(std::shared_ptr<ListenerShared> ls, SessionId id, UniqueFd sock);
   bool BusyHook();
+  // Runs one slice of a helper job; false when the job is over (reported).
+  bool HelpSlice(HelperJob& job);
   void CloseListenerSessions(ListenerId id, const absl::Status& why);
   void Shutdown();
   ~LoopCtx();
@@ -233,6 +273,8 @@ class Session {
   // and moves it to the loop's graveyard (destroyed after the current
   // iteration, never under our own feet). Idempotent.
   void Close(SessionEventKind kind, absl::Status why, bool kill);
+  // A helper loop finished its part of this session's prefetch.
+  void OnHelperDone(HelperReport report);
   ListenerId listener_id() const { return ls_->id; }
   const ListenerSpec& spec() const { return ls_->spec; }
 
@@ -257,11 +299,6 @@ class Session {
     uint64_t t0;
     bool prefetch;  // counts as prefetched
   };
-  struct Run {
-    size_t region;
-    uint64_t begin, count;
-  };
-
   void OnHandshakeReadable(int32_t res);
   absl::Status TakeHandshake();
   void BecomeReady();
@@ -320,9 +357,12 @@ class Session {
   bool recording_ = false;
   io::OpId rec_timer_ = 0;
   std::vector<uint64_t> record_;
-  std::vector<Run> plan_;
-  size_t plan_idx_ = 0;
-  uint64_t plan_off_ = 0;
+  std::shared_ptr<PrefetchShare> share_;  // the prefetch plan, in chunks claimed by us and helpers
+  bool chunk_active_ = false;              // `chunk_` claimed and not finished
+  PrefetchShare::Chunk chunk_{};
+  uint64_t chunk_off_ = 0;
+  bool chunks_exhausted_ = false;  // no chunk left to claim
+  int helpers_out_ = 0;            // helper jobs that have not reported yet
   bool prefetching_ = false;
   bool in_busy_ = false;
   std::vector<Fault> faults_;
@@ -405,7 +445,119 @@ bool LoopCtx::BusyHook() {
   }
   busy.resize(keep);
   graveyard.clear();
+  for (size_t i = 0; i < helping.size();) {
+    if (HelpSlice(*helping[i])) {
+      more = true;
+      ++i;
+    } else {
+      helping.erase(helping.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
   return more;
+}
+
+namespace {
+
+// Installs one chunk of another loop's prefetch (see PrefetchShare). Stops at
+// the first EAGAIN (the rest is reported as left), ESRCH or error.
+void HelperInstall(const PrefetchShare& sh, const PrefetchShare::Chunk& c, HelperReport* rep) {
+  const GuestRegion& g = sh.regions[c.region];
+  const uint64_t end = c.begin + c.count;
+  const uint64_t max_pages = std::max<uint64_t>(1, kMaxIoctlBytes / sh.ps);
+  auto is_zero = [&sh](uint64_t page) { return sh.zero_elision && sh.snap->IsZero(page); };
+  uint64_t p = c.begin;
+  auto installed = [&] {
+    if (p == c.begin) return;
+    if (!rep->installed.empty() && rep->installed.back().region == c.region &&
+        rep->installed.back().begin + rep->installed.back().count == c.begin) {
+      rep->installed.back().count += p - c.begin;
+    } else {
+      rep->installed.push_back({c.region, c.begin, p - c.begin});
+    }
+  };
+  while (p < end) {
+    const bool zero = is_zero(p);
+    uint64_t q = p + 1;
+    while (q < end && q - p < max_pages && is_zero(q) == zero) ++q;
+    const uint64_t dst = g.base_host_virt_addr + p * sh.ps - g.offset;
+    const uint64_t len = (q - p) * sh.ps;
+    int64_t done = 0;
+    int rc;
+    ++rep->ioctls;
+    if (zero) {
+      uffdio_zeropage z{};
+      z.range.start = dst;
+      z.range.len = len;
+      rc = ::ioctl(sh.uffd.get(), UFFDIO_ZEROPAGE, &z);
+      done = z.zeropage;
+    } else {
+      uffdio_copy cp{};
+      cp.dst = dst;
+      cp.src = reinterpret_cast<uint64_t>(sh.snap->data() + p * sh.ps);
+      cp.len = len;
+      rc = ::ioctl(sh.uffd.get(), UFFDIO_COPY, &cp);
+      done = cp.copy;
+    }
+    int err = 0;
+    if (rc == 0) {
+      done = static_cast<int64_t>(len);
+    } else {
+      err = errno;
+      if (done < 0) {
+        err = static_cast<int>(-done);
+        done = 0;
+      }
+    }
+    const uint64_t pages_done = static_cast<uint64_t>(done) / sh.ps;
+    (zero ? rep->zero : rep->copied) += pages_done;
+    p += pages_done;
+    if (rc == 0 || pages_done > 0) continue;
+    switch (err) {
+      case EEXIST:  // installed by the session's own fault path: fine
+        ++rep->eexist;
+        ++p;
+        continue;
+      case EAGAIN:
+        ++rep->eagain;
+        installed();
+        rep->left.push_back({c.region, p, end - p});
+        return;
+      case ESRCH:
+        rep->gone = true;
+        installed();
+        return;
+      default:
+        rep->error = ErrnoError(err, absl::StrFormat("ioctl %s [0x%x+%d] (prefetch helper)",
+                                                     zero ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY", dst, len));
+        installed();
+        return;
+    }
+  }
+  installed();
+}
+
+}  // namespace
+
+bool LoopCtx::HelpSlice(HelperJob& job) {
+  PrefetchShare& sh = *job.share;
+  HelperReport& rep = job.report;
+  uint64_t budget = std::max<uint64_t>(1, kPrefetchSliceBytes / sh.ps);
+  while (budget > 0) {
+    if (sh.cancelled.load(std::memory_order_relaxed) || rep.gone || !rep.error.ok() || !rep.left.empty()) break;
+    size_t i = sh.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= sh.chunks.size()) break;
+    HelperInstall(sh, sh.chunks[i], &rep);
+    budget -= std::min(budget, sh.chunks[i].count);
+  }
+  if (budget == 0) return true;  // more next iteration (other work of this loop first)
+  LoopCtx* owner = sh.owner;
+  SessionId sid = sh.session;
+  auto report = std::make_shared<HelperReport>(std::move(rep));
+  owner->ev->Post([owner, sid, report] {
+    auto it = owner->sessions.find(sid);
+    if (it != owner->sessions.end()) it->second->OnHelperDone(std::move(*report));
+  });
+  return false;
 }
 
 void LoopCtx::CloseListenerSessions(ListenerId id, const absl::Status& why) {
@@ -611,43 +763,59 @@ void Session::BecomeReady() {
   }
   spdlog::info("page server: session {} ({}) ready: peer pid {}, {} region(s), policy {}{}", id_,
                ls_->spec.tag, pid_, hs_.regions.size(), ClonePolicyName(mode_),
-               prefetching_ ? absl::StrCat(", prefetching ", plan_.size(), " runs") : "");
+               prefetching_ ? absl::StrCat(", prefetching ", share_->chunks.size(), " chunks with ",
+                                           helpers_out_ + 1, " thread(s)")
+                            : "");
   loop_->server->Emit(MakeEvent(SessionEventKind::kReady, absl::OkStatus()));
   if (prefetching_) MarkBusy();
 }
 
 void Session::BuildPrefetchPlan() {
-  auto ws = ls_->snap->working_set();
-  if (!ws || ws->empty()) return;
-  // The recording saw faults only: each stands for the fault-around block the
-  // recorder installed around it (its neighbours never faulted). Those
-  // blocks, sorted and merged into runs, are what the recorder had resident.
-  const uint64_t bp = std::max<uint64_t>(1, ls_->snap->working_set_block_pages());
-  std::vector<uint64_t> blocks;
-  blocks.reserve(ws->size());
-  for (uint64_t p : *ws) blocks.push_back(p / bp);
-  std::sort(blocks.begin(), blocks.end());
-  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-  for (uint64_t b : blocks) {
-    uint64_t first = b * bp;
-    uint64_t end = first + bp;
-    // Clip to each region the block touches.
+  // The snapshot's plan (computed once for all its clones), clipped to this
+  // clone's regions and cut into chunks.
+  auto plan = ls_->snap->prefetch_plan();
+  if (!plan) return;
+  auto share = std::make_shared<PrefetchShare>();
+  const uint64_t chunk_pages = std::max<uint64_t>(1, kPrefetchChunkBytes / ps_);
+  for (const SnapshotMemory::Run& run : *plan) {
     for (size_t r = 0; r < hs_.regions.size(); ++r) {
-      uint64_t lo = std::max(first, RegionFirst(r));
-      uint64_t hi = std::min(end, RegionEnd(r));
-      if (lo >= hi) continue;
-      if (!plan_.empty() && plan_.back().region == r && plan_.back().begin + plan_.back().count == lo) {
-        plan_.back().count += hi - lo;
-      } else {
-        plan_.push_back({r, lo, hi - lo});
+      uint64_t lo = std::max(run.begin, RegionFirst(r));
+      uint64_t hi = std::min(run.begin + run.count, RegionEnd(r));
+      for (uint64_t p = lo; p < hi; p += chunk_pages) {
+        share->chunks.push_back({r, p, std::min(chunk_pages, hi - p)});
       }
     }
   }
-  // Start reading the file early; the copies then find it in the page cache.
-  for (const Run& run : plan_) {
-    ::madvise(const_cast<uint8_t*>(ls_->snap->data()) + run.begin * ps_, run.count * ps_, MADV_WILLNEED);
+  if (share->chunks.empty()) return;
+  share_ = std::move(share);
+  prefetching_ = true;
+  const auto& loops = loop_->server->loops;
+  if (!ls_->spec.paused_during_prefetch || loops.size() < 2 || share_->chunks.size() < 2) return;
+  // Helpers on the other loops. They need their own handle on the uffd (the
+  // session may close while they work).
+  share_->uffd = UniqueFd(fcntl(uffd_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!share_->uffd) {
+    spdlog::warn("page server: session {}: prefetch on one thread: dup userfaultfd: {}", id_, strerror(errno));
+    return;
   }
-  prefetching_ = !plan_.empty();
+  share_->snap = ls_->snap;
+  share_->regions = hs_.regions;
+  share_->ps = ps_;
+  share_->zero_elision = ls_->spec.zero_elision;
+  share_->owner = loop_;
+  share_->session = id_;
+  for (const auto& other : loops) {
+    if (other.get() == loop_ || helpers_out_ + 1 >= static_cast<int>(share_->chunks.size())) continue;
+    LoopCtx* helper = other.get();
+    auto job = std::make_unique<HelperJob>();
+    job->share = share_;
+    // A loop that is stopping drops the job; then nobody reports for it.
+    if (helper->ev->Post([helper, j = std::shared_ptr<HelperJob>(std::move(job))]() mutable {
+          helper->helping.push_back(std::make_unique<HelperJob>(std::move(*j)));
+        })) {
+      ++helpers_out_;
+    }
+  }
 }
 
 void Session::MarkBusy() {
@@ -680,31 +848,66 @@ bool Session::Tick() {
   }
   if (prefetching_ && retries_.empty()) {
     uint64_t budget = std::max<uint64_t>(1, kPrefetchSliceBytes / ps_);
-    while (budget > 0 && plan_idx_ < plan_.size()) {
-      const Run& run = plan_[plan_idx_];
-      uint64_t begin = run.begin + plan_off_;
-      uint64_t n = std::min(run.count - plan_off_, budget);
-      Result res = InstallRange(run.region, begin, begin + n, kNoPage, true);
+    while (budget > 0 && !chunks_exhausted_) {
+      if (!chunk_active_) {
+        size_t i = share_->next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= share_->chunks.size()) {
+          chunks_exhausted_ = true;
+          break;
+        }
+        chunk_ = share_->chunks[i];
+        chunk_off_ = 0;
+        chunk_active_ = true;
+      }
+      uint64_t begin = chunk_.begin + chunk_off_;
+      uint64_t n = std::min(chunk_.count - chunk_off_, budget);
+      Result res = InstallRange(chunk_.region, begin, begin + n, kNoPage, true);
       if (res.outcome == Outcome::kRetry) {
-        plan_off_ = res.resume - run.begin;
+        chunk_off_ = res.resume - chunk_.begin;
         break;
       }
       if (res.outcome != Outcome::kDone) {
-        HandleResult(res, run.region, begin + n, kNoPage, false, 0);
+        HandleResult(res, chunk_.region, begin + n, kNoPage, false, 0);
         return false;
       }
       budget -= n;
-      plan_off_ += n;
-      if (plan_off_ == run.count) {
-        ++plan_idx_;
-        plan_off_ = 0;
-      }
+      chunk_off_ += n;
+      if (chunk_off_ == chunk_.count) chunk_active_ = false;
     }
-    if (plan_idx_ == plan_.size()) PrefetchDone();
+    if (chunks_exhausted_ && helpers_out_ == 0) PrefetchDone();
   }
-  bool more = !closed_ && (!retries_.empty() || !around_.empty() || prefetching_);
+  // Waiting for helpers only is not work: their report marks us busy again.
+  bool more = !closed_ && (!retries_.empty() || !around_.empty() || (prefetching_ && !chunks_exhausted_));
   if (!more) in_busy_ = false;
   return more;
+}
+
+void Session::OnHelperDone(HelperReport report) {
+  --helpers_out_;
+  if (closed_) return;
+  for (const PrefetchShare::Chunk& c : report.installed) {
+    for (uint64_t p = c.begin; p < c.begin + c.count; ++p) SetBit(present_, p);
+  }
+  AtomicPageStats::Bump(stats_->pages_copied, report.copied);
+  AtomicPageStats::Bump(stats_->bytes_copied, report.copied * ps_);
+  AtomicPageStats::Bump(stats_->zero_pages, report.zero);
+  AtomicPageStats::Bump(stats_->prefetched_pages, report.copied + report.zero);
+  AtomicPageStats::Bump(stats_->eexist, report.eexist);
+  AtomicPageStats::Bump(stats_->eagain, report.eagain);
+  ioctls_ += report.ioctls;
+  if (report.gone) {
+    Close(SessionEventKind::kClosed, absl::UnavailableError("peer's address space is gone"), false);
+    return;
+  }
+  if (!report.error.ok()) {
+    Fail(report.error);
+    return;
+  }
+  // What met EAGAIN goes through the session's own retry path (events first).
+  for (const PrefetchShare::Chunk& c : report.left) {
+    retries_.push_back({c.region, c.begin, c.begin + c.count, kNoPage, false, 0, true});
+  }
+  MarkBusy();
 }
 
 void Session::PrefetchDone() {
@@ -984,6 +1187,7 @@ Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count
 void Session::Close(SessionEventKind kind, absl::Status why, bool kill) {
   if (closed_) return;
   closed_ = true;
+  if (share_) share_->cancelled.store(true, std::memory_order_relaxed);
   io::EventLoop* ev = loop_->ev.get();
   for (io::OpId* op : {&hs_poll_, &hs_timer_, &uffd_poll_, &sock_poll_, &pid_poll_, &rec_timer_}) {
     if (*op != 0) ev->Cancel(*op);
@@ -1108,6 +1312,9 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
   impl_->FlushWrites();  // a working set just recorded is on disk before we look
   auto snap = impl_->registry.Get(spec.files);
   if (!snap.ok()) return Annotate(snap.status(), "listener: snapshot");
+  if (spec.policy == ClonePolicy::kPrefetch || spec.policy == ClonePolicy::kAuto) {
+    (*snap)->PopulatePrefetchSource();  // once per working set: the copies then take no source fault
+  }
   ListenOptions lo;
   lo.mode = spec.socket_mode;
   lo.nonblocking = true;

@@ -92,6 +92,12 @@ struct ListenerSpec {
   absl::Duration record_for = absl::InfiniteDuration();
   mode_t socket_mode = 0600;
   std::string tag;  // free-form (the clone id); carried in events and stats
+  // The caller's promise that the peer's guest does not run before
+  // WaitPrefetchDone returns (prefetch-then-resume: the snapshot is loaded
+  // paused). The prefetch is then spread over every loop thread. Without it,
+  // it stays on the session's own thread, where every copy is ordered after
+  // the REMOVE events (balloon) read before it.
+  bool paused_during_prefetch = false;
 };
 
 enum class SessionEventKind {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,10 @@
 #include "lib/base/status.h"
 #include "lib/base/unique_fd.h"
 #include "spdlog/spdlog.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older C library headers lack it
+#endif
 
 namespace fcvm::uffd {
 namespace {
@@ -188,6 +193,56 @@ void SnapshotMemory::SetWorkingSet(std::vector<uint64_t> pages, uint64_t block_p
   absl::MutexLock lock(&mu_);
   working_set_ = std::move(ws);
   working_set_block_pages_ = block_pages;
+  plan_.reset();
+}
+
+std::shared_ptr<const std::vector<SnapshotMemory::Run>> SnapshotMemory::prefetch_plan() const {
+  absl::MutexLock lock(&mu_);
+  if (plan_ || !working_set_ || working_set_->empty()) return plan_;
+  const uint64_t bp = std::max<uint64_t>(1, working_set_block_pages_);
+  std::vector<uint64_t> blocks;
+  blocks.reserve(working_set_->size());
+  for (uint64_t p : *working_set_) blocks.push_back(p / bp);
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  auto plan = std::make_shared<std::vector<Run>>();
+  const uint64_t pages = num_pages();
+  for (uint64_t b : blocks) {
+    uint64_t first = b * bp;
+    if (first >= pages) continue;
+    uint64_t count = std::min(bp, pages - first);
+    if (!plan->empty() && plan->back().begin + plan->back().count == first) {
+      plan->back().count += count;
+    } else {
+      plan->push_back({first, count});
+    }
+  }
+  plan_ = std::move(plan);
+  return plan_;
+}
+
+void SnapshotMemory::PopulatePrefetchSource() {
+  std::shared_ptr<const std::vector<Run>> plan = prefetch_plan();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!plan || populated_ == plan) return;
+    populated_ = plan;
+  }
+  const uint64_t ps = page_size();
+  for (const Run& run : *plan) {
+    // Zero pages are never copied from the file (ZEROPAGE): skip them.
+    uint64_t p = run.begin, end = run.begin + run.count;
+    while (p < end) {
+      while (p < end && IsZero(p)) ++p;
+      uint64_t q = p;
+      while (q < end && !IsZero(q)) ++q;
+      if (q > p && ::madvise(data_ + p * ps, (q - p) * ps, MADV_POPULATE_READ) < 0) {
+        // Older kernels (< 5.14) lack it: start the reads at least.
+        ::madvise(data_ + p * ps, (q - p) * ps, MADV_WILLNEED);
+      }
+      p = q;
+    }
+  }
 }
 
 uint64_t SnapshotMemory::working_set_block_pages() const {

@@ -98,6 +98,20 @@ class SnapshotMemory {
   // Installs a freshly recorded working set (the caller writes the file).
   void SetWorkingSet(std::vector<uint64_t> pages, uint64_t block_pages = 1);
 
+  // What a prefetching clone installs: the working set's fault-around blocks
+  // (each recorded fault stands for the block the recorder installed around
+  // it), sorted and merged into runs of file pages. Computed once per
+  // working set and shared by every clone; null when there is no working set.
+  struct Run {
+    uint64_t begin = 0, count = 0;  // file pages
+  };
+  std::shared_ptr<const std::vector<Run>> prefetch_plan() const;
+  // Maps the plan's pages into this process's page tables (reading them from
+  // disk if needed), once per working set, so that the clones' copies do not
+  // take a page fault on the source. Blocking: call it from a control thread,
+  // never from a loop thread.
+  void PopulatePrefetchSource();
+
  private:
   SnapshotMemory() = default;
   absl::Status LoadOrComputeZeroMap();
@@ -112,6 +126,8 @@ class SnapshotMemory {
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<uint64_t>> working_set_ ABSL_GUARDED_BY(mu_);
   uint64_t working_set_block_pages_ ABSL_GUARDED_BY(mu_) = 1;
+  mutable std::shared_ptr<const std::vector<Run>> plan_ ABSL_GUARDED_BY(mu_);  // cache of prefetch_plan()
+  std::shared_ptr<const std::vector<Run>> populated_ ABSL_GUARDED_BY(mu_);     // plan last populated
 };
 
 // Thread-safe map (device, inode) -> live SnapshotMemory. Holds weak

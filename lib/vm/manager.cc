@@ -1129,12 +1129,14 @@ absl::StatusOr<VmInfo> Manager::Impl::CloneOne(const storage::SnapshotRecord& sn
     spec.max_connections = 1;
     spec.on_failure = uffd::FailurePolicy::kKill;
     spec.tag = id;
-    ASSIGN_OR_RETURN(uffd::ListenerId lid, pager->AddListener(spec));
-    e->listener = lid;
     struct stat st;
     bool have_wset = stat(wset.c_str(), &st) == 0 && st.st_size > 0;
     prefetch_then_resume =
         req.policy == PrefetchPolicy::kPrefetch || (req.policy == PrefetchPolicy::kAuto && have_wset);
+    // Loaded paused and resumed after WaitPrefetchDone: every loop thread may help.
+    spec.paused_during_prefetch = prefetch_then_resume;
+    ASSIGN_OR_RETURN(uffd::ListenerId lid, pager->AddListener(spec));
+    e->listener = lid;
     load.backend = firecracker::MemBackend::kUffd;
     load.backend_path = spec.socket_path;
   } else {

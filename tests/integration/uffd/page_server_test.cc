@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lib/base/status.h"
@@ -251,6 +252,71 @@ TEST_F(PageServerTest, RecordThenPrefetch) {
   auto done = events_.WaitFor(
       [&](const SessionEvent& e) { return e.listener == pid && e.kind == SessionEventKind::kPrefetchDone; });
   EXPECT_TRUE(done.has_value());
+}
+
+TEST_F(PageServerTest, PrefetchPlanMergesTheRecordersBlocksOnce) {
+  ASSERT_OK_AND_ASSIGN(auto snap, SnapshotMemory::Open({mem_}));
+  EXPECT_EQ(snap->prefetch_plan(), nullptr) << "no working set, no plan";
+  const uint64_t last = (8 << 20) / kPage - 1;
+  // Pages in first-touch order, recorded with 4-page blocks: blocks 1, 2 and
+  // 5 and the file's last block.
+  snap->SetWorkingSet({9, 5, 21, 6, last}, 4);
+  auto plan = snap->prefetch_plan();
+  ASSERT_NE(plan, nullptr);
+  ASSERT_EQ(plan->size(), 3u);
+  EXPECT_EQ((*plan)[0].begin, 4u);
+  EXPECT_EQ((*plan)[0].count, 8u);
+  EXPECT_EQ((*plan)[1].begin, 20u);
+  EXPECT_EQ((*plan)[1].count, 4u);
+  EXPECT_EQ((*plan)[2].begin, last - 3);
+  EXPECT_EQ((*plan)[2].count, 4u);
+  EXPECT_EQ(snap->prefetch_plan(), plan) << "computed once, shared by every clone";
+  snap->SetWorkingSet({0}, 1);
+  ASSERT_NE(snap->prefetch_plan(), plan) << "a new working set, a new plan";
+  EXPECT_EQ(snap->prefetch_plan()->size(), 1u);
+}
+
+// prefetch-then-resume with the work spread over both loop threads: several
+// clones at once, two regions each, every byte right and nothing left to
+// fault once they run.
+TEST_F(PageServerTest, PrefetchSpreadOverLoopsIsByteExact) {
+  ListenerSpec rec = Spec("rec2");
+  rec.policy = ClonePolicy::kRecord;
+  ASSERT_OK_AND_ASSIGN(ListenerId rid, server_->AddListener(rec));
+  Process p0 = SpawnFake(rec.socket_path, mem_, {"--threads=2", "--touch-pages=1800", "--regions=2"});
+  EXPECT_TRUE(WaitChild(p0).success());
+  WaitSessionsGone(rid);
+  ASSERT_OK(server_->RemoveListener(rid));
+
+  constexpr int kClones = 3;
+  std::string start = dir_.File("start-all");
+  std::vector<ListenerId> ids;
+  std::vector<Process> procs;
+  for (int i = 0; i < kClones; ++i) {
+    ListenerSpec pre = Spec(absl::StrCat("spread", i));
+    pre.policy = ClonePolicy::kPrefetch;
+    pre.paused_during_prefetch = true;
+    ASSERT_OK_AND_ASSIGN(ListenerId id, server_->AddListener(pre));
+    ids.push_back(id);
+    procs.push_back(SpawnFake(pre.socket_path, mem_,
+                              {"--threads=2", "--touch-pages=1800", "--regions=2", "--start-file=" + start}));
+  }
+  for (ListenerId id : ids) {
+    ASSERT_OK(server_->WaitPrefetchDone(id, absl::Now() + absl::Seconds(20)));
+    ListenerStats s = StatsOf(id);
+    EXPECT_EQ(s.stats.prefetched_pages, 1800u) << "exactly the recorded pages, each once";
+    EXPECT_EQ(s.stats.pages_copied + s.stats.zero_pages, 1800u);
+    EXPECT_EQ(s.stats.faults, 0u);
+  }
+  {
+    int fd = open(start.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    close(fd);
+  }
+  for (Process& p : procs) EXPECT_TRUE(WaitChild(p).success()) << "wrong bytes in a clone";
+  for (ListenerId id : ids) {
+    WaitSessionsGone(id);
+    EXPECT_EQ(StatsOf(id).stats.faults, 0u) << "every touched page was prefetched";
+  }
 }
 
 TEST_F(PageServerTest, RecordWindowWritesWorkingSetWhileCloneRuns) {
