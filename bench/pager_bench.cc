@@ -262,8 +262,9 @@ class ThreadPerClone {
 
 struct Options {
   std::vector<int> ks = {1, 8, 32, 64};
-  std::vector<std::string> modes = {"tpc",      "ondemand",      "ondemand-nozero", "faultaround", "prefetch",
-                                    "prefetch-cold", "copy-floor", "file-warm",       "file-cold"};
+  std::vector<std::string> modes = {"tpc",         "ondemand",  "ondemand-nozero",
+                                    "faultaround", "prefetch",  "prefetch-cold",
+                                    "copy-floor",  "file-warm", "file-cold"};
   int runs = 3;
   uint64_t ws = 16 << 20;
   uint64_t fault_around = 32 * 1024;
@@ -440,8 +441,8 @@ RunResult RunCopyFloor(const Options& o, int k, const std::string& mem, uint64_t
       res = {.ok = false, .error = "copy-floor ioctl failed"};
     } else {
       res.wall_ms = static_cast<double>(t1 - t0) / 1e6;
-      res.faults_per_s = static_cast<double>(pages.size() * static_cast<uint64_t>(k)) /
-                         (static_cast<double>(t1 - t0) / 1e9);
+      res.faults_per_s =
+          static_cast<double>(pages.size() * static_cast<uint64_t>(k)) / (static_cast<double>(t1 - t0) / 1e9);
     }
   }
   for (Dst& d : dsts) munmap(d.mem, guest);
@@ -674,13 +675,14 @@ int Main(int argc, char** argv) {
     } else if (!val("--dir").empty()) {
       o.dir = val("--dir");
     } else {
-      fprintf(
-          stderr,
-          "usage: fcvm-pager-bench [--k=1,8,32,64] "
-          "[--modes=tpc,ondemand,ondemand-nozero,faultaround,prefetch,"
-          "prefetch-cold,copy-floor,file-warm,file-cold] [--runs=3] [--ws-mib=16] [--fault-around-kib=32] [--threads=N]"
-          " [--zero-layout=runs|alternate] [--no-defer-taskrun] [--loop-nice=0] [--log=warn] [--dir=D] [--json]"
-          " [--quick]\n");
+      fprintf(stderr,
+              "usage: fcvm-pager-bench [--k=1,8,32,64] "
+              "[--modes=tpc,ondemand,ondemand-nozero,faultaround,prefetch,"
+              "prefetch-cold,copy-floor,file-warm,file-cold] [--runs=3] [--ws-mib=16] "
+              "[--fault-around-kib=32] [--threads=N]"
+              " [--zero-layout=runs|alternate] [--no-defer-taskrun] [--loop-nice=0] [--log=warn] [--dir=D] "
+              "[--json]"
+              " [--quick]\n");
       return 1;
     }
   }
@@ -753,8 +755,8 @@ int Main(int argc, char** argv) {
                  med(&RunResult::connect_ms),    med(&RunResult::ready_ms)};
       rows.push_back(row);
       if (!o.json) {
-        fprintf(stderr, "  done: K=%d %-16s wall %.1f ms (connected %.1f, released %.1f)%s\n", k, mode.c_str(),
-                row.med.wall_ms, row.med.connect_ms, row.med.ready_ms,
+        fprintf(stderr, "  done: K=%d %-16s wall %.1f ms (connected %.1f, released %.1f)%s\n", k,
+                mode.c_str(), row.med.wall_ms, row.med.connect_ms, row.med.ready_ms,
                 row.failed ? absl::StrCat(" (", row.failed, " failed runs: ", row.error, ")").c_str() : "");
       }
     }
@@ -768,11 +770,12 @@ int Main(int argc, char** argv) {
   std::string load_after = loadavg();
   if (o.json) {
     printf(
-        "{\"ws_bytes\":%lu,\"zero_layout\":\"%s\",\"runs\":%d,\"fault_around\":%lu,\"loadavg_before\":\"%s\",\"loadavg_after\":\"%"
+        "{\"ws_bytes\":%lu,\"zero_layout\":\"%s\",\"runs\":%d,\"fault_around\":%lu,\"loadavg_before\":\"%s\","
+        "\"loadavg_after\":\"%"
         "s\","
         "\"results\":[",
-        static_cast<unsigned long>(o.ws), o.zero_layout.c_str(), o.runs, static_cast<unsigned long>(o.fault_around),
-        load_before.c_str(), load_after.c_str());
+        static_cast<unsigned long>(o.ws), o.zero_layout.c_str(), o.runs,
+        static_cast<unsigned long>(o.fault_around), load_before.c_str(), load_after.c_str());
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       const Row* base = find("tpc", r.k);
@@ -783,14 +786,16 @@ int Main(int argc, char** argv) {
           "\"failed_runs\":%d}",
           i ? "," : "", r.mode.c_str(), r.k, r.med.wall_ms, r.med.faults_per_s, r.med.server_faults,
           r.med.srv_p50_us, r.med.srv_p99_us, r.med.p50_us, r.med.p99_us, r.med.rss_mib, r.med.pss_mib,
-          r.med.connect_ms, r.med.ready_ms, base && base->med.wall_ms > 0 ? r.med.wall_ms / base->med.wall_ms : 0.0, r.failed);
+          r.med.connect_ms, r.med.ready_ms,
+          base && base->med.wall_ms > 0 ? r.med.wall_ms / base->med.wall_ms : 0.0, r.failed);
     }
     printf("]}\n");
   } else {
     printf(
         "fcvm-pager-bench: W=%lu MiB, zero layout %s, medians of %d run(s), fault-around %lu KiB, %d loop "
         "thread(s), %u CPUs, loadavg %s -> %s\n",
-        static_cast<unsigned long>(o.ws >> 20), o.zero_layout.c_str(), o.runs, static_cast<unsigned long>(o.fault_around >> 10),
+        static_cast<unsigned long>(o.ws >> 20), o.zero_layout.c_str(), o.runs,
+        static_cast<unsigned long>(o.fault_around >> 10),
         o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()),
         std::thread::hardware_concurrency(), load_before.c_str(), load_after.c_str());
     printf("%-4s %-16s %10s %12s %10s %8s %8s %9s %9s %10s %10s %8s %8s %8s\n", "K", "mode", "wall_ms",

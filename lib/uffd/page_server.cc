@@ -37,9 +37,9 @@
 namespace fcvm::uffd {
 namespace {
 
-constexpr size_t kMsgBatch = 64;                   // uffd_msg per read(2)
-constexpr uint64_t kMaxIoctlBytes = 2 << 20;       // bytes per UFFDIO_COPY / ZEROPAGE
-constexpr uint64_t kPrefetchSliceBytes = 1 << 20;  // prefetch work between two event checks
+constexpr size_t kMsgBatch = 64;                     // uffd_msg per read(2)
+constexpr uint64_t kMaxIoctlBytes = 2 << 20;         // bytes per UFFDIO_COPY / ZEROPAGE
+constexpr uint64_t kPrefetchSliceBytes = 1 << 20;    // prefetch work between two event checks
 constexpr uint64_t kPrefetchChunkBytes = 512 << 10;  // unit of prefetch work shared between loops
 constexpr uint64_t kNoPage = std::numeric_limits<uint64_t>::max();
 
@@ -228,8 +228,8 @@ struct PrefetchShare {
 struct HelperReport {
   std::vector<PrefetchShare::Chunk> installed, left;  // left: hit EAGAIN, for the session to retry
   uint64_t copied = 0, zero = 0, eexist = 0, eagain = 0, ioctls = 0;
-  bool gone = false;    // the peer's address space is gone (ESRCH)
-  absl::Status error;   // a copy failed for good
+  bool gone = false;   // the peer's address space is gone (ESRCH)
+  absl::Status error;  // a copy failed for good
 };
 
 struct HelperJob {
@@ -358,7 +358,7 @@ class Session {
   io::OpId rec_timer_ = 0;
   std::vector<uint64_t> record_;
   std::shared_ptr<PrefetchShare> share_;  // the prefetch plan, in chunks claimed by us and helpers
-  bool chunk_active_ = false;              // `chunk_` claimed and not finished
+  bool chunk_active_ = false;             // `chunk_` claimed and not finished
   PrefetchShare::Chunk chunk_{};
   uint64_t chunk_off_ = 0;
   bool chunks_exhausted_ = false;  // no chunk left to claim
@@ -371,7 +371,7 @@ class Session {
   std::shared_ptr<AtomicPageStats> stats_;
   uint64_t block_pages_ = 1;
   uint64_t start_ns_ = 0, ready_ns_ = 0;  // accepted; handshake taken (for the log lines)
-  uint64_t ioctls_ = 0;                    // UFFDIO_COPY/ZEROPAGE calls (for the log lines)
+  uint64_t ioctls_ = 0;                   // UFFDIO_COPY/ZEROPAGE calls (for the log lines)
 };
 
 // ---------------------------------------------------------------- Listener
@@ -543,7 +543,8 @@ bool LoopCtx::HelpSlice(HelperJob& job) {
   HelperReport& rep = job.report;
   uint64_t budget = std::max<uint64_t>(1, kPrefetchSliceBytes / sh.ps);
   while (budget > 0) {
-    if (sh.cancelled.load(std::memory_order_relaxed) || rep.gone || !rep.error.ok() || !rep.left.empty()) break;
+    if (sh.cancelled.load(std::memory_order_relaxed) || rep.gone || !rep.error.ok() || !rep.left.empty())
+      break;
     size_t i = sh.next.fetch_add(1, std::memory_order_relaxed);
     if (i >= sh.chunks.size()) break;
     HelperInstall(sh, sh.chunks[i], &rep);
@@ -795,7 +796,8 @@ void Session::BuildPrefetchPlan() {
   // session may close while they work).
   share_->uffd = UniqueFd(fcntl(uffd_.get(), F_DUPFD_CLOEXEC, 0));
   if (!share_->uffd) {
-    spdlog::warn("page server: session {}: prefetch on one thread: dup userfaultfd: {}", id_, strerror(errno));
+    spdlog::warn("page server: session {}: prefetch on one thread: dup userfaultfd: {}", id_,
+                 strerror(errno));
     return;
   }
   share_->snap = ls_->snap;
@@ -920,10 +922,11 @@ void Session::PrefetchDone() {
   }
   PageStats s = stats_->Read();
   const uint64_t now = NowNs();
-  spdlog::info("page server: session {} ({}) prefetch done: {} pages in {:.2f} ms ({} ioctls; {:.2f} ms "
-               "since accept)",
-               id_, ls_->spec.tag, s.prefetched_pages, static_cast<double>(now - ready_ns_) / 1e6, ioctls_,
-               static_cast<double>(now - start_ns_) / 1e6);
+  spdlog::info(
+      "page server: session {} ({}) prefetch done: {} pages in {:.2f} ms ({} ioctls; {:.2f} ms "
+      "since accept)",
+      id_, ls_->spec.tag, s.prefetched_pages, static_cast<double>(now - ready_ns_) / 1e6, ioctls_,
+      static_cast<double>(now - start_ns_) / 1e6);
   SessionEvent e = MakeEvent(SessionEventKind::kPrefetchDone, absl::OkStatus());
   e.stats = s;
   loop_->server->Emit(e);
