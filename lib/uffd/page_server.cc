@@ -1356,6 +1356,13 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
   return ls->id;
 }
 
+absl::StatusOr<std::shared_ptr<SnapshotMemory>> PageServer::OpenSnapshot(const SnapshotFiles& files) {
+  impl_->FlushWrites();
+  ASSIGN_OR_RETURN(std::shared_ptr<SnapshotMemory> snap, impl_->registry.Get(files));
+  snap->PopulatePrefetchSource();
+  return snap;
+}
+
 absl::Status PageServer::WaitPrefetchDone(ListenerId id, absl::Time deadline) {
   std::shared_ptr<ListenerShared> ls;
   {

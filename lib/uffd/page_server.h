@@ -183,6 +183,13 @@ class PageServer {
   // socket's bind/listen errors, FailedPrecondition after Stop().
   absl::StatusOr<ListenerId> AddListener(const ListenerSpec& spec);
 
+  // The server's shared view of a snapshot memory file: its mapping, zero map
+  // and working set, with the working set's source pages populated. Holding
+  // the reference keeps all that loaded while no clone uses the snapshot, so
+  // the next clone's AddListener finds it ready instead of mapping and reading
+  // it again. Errors: the snapshot's open/mmap errors.
+  absl::StatusOr<std::shared_ptr<SnapshotMemory>> OpenSnapshot(const SnapshotFiles& files);
+
   // Waits until the listener has a session that completed its handshake and
   // every such session finished its prefetch (immediately after the handshake
   // when nothing is prefetched). Errors: NotFound (unknown id),

@@ -175,6 +175,10 @@ struct Manager::Impl {
   uint64_t next_token ABSL_GUARDED_BY(mu) = 1;
   std::map<uint64_t, std::string> watched ABSL_GUARDED_BY(mu);  // watch token -> vm id
   std::set<std::string> pending_names ABSL_GUARDED_BY(mu);
+  // Snapshot id -> the page server's view of its memory, kept from its first
+  // UFFD clone until it is deleted: later clones find the mapping, zero map
+  // and working set ready even when no other clone is alive.
+  std::map<std::string, std::shared_ptr<uffd::SnapshotMemory>> pinned ABSL_GUARDED_BY(mu);
   // OnExit handlers still running (detached threads); the destructor waits.
   int exit_handlers ABSL_GUARDED_BY(mu) = 0;
 
@@ -1066,6 +1070,10 @@ absl::StatusOr<DeleteSnapshotResult> Manager::DeleteSnapshot(const std::string& 
     absl::StatusOr<DeleteResult> d = m.DeleteEntry(e, true, absl::ZeroDuration());
     if (d.ok()) result.stopped_vm_ids.push_back(d->id);
   }
+  {
+    absl::MutexLock lock(&m.mu);
+    m.pinned.erase(r.id);
+  }
   RETURN_IF_ERROR(m.store->Delete(r.id));
   Event ev;
   ev.kind = EventKind::kSnapshotDeleted;
@@ -1129,6 +1137,18 @@ absl::StatusOr<VmInfo> Manager::Impl::CloneOne(const storage::SnapshotRecord& sn
     spec.max_connections = 1;
     spec.on_failure = uffd::FailurePolicy::kKill;
     spec.tag = id;
+    bool pinned_already;
+    {
+      absl::MutexLock lock(&mu);
+      pinned_already = pinned.count(snap.id) > 0;
+    }
+    if (!pinned_already) {
+      absl::StatusOr<std::shared_ptr<uffd::SnapshotMemory>> mem_view = pager->OpenSnapshot(spec.files);
+      if (mem_view.ok()) {
+        absl::MutexLock lock(&mu);
+        pinned.emplace(snap.id, *std::move(mem_view));
+      }  // else AddListener reports the same error
+    }
     struct stat st;
     bool have_wset = stat(wset.c_str(), &st) == 0 && st.st_size > 0;
     prefetch_then_resume =
