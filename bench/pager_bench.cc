@@ -265,9 +265,9 @@ class ThreadPerClone {
 
 struct Options {
   std::vector<int> ks = {1, 8, 32, 64};
-  std::vector<std::string> modes = {"tpc",         "ondemand",  "ondemand-nozero",
-                                    "faultaround", "prefetch",  "prefetch-cold",
-                                    "copy-floor",  "file-warm", "file-written", "file-cold"};
+  std::vector<std::string> modes = {"tpc",          "ondemand",      "ondemand-nozero", "faultaround",
+                                    "prefetch",     "prefetch-cold", "copy-floor",      "file-warm",
+                                    "file-written", "file-cold"};
   int runs = 3;
   uint64_t ws = 16 << 20;
   uint64_t fault_around = 32 * 1024;
