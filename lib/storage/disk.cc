@@ -4,12 +4,16 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "lib/base/status.h"
 #include "lib/base/unique_fd.h"
 
@@ -22,6 +26,8 @@ const char* CopyMethodName(CopyMethod method) {
 namespace {
 
 absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, const std::string& dst) {
+  bool use_cfr = true;  // copy_file_range until it says it cannot
+  std::vector<char> buf;
   off_t pos = 0;
   while (pos < size) {
     off_t data = lseek(in, pos, SEEK_DATA);
@@ -34,10 +40,37 @@ absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, con
     off_t in_off = data;
     off_t out_off = data;
     while (in_off < hole) {
-      ssize_t n = copy_file_range(in, &in_off, out, &out_off, static_cast<size_t>(hole - in_off), 0);
-      if (n < 0) {
+      ssize_t n =
+          use_cfr ? copy_file_range(in, &in_off, out, &out_off, static_cast<size_t>(hole - in_off), 0) : -1;
+      if (n < 0 && use_cfr) {
         if (errno == EINTR) continue;
-        return ErrnoError(absl::StrCat("copy ", src, " -> ", dst));
+        // Across file systems (EXDEV since Linux 5.19) or where the file
+        // system cannot: copy through a buffer.
+        if (errno != EXDEV && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+          return ErrnoError(absl::StrCat("copy ", src, " -> ", dst));
+        }
+        use_cfr = false;
+      }
+      if (!use_cfr) {
+        if (buf.empty()) buf.resize(1 << 20);
+        size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(buf.size())));
+        ssize_t r = pread(in, buf.data(), want, in_off);
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          return ErrnoError(absl::StrCat("read ", src));
+        }
+        if (r == 0) break;
+        for (ssize_t w = 0; w < r;) {
+          ssize_t k = pwrite(out, buf.data() + w, static_cast<size_t>(r - w), out_off + w);
+          if (k < 0) {
+            if (errno == EINTR) continue;
+            return ErrnoError(absl::StrCat("write ", dst));
+          }
+          w += k;
+        }
+        in_off += r;
+        out_off += r;
+        continue;
       }
       if (n == 0) break;
     }
@@ -71,6 +104,43 @@ absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& d
   if (durable && fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", dst));
   std::move(remove_dst).Cancel();
   return method;
+}
+
+absl::StatusOr<uint64_t> FreeBytes(const std::string& path) {
+  struct statvfs vfs;
+  if (statvfs(path.c_str(), &vfs) < 0) return ErrnoError(absl::StrCat("statvfs ", path));
+  return static_cast<uint64_t>(vfs.f_bavail) * static_cast<uint64_t>(vfs.f_frsize);
+}
+
+absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+absl::Status CheckFreeSpace(const std::string& dir, uint64_t need, absl::string_view what) {
+  constexpr uint64_t kReserve = 16ull << 20;
+  absl::StatusOr<uint64_t> free_bytes = FreeBytes(dir);
+  if (!free_bytes.ok() || need + kReserve <= *free_bytes) return absl::OkStatus();
+  auto mib = [](uint64_t b) { return absl::StrFormat("%.1f MiB", static_cast<double>(b) / (1 << 20)); };
+  return absl::ResourceExhaustedError(absl::StrCat("not enough disk space for ", what, ": it needs ",
+                                                   mib(need), " (+ ", mib(kReserve), " kept free) in ", dir,
+                                                   ", which has ", mib(*free_bytes), " free"));
+}
+
+bool SupportsReflink(const std::string& dir) {
+  std::string a = dir + "/.reflink-probe-a", b = dir + "/.reflink-probe-b";
+  UniqueFd src(::open(a.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  UniqueFd dst(::open(b.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  bool ok = false;
+  if (src && dst) {
+    std::string block(4096, 'r');
+    ok = ::write(src.get(), block.data(), block.size()) == static_cast<ssize_t>(block.size()) &&
+         ioctl(dst.get(), FICLONE, src.get()) == 0;
+  }
+  ::unlink(a.c_str());
+  ::unlink(b.c_str());
+  return ok;
 }
 
 }  // namespace fcvm::storage

@@ -4,7 +4,9 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace fcvm::storage {
 
@@ -21,5 +23,21 @@ const char* CopyMethodName(CopyMethod method);
 // `dst` does not exist. NotFound for a missing `src` (naming it);
 // AlreadyExists for an existing `dst`; ResourceExhausted when the disk is full.
 absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable = true);
+
+// Bytes free for writing in the file system holding `path` (statvfs: blocks
+// available to unprivileged users, so the root reserve stays untouched).
+absl::StatusOr<uint64_t> FreeBytes(const std::string& path);
+
+// Bytes `path` occupies on disk (st_blocks): what a sparse copy of it needs.
+absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path);
+
+// ResourceExhausted, naming `what`, `dir`, the need and what is free, when the
+// file system holding `dir` has less than `need` bytes plus a 16 MiB reserve
+// free. OK when it cannot tell (statvfs failed): the write then reports.
+absl::Status CheckFreeSpace(const std::string& dir, uint64_t need, absl::string_view what);
+
+// True when files in `dir` can be reflinked (probed with two scratch files
+// that are removed again): private disk copies then take no space up front.
+bool SupportsReflink(const std::string& dir);
 
 }  // namespace fcvm::storage

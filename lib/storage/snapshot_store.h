@@ -77,6 +77,7 @@ class SnapshotStore {
   // NotFound for an unknown id.
   absl::Status Delete(const std::string& id);
 
+  const std::string& root() const { return root_; }
   std::string Dir(const std::string& id) const { return root_ + "/" + id; }
   static std::string VmstatePath(const std::string& dir) { return dir + "/vmstate"; }
   static std::string MemoryPath(const std::string& dir) { return dir + "/memory"; }

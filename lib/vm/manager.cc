@@ -179,6 +179,9 @@ struct Manager::Impl {
   // UFFD clone until it is deleted: later clones find the mapping, zero map
   // and working set ready even when no other clone is alive.
   std::map<std::string, std::shared_ptr<uffd::SnapshotMemory>> pinned ABSL_GUARDED_BY(mu);
+  // Whether the state directory's file system reflinks (probed at start):
+  // private disk copies then take no space up front.
+  bool reflink = false;
   // OnExit handlers still running (detached threads); the destructor waits.
   int exit_handlers ABSL_GUARDED_BY(mu) = 0;
 
@@ -285,6 +288,23 @@ struct Manager::Impl {
   void ReleaseName(const std::string& name) {
     absl::MutexLock lock(&mu);
     pending_names.erase(name);
+  }
+
+  // Refuses up front, with ResourceExhausted, `count` VMs whose private disk
+  // copies would not fit in the state directory (sparse copies take each
+  // source's allocated size; reflinks take nothing up front).
+  absl::Status CheckDiskForCopies(const VmConfig& config,
+                                  const std::function<std::string(const DriveConfig&)>& source,
+                                  uint32_t count, absl::string_view what) const {
+    if (reflink) return absl::OkStatus();
+    uint64_t need = 0;
+    for (const DriveConfig& d : config.drives) {
+      if (d.read_only) continue;
+      absl::StatusOr<uint64_t> bytes = storage::AllocatedBytes(source(d));
+      if (bytes.ok()) need += *bytes;  // a missing file is reported by the copy, naming it
+    }
+    if (need == 0) return absl::OkStatus();
+    return storage::CheckFreeSpace(vms_dir, need * count, what);
   }
 
   absl::Status CheckMemory(uint64_t mib, uint32_t count) const {
@@ -737,6 +757,7 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   m.drives_dir = options.state_dir + "/drives";
   RETURN_IF_ERROR(MakeDirs(m.vms_dir, 0700));
   RETURN_IF_ERROR(MakeDirs(m.drives_dir, 0700));
+  m.reflink = storage::SupportsReflink(m.vms_dir);
   if (!options.firecracker_bin.empty()) {
     ASSIGN_OR_RETURN(firecracker::FirecrackerBinary bin,
                      firecracker::FirecrackerBinary::Probe(options.firecracker_bin));
@@ -802,6 +823,8 @@ absl::StatusOr<VmInfo> Manager::Run(const RunRequest& request) {
   RETURN_IF_ERROR(m.RequireBinary());
   RETURN_IF_ERROR(ValidateConfig(request.config));
   RETURN_IF_ERROR(m.CheckMemory(request.config.memory_mib, 1));
+  RETURN_IF_ERROR(m.CheckDiskForCopies(
+      request.config, [](const DriveConfig& d) { return d.path; }, 1, "the VM's private disk copies"));
   absl::Time start = absl::Now();
   std::string id = NewId("vm");
   std::string name = request.name.empty() ? id : request.name;
@@ -979,6 +1002,14 @@ absl::StatusOr<SnapshotInfo> Manager::CreateSnapshot(const SnapshotRequest& requ
       return absl::FailedPreconditionError(absl::StrCat(
           "vm ", info.id, " was re-adopted after a restart; snapshots need a VM this fcvmd started"));
     }
+    // The memory file is written in full; the drives are copied (reflinked
+    // where possible, but a snapshot must not count on it).
+    uint64_t need = (info.config.memory_mib << 20) + (1 << 20);
+    for (const DriveConfig& d : info.config.drives) {
+      if (!d.read_only) need += storage::AllocatedBytes(e->dir + "/drives/" + d.drive_id).value_or(0);
+    }
+    RETURN_IF_ERROR(
+        storage::CheckFreeSpace(m.store->root(), need, absl::StrCat("a snapshot of vm ", info.id)));
     ASSIGN_OR_RETURN(storage::PendingSnapshot pending, m.store->Begin(id, name));
     absl::Cleanup abort = [&m, &pending] { m.store->Abort(pending); };
     bool was_running = info.state == VmState::kRunning;
@@ -1209,6 +1240,11 @@ absl::StatusOr<CloneResult> Manager::Clone(const CloneRequest& req) {
     return absl::InvalidArgumentError("prefetch policies apply to the UFFD backend only");
   }
   RETURN_IF_ERROR(m.CheckMemory(config.memory_mib, req.count));
+  std::string snap_dir = m.store->Dir(snap.id);
+  RETURN_IF_ERROR(m.CheckDiskForCopies(
+      config,
+      [&snap_dir](const DriveConfig& d) { return storage::SnapshotStore::DiskPath(snap_dir, d.drive_id); },
+      req.count, absl::StrCat(req.count, " clone(s)' private disk copies")));
   std::string prefix = req.name_prefix.empty() ? snap.name : req.name_prefix;
   RETURN_IF_ERROR(ValidateName("clone name prefix", prefix));
   if (prefix.size() > 58) return absl::InvalidArgumentError("clone name prefix longer than 58 bytes");

@@ -3,14 +3,19 @@
 // input; nothing left behind. Skips without Firecracker or /dev/kvm.
 
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <regex>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
@@ -186,6 +191,54 @@ TEST_F(ManagerE2eTest, BadInputIsRefusedAndLeavesNothing) {
   EXPECT_THAT(manager_->Clone({.snapshot_ref = "nope"}), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(manager_->Delete("nope", false, absl::Seconds(1)), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_TRUE(manager_->List({}).empty());
+}
+
+// A state directory on a small tmpfs (no reflink): snapshots and clones that
+// would not fit are refused up front with ResourceExhausted, and nothing of
+// them is left; the VM keeps running.
+TEST_F(ManagerE2eTest, NotEnoughDiskIsRefusedUpFront) {
+  manager_.reset();  // this test runs its own manager on the small file system
+  std::string fs = tmp_.path() + "/small";
+  ASSERT_OK(MakeDirs(fs, 0700));
+  if (mount("tmpfs", fs.c_str(), "tmpfs", 0, "size=256m,mode=0700") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs (" << strerror(errno) << "): needs root";
+  }
+  absl::Cleanup unmount = [&fs] { umount2(fs.c_str(), MNT_DETACH); };
+  ManagerOptions o;
+  o.state_dir = fs + "/state";
+  o.firecracker_bin = e2e::FirecrackerPath();
+  o.network_prefix = "fcvt";
+  o.network_pool = "10.211.0.0/16";
+  o.warm_pool_size = 0;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Manager> m, Manager::Create(o));
+  // A 40 MiB data disk, all allocated: every private copy takes 40 MiB here.
+  ASSERT_OK(WriteFileAtomic(tmp_.path() + "/big.img", std::string(40 << 20, 'b')));
+  RunRequest r = GuestRun("disky");
+  r.config.drives = {{"data", tmp_.path() + "/big.img", false, false}};
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, m->Run(r));  // 40 MiB copied: ~216 MiB left
+  ASSERT_GE(WaitTicks(vm.console_log_path, 1).ok, 1);
+  // 128 MiB memory + 40 MiB disk fit once: ~48 MiB left after it.
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, m->CreateSnapshot({.vm_ref = "disky", .name = "fits"}));
+
+  EXPECT_THAT(m->Clone({.snapshot_ref = "fits", .count = 2}),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("not enough disk space")));
+  EXPECT_EQ(m->List({}).size(), 1u) << "no clone left behind";
+  EXPECT_THAT(m->CreateSnapshot({.vm_ref = "disky", .name = "too-big"}),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("a snapshot of vm")));
+  EXPECT_EQ(m->ListSnapshots({}).size(), 1u) << "no half snapshot";
+  ASSERT_OK_AND_ASSIGN(VmInfo after, m->Get("disky"));
+  EXPECT_EQ(after.state, VmState::kRunning) << "refused before pausing the VM";
+  // The name is free again: with the space back, the same request works.
+  ASSERT_OK(m->DeleteSnapshot("fits", false).status());
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo again, m->CreateSnapshot({.vm_ref = "disky", .name = "too-big"}));
+  EXPECT_EQ(again.name, "too-big");
+
+  for (const VmInfo& v : m->List({})) ASSERT_OK(m->Delete(v.id, true, absl::ZeroDuration()).status());
+  ASSERT_OK(m->DeleteSnapshot("too-big", false).status());
+  m.reset();
+  std::move(unmount).Invoke();
+  std::vector<std::string> left = e2e::Leftovers(tmp_.path());
+  EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
 }
 
 TEST_F(ManagerE2eTest, WarmPoolServesClonesAndBoots) {

@@ -2,9 +2,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
 #include "lib/storage/disk.h"
@@ -62,6 +64,38 @@ TEST(CopyDisk, SparseFileKeepsDataAndHoles) {
   EXPECT_EQ(original.substr(0, 4), "head");
 }
 
+// copy_file_range refuses to copy between file systems (EXDEV since Linux
+// 5.19): a disk image on another file system than the state directory must
+// still be copied, data and holes.
+TEST(CopyDisk, AcrossFileSystems) {
+  TempDir tmp;
+  struct stat a, b;
+  if (stat("/dev/shm", &a) != 0 || stat(tmp.path().c_str(), &b) != 0 || a.st_dev == b.st_dev) {
+    GTEST_SKIP() << "/dev/shm is not a file system apart from /tmp here";
+  }
+  char tmpl[] = "/dev/shm/fcvm-storage-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  absl::Cleanup rm = [&tmpl] { (void)RemoveTree(tmpl); };
+  std::string src = std::string(tmpl) + "/src.img";
+  int fd = open(src.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  const off_t size = 8 << 20;
+  ASSERT_EQ(ftruncate(fd, size), 0);
+  std::string block(3 << 20, 'm');  // more than one copy buffer
+  ASSERT_EQ(pwrite(fd, block.data(), block.size(), 1 << 20), static_cast<ssize_t>(block.size()));
+  ASSERT_EQ(pwrite(fd, "tail", 4, size - 4), 4);
+  close(fd);
+  std::string dst = tmp.path() + "/dst.img";
+  ASSERT_OK_AND_ASSIGN(CopyMethod method, CopyDisk(src, dst));
+  EXPECT_EQ(method, CopyMethod::kSparseCopy);
+  ASSERT_OK_AND_ASSIGN(std::string copy, ReadFile(dst));
+  ASSERT_EQ(copy.size(), static_cast<size_t>(size));
+  EXPECT_EQ(copy.find_first_not_of('\0'), static_cast<size_t>(1 << 20));
+  EXPECT_EQ(copy.substr(1 << 20, block.size()), block);
+  EXPECT_EQ(copy.find_first_not_of('\0', (1 << 20) + block.size()), static_cast<size_t>(size - 4));
+  EXPECT_EQ(copy.substr(size - 4), "tail");
+}
+
 TEST(CopyDisk, ErrorsNameTheFileAndLeaveNothing) {
   TempDir tmp;
   EXPECT_THAT(CopyDisk(tmp.path() + "/missing.img", tmp.path() + "/out.img"),
@@ -72,6 +106,44 @@ TEST(CopyDisk, ErrorsNameTheFileAndLeaveNothing) {
   ASSERT_OK(WriteFileAtomic(tmp.path() + "/exists.img", "x"));
   EXPECT_THAT(CopyDisk(src, tmp.path() + "/exists.img"), StatusIs(absl::StatusCode::kAlreadyExists));
   EXPECT_THAT(CopyDisk(tmp.path(), tmp.path() + "/dir.img"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DiskSpace, FreeAndAllocatedBytesAndTheRefusal) {
+  TempDir tmp;
+  ASSERT_OK_AND_ASSIGN(uint64_t free_bytes, FreeBytes(tmp.path()));
+  EXPECT_GT(free_bytes, 0u);
+  // A 64 MiB file with 1 MiB of data: a sparse copy needs about 1 MiB.
+  std::string sparse = tmp.path() + "/sparse.img";
+  int fd = open(sparse.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 64 << 20), 0);
+  std::string mib(1 << 20, 'x');
+  ASSERT_EQ(pwrite(fd, mib.data(), mib.size(), 8 << 20), static_cast<ssize_t>(mib.size()));
+  close(fd);
+  ASSERT_OK_AND_ASSIGN(uint64_t allocated, AllocatedBytes(sparse));
+  EXPECT_GE(allocated, uint64_t{1} << 20);
+  EXPECT_LT(allocated, uint64_t{4} << 20);
+  EXPECT_THAT(AllocatedBytes(tmp.path() + "/missing"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+
+  EXPECT_OK(CheckFreeSpace(tmp.path(), 1 << 20, "a test"));
+  absl::Status st = CheckFreeSpace(tmp.path(), free_bytes, "a test");
+  EXPECT_THAT(st,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("not enough disk space for a test")));
+  EXPECT_THAT(st.message(), HasSubstr(tmp.path()));
+  EXPECT_THAT(st.message(), HasSubstr("free"));
+  // Cannot tell: let the write report.
+  EXPECT_OK(CheckFreeSpace(tmp.path() + "/no/such/dir", uint64_t{1} << 60, "a test"));
+}
+
+TEST(DiskSpace, ReflinkProbeLeavesNothing) {
+  TempDir tmp;
+  bool reflink = SupportsReflink(tmp.path());
+  // /tmp here is ext4 or tmpfs: neither reflinks. Either way the probe cleans up.
+  std::printf("reflink in %s: %s\n", tmp.path().c_str(), reflink ? "yes" : "no");
+  EXPECT_NE(access((tmp.path() + "/.reflink-probe-a").c_str(), F_OK), 0);
+  EXPECT_NE(access((tmp.path() + "/.reflink-probe-b").c_str(), F_OK), 0);
+  EXPECT_FALSE(SupportsReflink(tmp.path() + "/no/such/dir"));
 }
 
 void FillSnapshotFiles(const PendingSnapshot& p) {
