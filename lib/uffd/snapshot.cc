@@ -229,19 +229,24 @@ void SnapshotMemory::PopulatePrefetchSource() {
     populated_ = plan;
   }
   const uint64_t ps = page_size();
+  // The data stretches of the plan (zero pages are never copied from the file).
+  std::vector<Run> data;
   for (const Run& run : *plan) {
-    // Zero pages are never copied from the file (ZEROPAGE): skip them.
     uint64_t p = run.begin, end = run.begin + run.count;
     while (p < end) {
       while (p < end && IsZero(p)) ++p;
       uint64_t q = p;
       while (q < end && !IsZero(q)) ++q;
-      if (q > p && ::madvise(data_ + p * ps, (q - p) * ps, MADV_POPULATE_READ) < 0) {
-        // Older kernels (< 5.14) lack it: start the reads at least.
-        ::madvise(data_ + p * ps, (q - p) * ps, MADV_WILLNEED);
-      }
+      if (q > p) data.push_back({p, q - p});
       p = q;
     }
+  }
+  // Start every read at once (a cold file is read with all its I/O in
+  // flight), then map the pages, waiting for them.
+  for (const Run& r : data) ::madvise(data_ + r.begin * ps, r.count * ps, MADV_WILLNEED);
+  for (const Run& r : data) {
+    // Older kernels (< 5.14) lack MADV_POPULATE_READ: the reads are started at least.
+    (void)::madvise(data_ + r.begin * ps, r.count * ps, MADV_POPULATE_READ);
   }
 }
 
