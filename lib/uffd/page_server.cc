@@ -49,6 +49,36 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// One UFFDIO_ZEROPAGE (`src` null) or UFFDIO_COPY of `len` bytes at `dst`.
+// Returns the bytes installed and, when that is short of `len`, the errno
+// that stopped it (the kernel reports partial progress with a negated error).
+struct IoctlResult {
+  uint64_t bytes = 0;
+  int err = 0;
+};
+IoctlResult InstallIoctl(int uffd, uint64_t dst, const uint8_t* src, uint64_t len) {
+  int64_t done;
+  int rc;
+  if (src == nullptr) {
+    uffdio_zeropage z{};
+    z.range.start = dst;
+    z.range.len = len;
+    rc = ::ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+    done = z.zeropage;
+  } else {
+    uffdio_copy c{};
+    c.dst = dst;
+    c.src = reinterpret_cast<uint64_t>(src);
+    c.len = len;
+    rc = ::ioctl(uffd, UFFDIO_COPY, &c);
+    done = c.copy;
+  }
+  if (rc == 0) return {len, 0};
+  int err = errno;
+  if (done < 0) return {0, static_cast<int>(-done)};
+  return {static_cast<uint64_t>(done), err};
+}
+
 bool TestBit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
 void SetBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] |= 1ull << (i & 63); }
 void ClearBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] &= ~(1ull << (i & 63)); }
@@ -481,37 +511,13 @@ void HelperInstall(const PrefetchShare& sh, const PrefetchShare::Chunk& c, Helpe
     while (q < end && q - p < max_pages && is_zero(q) == zero) ++q;
     const uint64_t dst = g.base_host_virt_addr + p * sh.ps - g.offset;
     const uint64_t len = (q - p) * sh.ps;
-    int64_t done = 0;
-    int rc;
     ++rep->ioctls;
-    if (zero) {
-      uffdio_zeropage z{};
-      z.range.start = dst;
-      z.range.len = len;
-      rc = ::ioctl(sh.uffd.get(), UFFDIO_ZEROPAGE, &z);
-      done = z.zeropage;
-    } else {
-      uffdio_copy cp{};
-      cp.dst = dst;
-      cp.src = reinterpret_cast<uint64_t>(sh.snap->data() + p * sh.ps);
-      cp.len = len;
-      rc = ::ioctl(sh.uffd.get(), UFFDIO_COPY, &cp);
-      done = cp.copy;
-    }
-    int err = 0;
-    if (rc == 0) {
-      done = static_cast<int64_t>(len);
-    } else {
-      err = errno;
-      if (done < 0) {
-        err = static_cast<int>(-done);
-        done = 0;
-      }
-    }
-    const uint64_t pages_done = static_cast<uint64_t>(done) / sh.ps;
+    const IoctlResult r = InstallIoctl(sh.uffd.get(), dst, zero ? nullptr : sh.snap->data() + p * sh.ps, len);
+    const int err = r.err;
+    const uint64_t pages_done = r.bytes / sh.ps;
     (zero ? rep->zero : rep->copied) += pages_done;
     p += pages_done;
-    if (rc == 0 || pages_done > 0) continue;
+    if (err == 0 || pages_done > 0) continue;
     switch (err) {
       case EEXIST:  // installed by the session's own fault path: fine
         ++rep->eexist;
@@ -1121,34 +1127,11 @@ Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count
   while (count > 0) {
     const uint64_t dst = AddrOf(region, page);
     const uint64_t len = count * ps_;
-    int64_t done = 0;
-    int rc;
     ++ioctls_;
-    if (kind == Kind::kData) {
-      uffdio_copy c{};
-      c.dst = dst;
-      c.src = reinterpret_cast<uint64_t>(ls_->snap->data() + page * ps_);
-      c.len = len;
-      rc = ::ioctl(uffd_.get(), UFFDIO_COPY, &c);
-      done = c.copy;
-    } else {
-      uffdio_zeropage z{};
-      z.range.start = dst;
-      z.range.len = len;
-      rc = ::ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &z);
-      done = z.zeropage;
-    }
-    int err = 0;
-    if (rc == 0) {
-      done = static_cast<int64_t>(len);
-    } else {
-      err = errno;
-      if (done < 0) {
-        err = static_cast<int>(-done);
-        done = 0;
-      }
-    }
-    uint64_t pages_done = static_cast<uint64_t>(done) / ps_;
+    const IoctlResult r =
+        InstallIoctl(uffd_.get(), dst, kind == Kind::kData ? ls_->snap->data() + page * ps_ : nullptr, len);
+    const int err = r.err;
+    uint64_t pages_done = r.bytes / ps_;
     for (uint64_t i = 0; i < pages_done; ++i) SetBit(present_, page + i);
     if (pages_done > 0) {
       if (kind == Kind::kData) {
@@ -1161,7 +1144,7 @@ Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count
     }
     page += pages_done;
     count -= pages_done;
-    if (rc == 0 || pages_done > 0) continue;  // done, or partial: go on from there
+    if (err == 0 || pages_done > 0) continue;  // done, or partial: go on from there
     switch (err) {
       case EEXIST: {
         AtomicPageStats::Bump(stats_->eexist);
