@@ -40,39 +40,32 @@ absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, con
     off_t in_off = data;
     off_t out_off = data;
     while (in_off < hole) {
-      ssize_t n =
-          use_cfr ? copy_file_range(in, &in_off, out, &out_off, static_cast<size_t>(hole - in_off), 0) : -1;
-      if (n < 0 && use_cfr) {
+      if (use_cfr) {
+        ssize_t n = copy_file_range(in, &in_off, out, &out_off, static_cast<size_t>(hole - in_off), 0);
+        if (n > 0) continue;
+        if (n == 0) break;
         if (errno == EINTR) continue;
         // Across file systems (EXDEV since Linux 5.19) or where the file
-        // system cannot: copy through a buffer.
+        // system cannot: copy through a buffer from here on.
         if (errno != EXDEV && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
           return ErrnoError(absl::StrCat("copy ", src, " -> ", dst));
         }
         use_cfr = false;
+        buf.resize(1 << 20);
       }
-      if (!use_cfr) {
-        if (buf.empty()) buf.resize(1 << 20);
-        size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(buf.size())));
-        ssize_t r = pread(in, buf.data(), want, in_off);
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          return ErrnoError(absl::StrCat("read ", src));
-        }
-        if (r == 0) break;
-        for (ssize_t w = 0; w < r;) {
-          ssize_t k = pwrite(out, buf.data() + w, static_cast<size_t>(r - w), out_off + w);
-          if (k < 0) {
-            if (errno == EINTR) continue;
-            return ErrnoError(absl::StrCat("write ", dst));
-          }
-          w += k;
-        }
-        in_off += r;
-        out_off += r;
-        continue;
+      size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(buf.size())));
+      ssize_t r = pread(in, buf.data(), want, in_off);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return ErrnoError(absl::StrCat("read ", src));
+      if (r == 0) break;
+      for (ssize_t w = 0; w < r;) {
+        ssize_t k = pwrite(out, buf.data() + w, static_cast<size_t>(r - w), out_off + w);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return ErrnoError(absl::StrCat("write ", dst));
+        w += k;
       }
-      if (n == 0) break;
+      in_off += r;
+      out_off += r;
     }
     pos = hole;
   }

@@ -524,7 +524,10 @@ struct Manager::Impl {
         }
       }
       // Hold back while clones are being restored, but not forever: under a
-      // steady stream of clones the pool must still refill.
+      // steady stream of clones the pool must still refill. Polled, not
+      // awaited on warm_mu: waking the instant a restore ends started the
+      // launch on top of the reply to the client (+5 ms on a single clone's
+      // p50 in fcvm-clone-bench).
       for (absl::Time until = absl::Now() + kRefillHoldBack;
            restoring.load() > 0 && !stopping.load() && absl::Now() < until;) {
         absl::SleepFor(absl::Milliseconds(1));
@@ -1168,20 +1171,23 @@ absl::StatusOr<VmInfo> Manager::Impl::CloneOne(const storage::SnapshotRecord& sn
     spec.max_connections = 1;
     spec.on_failure = uffd::FailurePolicy::kKill;
     spec.tag = id;
-    bool pinned_already;
+    std::shared_ptr<uffd::SnapshotMemory> view;
     {
       absl::MutexLock lock(&mu);
-      pinned_already = pinned.count(snap.id) > 0;
+      auto it = pinned.find(snap.id);
+      if (it != pinned.end()) view = it->second;
     }
-    if (!pinned_already) {
-      absl::StatusOr<std::shared_ptr<uffd::SnapshotMemory>> mem_view = pager->OpenSnapshot(spec.files);
-      if (mem_view.ok()) {
+    if (view == nullptr) {
+      absl::StatusOr<std::shared_ptr<uffd::SnapshotMemory>> opened = pager->OpenSnapshot(spec.files);
+      if (opened.ok()) {
+        view = *std::move(opened);
         absl::MutexLock lock(&mu);
-        pinned.emplace(snap.id, *std::move(mem_view));
+        pinned.emplace(snap.id, view);
       }  // else AddListener reports the same error
     }
-    struct stat st;
-    bool have_wset = stat(wset.c_str(), &st) == 0 && st.st_size > 0;
+    // The page server's own view decides whether its session prefetches.
+    auto ws = view != nullptr ? view->working_set() : nullptr;
+    bool have_wset = ws != nullptr && !ws->empty();
     prefetch_then_resume =
         req.policy == PrefetchPolicy::kPrefetch || (req.policy == PrefetchPolicy::kAuto && have_wset);
     // Loaded paused and resumed after WaitPrefetchDone: every loop thread may help.
