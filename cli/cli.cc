@@ -29,6 +29,7 @@
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
+#include "fcvm/v1/wire.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -132,14 +133,19 @@ std::string Describe(const grpc::Status& status) {
   return out;
 }
 
+// Message sizes as fcvmd's (fcvm/v1/wire.h): the largest answer is a clone
+// of 1,024 VMs.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& socket) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(v1::kMaxResponseBytes);
+  args.SetMaxSendMessageSize(v1::kMaxRequestBytes);
+  return grpc::CreateCustomChannel(absl::StrCat("unix:", socket), grpc::InsecureChannelCredentials(), args);
+}
+
 class Client {
  public:
   Client(const GlobalOptions& g, absl::Duration deadline, std::ostream& out, std::ostream& err)
-      : g_(g),
-        deadline_(deadline),
-        out_(out),
-        err_(err),
-        channel_(grpc::CreateChannel(absl::StrCat("unix:", g.socket), grpc::InsecureChannelCredentials())) {}
+      : g_(g), deadline_(deadline), out_(out), err_(err), channel_(MakeChannel(g.socket)) {}
 
   template <typename Service>
   std::unique_ptr<typename Service::Stub> MakeStub() {
@@ -153,9 +159,10 @@ class Client {
   }
 
   // Prints the error of a failed call as one line, "fcvmctl: <what>: <why>";
-  // returns the exit code.
-  int Fail(const grpc::Status& status, const std::string& what = "") const {
-    if (Unreachable(status)) {
+  // returns the exit code. `ctx` is the call's context (its trailing metadata
+  // tells an answer of fcvmd's own).
+  int Fail(const grpc::Status& status, const std::string& what, const grpc::ClientContext& ctx) const {
+    if (Unreachable(status, ctx)) {
       err_ << "fcvmctl: " << DescribeUnreachable(g_.socket, status) << "\n";
     } else {
       err_ << "fcvmctl: " << (what.empty() ? "" : what + ": ") << Describe(status) << "\n";
@@ -164,11 +171,12 @@ class Client {
   }
 
   // True when the call failed because fcvmd could not be reached, as opposed
-  // to fcvmd answering UNAVAILABLE itself (a dependency of its is down): then
-  // the channel never became ready.
-  bool Unreachable(const grpc::Status& status) const {
-    return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-           channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY;
+  // to fcvmd answering UNAVAILABLE itself (shutting down, a dependency of its
+  // down): fcvmd marks every answer of its own with trailing metadata.
+  bool Unreachable(const grpc::Status& status, const grpc::ClientContext& ctx) const {
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return false;
+    const auto& trailers = ctx.GetServerTrailingMetadata();
+    return trailers.find(v1::kServedByKey) == trailers.end();
   }
 
   int PrintJson(const google::protobuf::Message& message, bool pretty = true) const {
@@ -302,14 +310,14 @@ int CmdVersion(Env& env, const Args& args) {
   v1::GetVersionResponse resp;
   grpc::Status st = stub->GetVersion(&ctx, *req, &resp);
   if (env.g.json) {
-    if (!st.ok()) return client->Fail(st, "version");
+    if (!st.ok()) return client->Fail(st, "version", ctx);
     std::string daemon = ToJson(resp, /*pretty=*/false);
     daemon.pop_back();  // the newline
     env.out << "{\"client_version\": \"" << FCVM_VERSION << "\", \"daemon\": " << daemon << "}\n";
     return 0;
   }
   env.out << "fcvmctl " << FCVM_VERSION << "\n";
-  if (!st.ok()) return client->Fail(st, "version");
+  if (!st.ok()) return client->Fail(st, "version", ctx);
   env.out << "fcvmd " << resp.version() << " (api " << resp.api_version() << ")\n";
   if (resp.firecracker_path().empty()) {
     env.out << "firecracker: not configured\n";
@@ -340,9 +348,38 @@ int Unary(Env& env, const Args& args, absl::StatusOr<Req> (*parse)(FlagParser&, 
     std::unique_ptr<Progress> p = progress ? MaybeProgress(env, progress(*req)) : nullptr;
     st = ((*stub).*call)(&ctx, *req, &resp);
   }
-  if (!st.ok()) return client->Fail(st, what(*req));
+  if (!st.ok()) return client->Fail(st, what(*req), ctx);
   if (env.g.json) return client->PrintJson(resp);
   env.out << format(resp);
+  return 0;
+}
+
+// A listing: every page of it (fcvmd pages its answers; see vm.proto),
+// merged into one answer, then printed like Unary's.
+template <typename Service, typename Req, typename Resp>
+int Listing(Env& env, const Args& args, absl::StatusOr<Req> (*parse)(FlagParser&, const Args&),
+            grpc::Status (Service::Stub::*call)(grpc::ClientContext*, const Req&, Resp*),
+            const std::string& what,
+            const std::type_identity_t<std::function<std::string(const Resp&)>>& format) {
+  absl::StatusOr<Req> req = parse(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<Service>();
+  Resp all;
+  while (true) {
+    grpc::ClientContext ctx;
+    client->Prepare(&ctx);
+    Resp page;
+    grpc::Status st = ((*stub).*call)(&ctx, *req, &page);
+    if (!st.ok()) return client->Fail(st, what, ctx);
+    std::string next = page.next_page_token();
+    page.clear_next_page_token();
+    all.MergeFrom(page);
+    if (next.empty()) break;
+    req->set_page_token(next);
+  }
+  if (env.g.json) return client->PrintJson(all);
+  env.out << format(all);
   return 0;
 }
 
@@ -364,10 +401,8 @@ int CmdGet(Env& env, const Args& args) {
 }
 
 int CmdLs(Env& env, const Args& args) {
-  return Unary<v1::VmService>(
-      env, args, ParseListVms, &v1::VmService::Stub::ListVms,
-      [](const v1::ListVmsRequest&) { return std::string("ls"); },
-      [](const v1::ListVmsResponse& r) { return FormatVmTable(r, absl::Now()); });
+  return Listing<v1::VmService>(env, args, ParseListVms, &v1::VmService::Stub::ListVms, "ls",
+                                [](const v1::ListVmsResponse& r) { return FormatVmTable(r, absl::Now()); });
 }
 
 int CmdPause(Env& env, const Args& args) {
@@ -404,9 +439,9 @@ int CmdRm(Env& env, const Args& args) {
       std::unique_ptr<Progress> p = MaybeProgress(env, "stopping " + req.ref());
       st = stub->DeleteVm(&ctx, req, &resp);
     }
-    if (client->Unreachable(st)) return client->Fail(st);
+    if (client->Unreachable(st, ctx)) return client->Fail(st, "", ctx);
     if (!st.ok()) {
-      code = client->Fail(st, "rm " + req.ref());
+      code = client->Fail(st, "rm " + req.ref(), ctx);
       auto& f = *failed->add_values()->mutable_struct_value()->mutable_fields();
       f["ref"].set_string_value(req.ref());
       f["code"].set_string_value(StatusCodeConstant(st.error_code()));
@@ -435,9 +470,8 @@ int CmdSnapshotCreate(Env& env, const Args& args) {
 }
 
 int CmdSnapshotLs(Env& env, const Args& args) {
-  return Unary<v1::SnapshotService>(
-      env, args, ParseListSnapshots, &v1::SnapshotService::Stub::ListSnapshots,
-      [](const v1::ListSnapshotsRequest&) { return std::string("snapshot ls"); },
+  return Listing<v1::SnapshotService>(
+      env, args, ParseListSnapshots, &v1::SnapshotService::Stub::ListSnapshots, "snapshot ls",
       [](const v1::ListSnapshotsResponse& r) { return FormatSnapshotTable(r, absl::Now()); });
 }
 
@@ -471,7 +505,7 @@ int CmdClone(Env& env, const Args& args) {
         MaybeProgress(env, absl::StrCat("cloning ", req->snapshot_ref(), " x", req->count()));
     st = stub->CloneSnapshot(&ctx, *req, &resp);
   }
-  if (!st.ok()) return client->Fail(st, "clone " + req->snapshot_ref());
+  if (!st.ok()) return client->Fail(st, "clone " + req->snapshot_ref(), ctx);
   if (env.g.json) {
     client->PrintJson(resp);
   } else {
@@ -514,7 +548,7 @@ int CmdWatch(Env& env, const Args& args) {
   grpc::Status st = reader->Finish();
   if (st.ok() || guard.interrupted()) return 0;
   if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !env.g.timeout.empty()) return 0;
-  return client->Fail(st, req->ref().empty() ? "watch" : "watch " + req->ref());
+  return client->Fail(st, req->ref().empty() ? "watch" : "watch " + req->ref(), ctx);
 }
 
 const std::vector<Command>& Commands() {
@@ -534,7 +568,8 @@ const std::vector<Command>& Commands() {
       {"clone", "clone SNAPSHOT_REF [options]", "start clones of a snapshot, with timings", absl::Minutes(10),
        CmdClone},
       {"stats", "stats [VM_REF]", "page server counters per clone session", kQuick, CmdStats},
-      {"watch", "watch [REF]", "print lifecycle events as they happen", absl::InfiniteDuration(), CmdWatch},
+      {"watch", "watch [REF] [--from-start | --after SEQ]", "print lifecycle events as they happen",
+       absl::InfiniteDuration(), CmdWatch},
       {"version", "version", "print fcvmctl's, fcvmd's and Firecracker's versions", kQuick, CmdVersion},
   };
   return kCommands;

@@ -397,8 +397,9 @@ std::string FormatEvent(const fcvm::v1::Event& e) {
   } else {
     object = OrDash(e.vm_id().empty() ? e.snapshot_id() : e.vm_id());
   }
-  std::string line = absl::StrCat(FormatTime(e.time()), "  ",
-                                  absl::StrFormat("%-16s", EventKindName(e.kind())), "  ", object);
+  std::string line = FormatTime(e.time());
+  if (e.sequence() > 0) absl::StrAppend(&line, "  #", e.sequence());
+  absl::StrAppend(&line, "  ", absl::StrFormat("%-16s", EventKindName(e.kind())), "  ", object);
   if (e.kind() == fcvm::v1::Event::KIND_VM_STATE || e.state() != fcvm::v1::VM_STATE_UNSPECIFIED) {
     absl::StrAppend(&line, "  ", StateName(e.previous_state()), " -> ", StateName(e.state()));
   }

@@ -463,11 +463,21 @@ absl::StatusOr<fcvm::v1::GetPageServerStatsRequest> ParseGetPageServerStats(Flag
 }
 
 absl::StatusOr<fcvm::v1::WatchEventsRequest> ParseWatchEvents(FlagParser& flags, const Args& args) {
+  bool from_start = false;
+  int64_t after = -1;
+  flags.Bool("from-start", &from_start,
+             "first print the events fcvmd kept (the last 4096, start-up reconcile included)");
+  flags.Int("after", &after, "first print the kept events numbered above SEQ (implies --from-start)");
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::WatchEventsRequest req;
   if (flags.help_requested()) return req;
   RETURN_IF_ERROR(CheckPositional(positional, {"REF"}, 1, "watch [REF]"));
   if (!positional.empty()) req.set_ref(positional[0]);
+  if (after < -1) return absl::InvalidArgumentError(absl::StrCat("--after must be 0 or more, got ", after));
+  if (from_start || after >= 0) {
+    req.set_from_backlog(true);
+    req.set_after_sequence(after >= 0 ? static_cast<uint64_t>(after) : 0);
+  }
   return req;
 }
 

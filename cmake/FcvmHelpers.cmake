@@ -1,15 +1,17 @@
-# fcvm_cc_library(NAME <name> SRCS ... DEPS ...)
+# fcvm_cc_library(NAME <name> SRCS ... HDRS ... DEPS ... PRIVATE_DEPS ...)
 #
 # One static library per lib/ module, in the manner of abseil's absl_cc_library:
-# the DEPS list is the whole list of what the module may include, so a layering
-# violation shows up as a link or include error instead of a review comment.
-# Every target gets the project's warning flags and the repository root as its
-# include directory (includes are written relative to the repo root).
+# DEPS (what its headers include, passed on to its users) and PRIVATE_DEPS
+# (what only its .cc files include) together are the whole list of what the
+# module may include; tests/style/layering_test.cc checks both lists against
+# the includes. Every target gets the project's warning flags and the
+# repository root as its include directory (includes are written relative to
+# the repo root).
 function(fcvm_cc_library)
-  cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS;PRIVATE_DEPS" ${ARGN})
   add_library(${ARG_NAME} STATIC ${ARG_SRCS} ${ARG_HDRS})
   target_include_directories(${ARG_NAME} PUBLIC ${PROJECT_SOURCE_DIR})
-  target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS})
+  target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
   target_compile_options(${ARG_NAME} PRIVATE ${FCVM_WARNINGS})
 endfunction()
 

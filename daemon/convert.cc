@@ -92,31 +92,31 @@ absl::StatusOr<vm::MemoryBackend> FromProto(v1::MemoryBackend backend) {
   }
 }
 
-v1::PrefetchPolicy ToProto(vm::PrefetchPolicy policy) {
+v1::PrefetchPolicy ToProto(vm::ClonePolicy policy) {
   switch (policy) {
-    case vm::PrefetchPolicy::kNone:
+    case vm::ClonePolicy::kNone:
       return v1::PREFETCH_POLICY_NONE;
-    case vm::PrefetchPolicy::kRecord:
+    case vm::ClonePolicy::kRecord:
       return v1::PREFETCH_POLICY_RECORD;
-    case vm::PrefetchPolicy::kPrefetch:
+    case vm::ClonePolicy::kPrefetch:
       return v1::PREFETCH_POLICY_PREFETCH;
-    case vm::PrefetchPolicy::kAuto:
+    case vm::ClonePolicy::kAuto:
       return v1::PREFETCH_POLICY_AUTO;
   }
   return v1::PREFETCH_POLICY_UNSPECIFIED;
 }
 
-absl::StatusOr<vm::PrefetchPolicy> FromProto(v1::PrefetchPolicy policy) {
+absl::StatusOr<vm::ClonePolicy> FromProto(v1::PrefetchPolicy policy) {
   switch (policy) {
     case v1::PREFETCH_POLICY_NONE:
-      return vm::PrefetchPolicy::kNone;
+      return vm::ClonePolicy::kNone;
     case v1::PREFETCH_POLICY_RECORD:
-      return vm::PrefetchPolicy::kRecord;
+      return vm::ClonePolicy::kRecord;
     case v1::PREFETCH_POLICY_PREFETCH:
-      return vm::PrefetchPolicy::kPrefetch;
+      return vm::ClonePolicy::kPrefetch;
     case v1::PREFETCH_POLICY_UNSPECIFIED:
     case v1::PREFETCH_POLICY_AUTO:
-      return vm::PrefetchPolicy::kAuto;
+      return vm::ClonePolicy::kAuto;
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown prefetch policy ", static_cast<int>(policy)));
   }
@@ -229,6 +229,9 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
   out->set_snapshot_id(info.snapshot_id);
   out->set_memory_backend(ToProto(info.memory_backend));
   out->set_prefetch_policy(ToProto(info.prefetch_policy));
+  if (!info.snapshot_id.empty() && info.memory_backend == vm::MemoryBackend::kUffd) {
+    out->set_resolved_prefetch_policy(ToProto(info.resolved_policy));
+  }
   out->set_pid(info.pid);
   out->set_console_log_path(info.console_log_path);
   const vm::NetworkStatus& net = info.network;
@@ -285,6 +288,7 @@ void ToProto(const vm::Event& event, v1::Event* out) {
     out->set_previous_state(ToProto(event.previous_state));
   }
   out->set_message(event.message);
+  out->set_sequence(event.sequence);
 }
 
 void ToProto(const uffd::PageStats& stats, v1::FaultStats* out) {
@@ -353,7 +357,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   if (request.has_network()) {
     // Clones keep their snapshot's network choice and MAC (the guest was
     // snapshotted with them); what a request can add is published ports. The
-    // caller checks `enabled` against the snapshot (NetworkOverrideError).
+    // manager checks `enabled` against the snapshot's.
     if (!request.network().guest_mac().empty()) {
       return absl::InvalidArgumentError(
           "network.guest_mac: clones keep their snapshot's MAC; leave it empty");
@@ -361,6 +365,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
     absl::StatusOr<std::vector<vm::PortMapping>> publish = FromProto(request.network().publish(), "network");
     if (!publish.ok()) return publish.status();
     out.publish = *std::move(publish);
+    out.network_enabled = request.network().enabled();
   }
   out.snapshot_ref = request.snapshot_ref();
   out.count = request.count();
@@ -368,7 +373,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   if (!backend.ok())
     return absl::InvalidArgumentError(absl::StrCat("memory_backend: ", backend.status().message()));
   out.backend = *backend;
-  absl::StatusOr<vm::PrefetchPolicy> policy = FromProto(request.prefetch_policy());
+  absl::StatusOr<vm::ClonePolicy> policy = FromProto(request.prefetch_policy());
   if (!policy.ok())
     return absl::InvalidArgumentError(absl::StrCat("prefetch_policy: ", policy.status().message()));
   out.policy = *policy;
@@ -378,15 +383,6 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   out.all_or_nothing = request.all_or_nothing();
   out.parallelism = request.parallelism();
   return out;
-}
-
-absl::Status NetworkOverrideError(const v1::CloneSnapshotRequest& request, const vm::SnapshotInfo& snapshot) {
-  if (!request.has_network() || request.network().enabled() == snapshot.config.network.enabled) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("network.enabled: clones keep their snapshot's network choice; snapshot ", snapshot.id,
-                   snapshot.config.network.enabled ? " has a network" : " has no network"));
 }
 
 void ToProto(const vm::DeleteResult& result, v1::DeleteVmResponse* out) {

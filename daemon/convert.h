@@ -42,8 +42,8 @@ fcvm::v1::VmState ToProto(vm::VmState state);
 absl::StatusOr<vm::VmState> FromProto(fcvm::v1::VmState state);
 fcvm::v1::MemoryBackend ToProto(vm::MemoryBackend backend);
 absl::StatusOr<vm::MemoryBackend> FromProto(fcvm::v1::MemoryBackend backend);
-fcvm::v1::PrefetchPolicy ToProto(vm::PrefetchPolicy policy);
-absl::StatusOr<vm::PrefetchPolicy> FromProto(fcvm::v1::PrefetchPolicy policy);
+fcvm::v1::PrefetchPolicy ToProto(vm::ClonePolicy policy);
+absl::StatusOr<vm::ClonePolicy> FromProto(fcvm::v1::PrefetchPolicy policy);
 absl::StatusOr<vm::AfterSnapshot> FromProto(fcvm::v1::AfterSnapshot after);
 fcvm::v1::Event::Kind ToProto(vm::EventKind kind);
 
@@ -69,12 +69,10 @@ absl::StatusOr<vm::ListFilter> FromProto(const fcvm::v1::ListVmsRequest& request
 absl::StatusOr<absl::Duration> DeleteGrace(const fcvm::v1::DeleteVmRequest& request);
 absl::StatusOr<vm::SnapshotRequest> FromProto(const fcvm::v1::CreateSnapshotRequest& request);
 // count must be 1-1024. `network` may add published ports; its guest_mac
-// must be empty (clones keep the snapshot's MAC).
+// must be empty (clones keep the snapshot's MAC); its `enabled` becomes
+// CloneRequest::network_enabled, which the manager checks against the
+// snapshot's.
 absl::StatusOr<vm::CloneRequest> FromProto(const fcvm::v1::CloneSnapshotRequest& request);
-// Clones keep their snapshot's network choice: InvalidArgument when the
-// request sets `network` with an `enabled` that differs from the snapshot's.
-absl::Status NetworkOverrideError(const fcvm::v1::CloneSnapshotRequest& request,
-                                  const vm::SnapshotInfo& snapshot);
 
 // Responses.
 void ToProto(const vm::DeleteResult& result, fcvm::v1::DeleteVmResponse* out);
@@ -90,7 +88,7 @@ struct PageServerContext {
   std::string vm_id;
   struct Clone {
     std::string snapshot_id;
-    vm::PrefetchPolicy policy = vm::PrefetchPolicy::kAuto;
+    vm::ClonePolicy policy = vm::ClonePolicy::kAuto;
   };
   std::map<std::string, Clone> clones;  // by VM id (= listener tag)
   struct SnapshotFile {

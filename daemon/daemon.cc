@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <functional>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/calls.h"
@@ -11,6 +13,7 @@
 #include "daemon/request_cache.h"
 #include "daemon/services.h"
 #include "daemon/worker_pool.h"
+#include "fcvm/v1/wire.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -81,7 +84,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return absl::InvalidArgumentError(
         absl::StrCat("--socket must be 1-107 bytes (a Unix socket path), got '", options.socket_path, "'"));
   }
-  if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
   if (!options.jailer_bin.empty()) {
     return absl::UnimplementedError(
         "--jailer: jailer mode is not implemented yet; VMs run in per-VM mount and network namespaces "
@@ -90,15 +92,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (options.workers < 1 || options.workers > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("--workers must be 1-1024, got ", options.workers));
   }
-  if (options.page_server_threads < 0 || options.page_server_threads > 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--page-server-threads must be 0-256 (0 = one per core), got ", options.page_server_threads));
-  }
-  if (options.clone_parallelism < 1 || options.clone_parallelism > 1024) {
+  const vm::ManagerOptions& m = options.manager;
+  if (m.page_server_threads < 0 || m.page_server_threads > 256) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--clone-parallelism must be 1-1024, got ", options.clone_parallelism));
+        absl::StrCat("--page-server-threads must be 0-256 (0 = one per core), got ", m.page_server_threads));
   }
-  ASSIGN_OR_RETURN(std::string state_dir, Absolute(options.state_dir));
+  if (m.default_clone_parallelism < 1 || m.default_clone_parallelism > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--clone-parallelism must be 1-1024, got ", m.default_clone_parallelism));
+  }
+  if (m.warm_pool_size > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("--warm-pool must be 0-256, got ", m.warm_pool_size));
+  }
+  if (m.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
+  ASSIGN_OR_RETURN(std::string state_dir, Absolute(options.manager.state_dir));
   RETURN_IF_ERROR(Annotate(MakeDirs(DirName(options.socket_path), 0755), "socket directory"));
   RETURN_IF_ERROR(Annotate(MakeDirs(state_dir, 0700), "state directory"));
   // Before the manager: it reconciles the state directory, which must not
@@ -106,36 +113,38 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   RETURN_IF_ERROR(ClaimSocketPath(options.socket_path));
 
   std::unique_ptr<Daemon> daemon(new Daemon(options));
-  daemon->options_.state_dir = state_dir;
+  daemon->options_.manager.state_dir = state_dir;
   daemon->started_at_ = absl::Now();
-  vm::ManagerOptions manager_options;
-  manager_options.state_dir = state_dir;
-  manager_options.firecracker_bin = options.firecracker_bin;
-  manager_options.page_server_threads = options.page_server_threads;
-  manager_options.default_clone_parallelism = options.clone_parallelism;
-  manager_options.warm_pool_size = options.warm_pool;
-  manager_options.networking = options.networking;
-  manager_options.network_pool = options.network_pool;
-  manager_options.network_uplink = options.network_uplink;
-  manager_options.network_prefix = options.network_prefix;
-  ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(manager_options));
+  ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(daemon->options_.manager));
   daemon->firecracker_version_ = daemon->manager_->firecracker_version();
-  daemon->events_ = std::make_shared<EventHub>();
-  daemon->event_token_ =
-      daemon->manager_->Subscribe([hub = daemon->events_](const vm::Event& event) { hub->Publish(event); });
+  vm::Manager* manager = daemon->manager_.get();
+  daemon->events_ = std::make_shared<EventHub>(
+      [manager](std::function<void(const vm::Event&)> callback, std::optional<uint64_t> replay_after) {
+        return manager->Subscribe(std::move(callback), replay_after);
+      },
+      [manager](uint64_t token) { manager->Unsubscribe(token); });
   daemon->cache_ = std::make_unique<RequestCache>();
   daemon->calls_ = std::make_unique<CallTracker>();
   daemon->pool_ = std::make_unique<WorkerPool>(options.workers);
-  ServiceDeps deps{daemon->manager_.get(), daemon->pool_.get(), daemon->cache_.get(), daemon->calls_.get(),
+  ServiceDeps deps{manager,
+                   daemon->shutdown_.token(),
+                   daemon->pool_.get(),
+                   daemon->cache_.get(),
+                   daemon->calls_.get(),
                    daemon->events_};
-  daemon->services_ = std::make_unique<Services>(
-      SystemInfo{FCVM_VERSION, options.firecracker_bin, daemon->firecracker_version_, daemon->started_at_},
-      deps);
+  daemon->services_ =
+      std::make_unique<Services>(SystemInfo{FCVM_VERSION, options.manager.firecracker_bin,
+                                            daemon->firecracker_version_, daemon->started_at_},
+                                 deps);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat("unix:", options.socket_path), grpc::InsecureServerCredentials());
+  // Both limits on purpose (fcvm/v1/wire.h): requests are small and bounded;
+  // the largest answer (1,024 clones) is about 20 MiB.
+  builder.SetMaxReceiveMessageSize(v1::kMaxRequestBytes);
+  builder.SetMaxSendMessageSize(v1::kMaxResponseBytes);
   builder.RegisterService(&daemon->services_->system);
   builder.RegisterService(&daemon->services_->vm);
   builder.RegisterService(&daemon->services_->snapshot);
@@ -157,7 +166,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   daemon->server_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("fcvmd {} serving on unix:{} (state {}, firecracker {} {}, {} workers)", FCVM_VERSION,
                options.socket_path, state_dir,
-               options.firecracker_bin.empty() ? "<not configured>" : options.firecracker_bin,
+               options.manager.firecracker_bin.empty() ? "<not configured>" : options.manager.firecracker_bin,
                daemon->firecracker_version_, options.workers);
   return daemon;
 }
@@ -172,6 +181,8 @@ void Daemon::Shutdown(absl::Duration grace) {
     // open streams end now (gRPC's Shutdown would wait for them forever).
     calls_->StartShutdown();
     events_->CloseAll(absl::OkStatus());
+    // Every call's work stops at its next step and undoes what it made.
+    shutdown_.Cancel(absl::UnavailableError("fcvmd is shutting down"));
     if (!calls_->WaitIdle(deadline)) {
       spdlog::warn("stopping with {} call(s) still running; answering them UNAVAILABLE", calls_->in_flight());
     }
@@ -188,10 +199,9 @@ void Daemon::Shutdown(absl::Duration grace) {
   // Operations already running finish (the Manager must outlive them); queued
   // ones were answered above and are dropped.
   if (pool_ != nullptr) pool_->Shutdown(WorkerPool::Mode::kCancel);
-  if (manager_ != nullptr) {
-    manager_->Unsubscribe(event_token_);
-    manager_.reset();
-  }
+  shutdown_.Cancel(absl::UnavailableError("fcvmd is shutting down"));
+  if (events_ != nullptr) events_->Detach();  // the services may still hold the hub
+  manager_.reset();
   if (server_ != nullptr) spdlog::info("fcvmd stopped");
 }
 

@@ -11,6 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/base/cancel.h"
+#include "lib/vm/manager_options.h"
 
 namespace grpc {
 class Server;
@@ -18,7 +20,7 @@ class Server;
 
 namespace fcvm::vm {
 class Manager;
-}
+}  // namespace fcvm::vm
 
 namespace fcvm::daemon {
 
@@ -31,29 +33,16 @@ struct DaemonOptions {
   // gRPC endpoint: a Unix socket path. Its directory is created if missing.
   std::string socket_path = "/run/fcvm/fcvmd.sock";
   // Mode of the socket file: who may talk to fcvmd (root and the socket's
-  // group by default).
+  // group by default). Whoever can is root-equivalent on this host.
   int socket_mode = 0660;
-  // Where VMs, snapshots and the daemon's records live.
-  std::string state_dir = "/var/lib/fcvm";
-  // Firecracker and (optional) jailer binaries.
-  std::string firecracker_bin;
+  // Jailer binary (jailer mode is not implemented yet: refused).
   std::string jailer_bin;
   // Threads running blocking operations (most of their time is spent waiting
   // for Firecracker and disks, hence more than cores).
   int workers = 16;
-  // Page server loop threads; 0 = one per core.
-  int page_server_threads = 0;
-  // Clones restored at once per CloneSnapshot request unless it says.
-  uint32_t clone_parallelism = 4;
-  // Pre-started Firecracker processes (0 = off); see docs/operations.md.
-  uint32_t warm_pool = 2;
-  // Per-VM network namespaces: on/off, the pool of unique VM addresses, an
-  // optional uplink to MASQUERADE through, and the name prefix of everything
-  // fcvmd creates (two fcvmd on one host need different prefixes and pools).
-  bool networking = true;
-  std::string network_pool = "10.200.0.0/16";
-  std::string network_uplink;
-  std::string network_prefix = "fcvm";
+  // VMs, snapshots, clones, the page server, networks (state_dir relative to
+  // fcvmd's working directory is made absolute by Start).
+  vm::ManagerOptions manager;
 };
 
 class Daemon {
@@ -66,10 +55,12 @@ class Daemon {
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonOptions& options);
   ~Daemon();
 
-  // Stops accepting calls and ends every WatchEvents stream, lets running
-  // calls finish for up to `grace`, answers the rest UNAVAILABLE, stops the
-  // gRPC server and removes the socket file, then waits for the workers'
-  // operations in flight and destroys the manager. Idempotent.
+  // Stops accepting calls, ends every WatchEvents stream and cancels every
+  // call's work (the Manager undoes what it made: clones mid-creation are
+  // deleted, disk copies stop), lets calls finish for up to `grace`, answers
+  // the rest UNAVAILABLE "fcvmd is shutting down", stops the gRPC server and
+  // removes the socket file, then waits for the workers and destroys the
+  // manager. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
   const DaemonOptions& options() const { return options_; }
@@ -85,8 +76,8 @@ class Daemon {
   absl::Time started_at_;
   // Destroyed in reverse order; Shutdown already stopped everything in the
   // right order (server, pool, manager).
+  CancelSource shutdown_;
   std::unique_ptr<vm::Manager> manager_;
-  uint64_t event_token_ = 0;
   std::shared_ptr<EventHub> events_;
   std::unique_ptr<RequestCache> cache_;
   std::unique_ptr<CallTracker> calls_;

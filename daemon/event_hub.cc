@@ -1,41 +1,79 @@
 #include "daemon/event_hub.h"
 
-#include <algorithm>
+#include <utility>
+#include <vector>
 
 namespace fcvm::daemon {
 
-bool EventHub::Add(std::shared_ptr<EventSink> sink) {
+EventHub::EventHub(SubscribeFn subscribe, UnsubscribeFn unsubscribe)
+    : subscribe_(std::move(subscribe)), unsubscribe_(std::move(unsubscribe)) {
+  drops_token_ = subscribe_(
+      [this](const vm::Event& event) {
+        if (event.kind != vm::EventKind::kPageServerDrop) return;
+        absl::MutexLock lock(&mu_);
+        ++dropped_sessions_;
+      },
+      std::nullopt);
+}
+
+EventHub::~EventHub() { Detach(); }
+
+void EventHub::Detach() {
+  std::vector<uint64_t> tokens;
+  {
+    absl::MutexLock lock(&mu_);
+    if (detached_) return;
+    detached_ = true;
+    closed_ = true;
+    tokens.push_back(drops_token_);
+    for (auto& [ptr, entry] : sinks_) tokens.push_back(entry.second);
+    sinks_.clear();
+  }
+  for (uint64_t t : tokens) unsubscribe_(t);
+}
+
+bool EventHub::Add(const std::shared_ptr<EventSink>& sink, std::optional<uint64_t> replay_after) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return false;
+  }
+  // Outside the hub's lock: the replay delivers under the event log's.
+  uint64_t token = subscribe_([sink](const vm::Event& event) { sink->Deliver(event); }, replay_after);
   absl::MutexLock lock(&mu_);
-  if (closed_) return false;
-  sinks_.push_back(std::move(sink));
+  if (closed_) {
+    unsubscribe_(token);
+    return false;
+  }
+  sinks_[sink.get()] = {sink, token};
   return true;
 }
 
 void EventHub::Remove(const EventSink* sink) {
-  absl::MutexLock lock(&mu_);
-  sinks_.erase(
-      std::remove_if(sinks_.begin(), sinks_.end(), [sink](const auto& s) { return s.get() == sink; }),
-      sinks_.end());
-}
-
-void EventHub::Publish(const vm::Event& event) {
-  std::vector<std::shared_ptr<EventSink>> sinks;
+  uint64_t token = 0;
   {
     absl::MutexLock lock(&mu_);
-    if (event.kind == vm::EventKind::kPageServerDrop) ++dropped_sessions_;
-    sinks = sinks_;
+    if (detached_) return;
+    auto it = sinks_.find(sink);
+    if (it == sinks_.end()) return;
+    token = it->second.second;
+    sinks_.erase(it);
   }
-  for (const auto& sink : sinks) sink->Deliver(event);
+  unsubscribe_(token);
 }
 
 void EventHub::CloseAll(const absl::Status& status) {
-  std::vector<std::shared_ptr<EventSink>> sinks;
+  std::map<const EventSink*, std::pair<std::shared_ptr<EventSink>, uint64_t>> sinks;
+  bool detached;
   {
     absl::MutexLock lock(&mu_);
     closed_ = true;
+    detached = detached_;
     sinks.swap(sinks_);
   }
-  for (const auto& sink : sinks) sink->Close(status);
+  for (auto& [ptr, entry] : sinks) {
+    if (!detached) unsubscribe_(entry.second);
+    entry.first->Close(status);
+  }
 }
 
 uint64_t EventHub::dropped_sessions() const {

@@ -19,20 +19,21 @@
 int main(int argc, char** argv) {
   fcvm::daemon::DaemonOptions options;
   if (const char* env = std::getenv("FCVM_SOCKET")) options.socket_path = env;
-  if (const char* env = std::getenv("FCVM_FIRECRACKER_BIN")) options.firecracker_bin = env;
+  fcvm::vm::ManagerOptions& m = options.manager;
+  if (const char* env = std::getenv("FCVM_FIRECRACKER_BIN")) m.firecracker_bin = env;
   std::string log_level = "info";
   int64_t workers = options.workers;
-  int64_t page_server_threads = options.page_server_threads;
-  int64_t clone_parallelism = options.clone_parallelism;
-  int64_t warm_pool = options.warm_pool;
+  int64_t page_server_threads = m.page_server_threads;
+  int64_t clone_parallelism = m.default_clone_parallelism;
+  int64_t warm_pool = m.warm_pool_size;
+  int64_t clone_threads = m.clone_threads;
   fcvm::FlagParser flags(
       "fcvmd [options]\n\nThe fcvm host daemon: boots, snapshots and clones Firecracker microVMs, "
       "serving a gRPC API on a Unix socket.");
   flags.String("socket", &options.socket_path,
                "gRPC Unix socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)", "PATH");
-  flags.String("state-dir", &options.state_dir, "state directory (default /var/lib/fcvm)", "DIR");
-  flags.String("firecracker", &options.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)",
-               "PATH");
+  flags.String("state-dir", &m.state_dir, "state directory (default /var/lib/fcvm)", "DIR");
+  flags.String("firecracker", &m.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
   flags.String("jailer", &options.jailer_bin, "jailer binary (jailer mode is not implemented yet: refused)",
                "PATH");
   flags.Int("workers", &workers, "threads running blocking VM operations (default 16)");
@@ -40,14 +41,15 @@ int main(int argc, char** argv) {
             "page server loop threads (default 0 = one per core)");
   flags.Int("clone-parallelism", &clone_parallelism,
             "clones restored at once per CloneSnapshot request unless it says (default 4)");
+  flags.Int("clone-threads", &clone_threads, "clones restored at once across all requests (default 32)");
   flags.Int("warm-pool", &warm_pool,
             "pre-started Firecracker processes kept ready for clones (default 2; 0 = off)");
-  flags.Bool("networking", &options.networking, "per-VM network namespaces (default on; --no-networking)");
-  flags.String("network-pool", &options.network_pool,
+  flags.Bool("networking", &m.networking, "per-VM network namespaces (default on; --no-networking)");
+  flags.String("network-pool", &m.network_pool,
                "unique VM addresses come from this IPv4 CIDR (default 10.200.0.0/16)", "CIDR");
-  flags.String("network-uplink", &options.network_uplink,
-               "host interface to MASQUERADE guest traffic through", "IFACE");
-  flags.String("network-prefix", &options.network_prefix,
+  flags.String("network-uplink", &m.network_uplink, "host interface to MASQUERADE guest traffic through",
+               "IFACE");
+  flags.String("network-prefix", &m.network_prefix,
                "prefix of the namespaces, devices and nft tables fcvmd creates (default fcvm)", "PREFIX");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -66,13 +68,19 @@ int main(int argc, char** argv) {
   }
   // Range checks are Daemon::Start's; the casts only keep absurd values absurd.
   options.workers = static_cast<int>(std::clamp<int64_t>(workers, -1, 1 << 20));
-  options.page_server_threads = static_cast<int>(std::clamp<int64_t>(page_server_threads, -1, 1 << 20));
-  options.clone_parallelism = static_cast<uint32_t>(std::clamp<int64_t>(clone_parallelism, 0, 1 << 20));
+  m.page_server_threads = static_cast<int>(std::clamp<int64_t>(page_server_threads, -1, 1 << 20));
+  m.default_clone_parallelism = static_cast<uint32_t>(std::clamp<int64_t>(clone_parallelism, 0, 1 << 20));
   if (warm_pool < 0 || warm_pool > 256) {
     std::fprintf(stderr, "fcvmd: --warm-pool must be 0-256, got %lld\n", static_cast<long long>(warm_pool));
     return 2;
   }
-  options.warm_pool = static_cast<uint32_t>(warm_pool);
+  m.warm_pool_size = static_cast<uint32_t>(warm_pool);
+  if (clone_threads < 1 || clone_threads > 1024) {
+    std::fprintf(stderr, "fcvmd: --clone-threads must be 1-1024, got %lld\n",
+                 static_cast<long long>(clone_threads));
+    return 2;
+  }
+  m.clone_threads = static_cast<uint32_t>(clone_threads);
   if (absl::Status st = fcvm::InitLogging(log_level, "fcvmd"); !st.ok()) {
     std::fprintf(stderr, "fcvmd: %s\n", std::string(st.message()).c_str());
     return 2;

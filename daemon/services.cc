@@ -1,16 +1,22 @@
 #include "daemon/services.h"
 
+#include <chrono>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "daemon/convert.h"
 #include "daemon/status_convert.h"
+#include "fcvm/v1/wire.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/time_util.h"
+#include "lib/base/status.h"
 #include "lib/storage/snapshot_store.h"
 
 namespace fcvm::daemon {
@@ -37,24 +43,58 @@ std::string Fingerprint(const google::protobuf::Message& message) {
   return out;
 }
 
+// Marks an answer as fcvmd's own (trailing metadata), so that fcvmctl can
+// tell fcvmd's UNAVAILABLE ("shutting down") from not reaching fcvmd at all.
+void MarkServed(grpc::CallbackServerContext* context) {
+  context->AddTrailingMetadata(v1::kServedByKey, "fcvmd");
+}
+
 // Answers a read on the gRPC thread: `work` only takes the Manager's locks.
 template <typename Response, typename Work>
 grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* context, Response* response, Work work) {
+  MarkServed(context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::Status status = work(response);
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
+absl::Time FromChrono(std::chrono::system_clock::time_point t) {
+  if (t >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(t);
+}
+
+// A unary call's reactor whose cancellation (the client cancelled, its
+// deadline passed, the connection broke) cancels the work posted for it.
+class CancellableReactor final : public grpc::ServerUnaryReactor {
+ public:
+  CancellableReactor(std::shared_ptr<CancelSource> cancel, absl::Time deadline)
+      : cancel_(std::move(cancel)), deadline_(deadline) {}
+  void OnCancel() override {
+    cancel_->Cancel(absl::Now() >= deadline_ ? absl::DeadlineExceededError("deadline exceeded")
+                                             : absl::CancelledError("cancelled by the client"));
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  std::shared_ptr<CancelSource> cancel_;
+  const absl::Time deadline_;
+};
+
 // Runs a mutating rpc on the worker pool, through the idempotency cache when
-// the request carries a client_request_id. `work(request, response)` runs on a
-// worker with the request copied (gRPC's copy may be gone by then, see
-// calls.h).
+// the request carries a client_request_id. `work(request, response, cancel)`
+// runs on a worker with the request copied (gRPC's copy may be gone by then,
+// see calls.h); `cancel` ends when the client gives up or fcvmd stops.
 template <typename Request, typename Response, typename Work>
 grpc::ServerUnaryReactor* RunOnWorker(const ServiceDeps& deps, const char* method,
                                       grpc::CallbackServerContext* context, const Request* request,
                                       Response* response, Work work) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  MarkServed(context);
+  absl::Time deadline = FromChrono(context->deadline());
+  auto cancel = std::make_shared<CancelSource>(deps.shutdown, deadline);
+  grpc::ServerUnaryReactor* reactor = new CancellableReactor(cancel, deadline);
   std::shared_ptr<UnaryCall<Response>> call = deps.calls->Begin(reactor, response);
   if (call == nullptr) {
     reactor->Finish(ToGrpcStatus(StoppingError()));
@@ -86,19 +126,72 @@ grpc::ServerUnaryReactor* RunOnWorker(const ServiceDeps& deps, const char* metho
   }
 
   RequestCache* cache = deps.cache;
-  auto run = [call, cache, method, id, work, copy = Request(*request)]() mutable {
+  auto run = [call, cache, method, id, work, cancel, copy = Request(*request)]() mutable {
     Response out;
-    absl::Status status = work(copy, &out);
+    absl::Status status = work(copy, &out, cancel->token());
     if (!id.empty()) cache->Finish(method, id, {status, status.ok() ? out.SerializeAsString() : ""});
     call->Complete(status, &out);
   };
-  auto cancel = [call, cache, method, id] {
+  auto dropped = [call, cache, method, id] {
     absl::Status status = absl::UnavailableError("fcvmd is shutting down; the request was not started");
     if (!id.empty()) cache->Abandon(method, id, {status, ""});
     call->Complete(status, nullptr);
   };
-  if (!deps.pool->Post(std::move(run), cancel)) cancel();
+  if (!deps.pool->Post(std::move(run), dropped)) dropped();
   return reactor;
+}
+
+// Paging of a listing sorted oldest first: the token is the last item's
+// "<created_at unix ns>/<id>"; an answer holds at most `page_size` items
+// (0 or above kMaxPageSize: kMaxPageSize) and stops before kMaxPageBytes.
+constexpr uint32_t kMaxPageSize = 1000;
+constexpr size_t kMaxPageBytes = 4 << 20;
+
+std::string PageToken(absl::Time created_at, const std::string& id) {
+  return absl::StrCat(absl::ToUnixNanos(created_at), "/", id);
+}
+
+// True when (created_at, id) comes after the token's item.
+absl::StatusOr<std::function<bool(absl::Time, const std::string&)>> AfterToken(const std::string& token) {
+  if (token.empty()) return [](absl::Time, const std::string&) { return true; };
+  size_t slash = token.find('/');
+  int64_t ns = 0;
+  if (slash == std::string::npos || !absl::SimpleAtoi(token.substr(0, slash), &ns)) {
+    return absl::InvalidArgumentError("page_token is not one this fcvmd gave out");
+  }
+  absl::Time t = absl::FromUnixNanos(ns);
+  std::string id = token.substr(slash + 1);
+  return [t, id](absl::Time created_at, const std::string& other) {
+    return created_at != t ? created_at > t : other > id;
+  };
+}
+
+template <typename Proto, typename Item, typename Add>
+absl::Status FillPage(const std::vector<Item>& items, uint32_t page_size, const std::string& page_token,
+                      Add add, std::string* next_page_token) {
+  ASSIGN_OR_RETURN(auto after, AfterToken(page_token));
+  uint32_t limit = page_size == 0 || page_size > kMaxPageSize ? kMaxPageSize : page_size;
+  uint32_t added = 0;
+  size_t bytes = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Item& item = items[i];
+    if (!after(item.created_at, item.id)) continue;
+    if (added == limit) {
+      *next_page_token = PageToken(items[i - 1].created_at, items[i - 1].id);
+      break;
+    }
+    Proto proto;
+    ToProto(item, &proto);
+    size_t size = proto.ByteSizeLong() + 8;
+    if (added > 0 && bytes + size > kMaxPageBytes) {
+      *next_page_token = PageToken(items[i - 1].created_at, items[i - 1].id);
+      break;
+    }
+    bytes += size;
+    add(std::move(proto));
+    ++added;
+  }
+  return absl::OkStatus();
 }
 
 // One WatchEvents stream. The Sink (shared with the hub) holds the queue and
@@ -114,7 +207,7 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::Event> {
         sink_(std::make_shared<Sink>(this, std::move(vm_id), std::move(snapshot_id))) {}
 
   // Registers with the hub, or ends the stream with `status` when not OK.
-  void Start(absl::Status status) {
+  void Start(absl::Status status, std::optional<uint64_t> replay_after) {
     counted_ = calls_->StreamStarted();
     if (!counted_ && status.ok()) status = StoppingError();
     if (!status.ok()) {
@@ -123,7 +216,7 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::Event> {
     }
     // Headers first: a client may wait for them to know it is subscribed.
     StartSendInitialMetadata();
-    if (!hub_->Add(sink_)) sink_->Close(StoppingError());
+    if (!hub_->Add(sink_, replay_after)) sink_->Close(StoppingError());
   }
 
   void OnWriteDone(bool ok) override { sink_->WriteDone(ok); }
@@ -261,8 +354,7 @@ grpc::ServerUnaryReactor* SystemServiceImpl::GetPageServerStats(grpc::CallbackSe
       if (!vm.ok()) return vm.status();
       ctx.vm_id = vm->id;
     }
-    absl::StatusOr<uffd::ServerStats> stats = manager.PageServerStats();
-    if (!stats.ok()) return stats.status();
+    uffd::ServerStats stats = manager.PageServerStats();
     int threads = manager.options().page_server_threads;
     ctx.loop_threads =
         static_cast<uint32_t>(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
@@ -273,13 +365,14 @@ grpc::ServerUnaryReactor* SystemServiceImpl::GetPageServerStats(grpc::CallbackSe
     for (const vm::SnapshotInfo& snap : manager.ListSnapshots({})) {
       ctx.memory_files[storage::SnapshotStore::MemoryPath(snap.path)] = {snap.id, snap.memory_bytes};
     }
-    ToProto(*stats, ctx, out);
+    ToProto(stats, ctx, out);
     return absl::OkStatus();
   });
 }
 
-grpc::ServerWriteReactor<v1::Event>* SystemServiceImpl::WatchEvents(grpc::CallbackServerContext* /*context*/,
+grpc::ServerWriteReactor<v1::Event>* SystemServiceImpl::WatchEvents(grpc::CallbackServerContext* context,
                                                                     const v1::WatchEventsRequest* request) {
+  MarkServed(context);
   std::string vm_id, snapshot_id;
   absl::Status status;
   if (!request->ref().empty()) {
@@ -293,7 +386,9 @@ grpc::ServerWriteReactor<v1::Event>* SystemServiceImpl::WatchEvents(grpc::Callba
     }
   }
   auto* stream = new WatchStream(deps_.events, deps_.calls, std::move(vm_id), std::move(snapshot_id));
-  stream->Start(status);
+  std::optional<uint64_t> replay;
+  if (request->from_backlog()) replay = request->after_sequence();
+  stream->Start(status, replay);
   return stream;
 }
 
@@ -302,15 +397,16 @@ grpc::ServerWriteReactor<v1::Event>* SystemServiceImpl::WatchEvents(grpc::Callba
 grpc::ServerUnaryReactor* VmServiceImpl::RunVm(grpc::CallbackServerContext* context,
                                                const v1::RunVmRequest* request, v1::Vm* response) {
   vm::Manager* manager = deps_.manager;
-  return RunOnWorker(deps_, "RunVm", context, request, response,
-                     [manager](const v1::RunVmRequest& req, v1::Vm* out) -> absl::Status {
-                       absl::StatusOr<vm::RunRequest> run = FromProto(req);
-                       if (!run.ok()) return run.status();
-                       absl::StatusOr<vm::VmInfo> vm = manager->Run(*run);
-                       if (!vm.ok()) return vm.status();
-                       ToProto(*vm, out);
-                       return absl::OkStatus();
-                     });
+  return RunOnWorker(
+      deps_, "RunVm", context, request, response,
+      [manager](const v1::RunVmRequest& req, v1::Vm* out, const CancelToken& cancel) -> absl::Status {
+        absl::StatusOr<vm::RunRequest> run = FromProto(req);
+        if (!run.ok()) return run.status();
+        absl::StatusOr<vm::VmInfo> vm = manager->Run(*run, cancel);
+        if (!vm.ok()) return vm.status();
+        ToProto(*vm, out);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* VmServiceImpl::GetVm(grpc::CallbackServerContext* context,
@@ -330,35 +426,38 @@ grpc::ServerUnaryReactor* VmServiceImpl::ListVms(grpc::CallbackServerContext* co
   return AnswerNow(context, response, [&](v1::ListVmsResponse* out) -> absl::Status {
     absl::StatusOr<vm::ListFilter> filter = FromProto(*request);
     if (!filter.ok()) return filter.status();
-    for (const vm::VmInfo& vm : deps_.manager->List(*filter)) ToProto(vm, out->add_vms());
-    return absl::OkStatus();
+    return FillPage<v1::Vm>(
+        deps_.manager->List(*filter), request->page_size(), request->page_token(),
+        [out](v1::Vm&& vm) { out->add_vms()->Swap(&vm); }, out->mutable_next_page_token());
   });
 }
 
 grpc::ServerUnaryReactor* VmServiceImpl::PauseVm(grpc::CallbackServerContext* context,
                                                  const v1::PauseVmRequest* request, v1::Vm* response) {
   vm::Manager* manager = deps_.manager;
-  return RunOnWorker(deps_, "PauseVm", context, request, response,
-                     [manager](const v1::PauseVmRequest& req, v1::Vm* out) -> absl::Status {
-                       if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
-                       absl::StatusOr<vm::VmInfo> vm = manager->Pause(req.ref());
-                       if (!vm.ok()) return vm.status();
-                       ToProto(*vm, out);
-                       return absl::OkStatus();
-                     });
+  return RunOnWorker(
+      deps_, "PauseVm", context, request, response,
+      [manager](const v1::PauseVmRequest& req, v1::Vm* out, const CancelToken&) -> absl::Status {
+        if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
+        absl::StatusOr<vm::VmInfo> vm = manager->Pause(req.ref());
+        if (!vm.ok()) return vm.status();
+        ToProto(*vm, out);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* VmServiceImpl::ResumeVm(grpc::CallbackServerContext* context,
                                                   const v1::ResumeVmRequest* request, v1::Vm* response) {
   vm::Manager* manager = deps_.manager;
-  return RunOnWorker(deps_, "ResumeVm", context, request, response,
-                     [manager](const v1::ResumeVmRequest& req, v1::Vm* out) -> absl::Status {
-                       if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
-                       absl::StatusOr<vm::VmInfo> vm = manager->Resume(req.ref());
-                       if (!vm.ok()) return vm.status();
-                       ToProto(*vm, out);
-                       return absl::OkStatus();
-                     });
+  return RunOnWorker(
+      deps_, "ResumeVm", context, request, response,
+      [manager](const v1::ResumeVmRequest& req, v1::Vm* out, const CancelToken&) -> absl::Status {
+        if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
+        absl::StatusOr<vm::VmInfo> vm = manager->Resume(req.ref());
+        if (!vm.ok()) return vm.status();
+        ToProto(*vm, out);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* VmServiceImpl::DeleteVm(grpc::CallbackServerContext* context,
@@ -366,7 +465,8 @@ grpc::ServerUnaryReactor* VmServiceImpl::DeleteVm(grpc::CallbackServerContext* c
                                                   v1::DeleteVmResponse* response) {
   vm::Manager* manager = deps_.manager;
   return RunOnWorker(deps_, "DeleteVm", context, request, response,
-                     [manager](const v1::DeleteVmRequest& req, v1::DeleteVmResponse* out) -> absl::Status {
+                     [manager](const v1::DeleteVmRequest& req, v1::DeleteVmResponse* out,
+                               const CancelToken&) -> absl::Status {
                        if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
                        absl::StatusOr<absl::Duration> grace = DeleteGrace(req);
                        if (!grace.ok()) return grace.status();
@@ -385,11 +485,12 @@ grpc::ServerUnaryReactor* SnapshotServiceImpl::CreateSnapshot(grpc::CallbackServ
                                                               v1::Snapshot* response) {
   vm::Manager* manager = deps_.manager;
   return RunOnWorker(deps_, "CreateSnapshot", context, request, response,
-                     [manager](const v1::CreateSnapshotRequest& req, v1::Snapshot* out) -> absl::Status {
+                     [manager](const v1::CreateSnapshotRequest& req, v1::Snapshot* out,
+                               const CancelToken& cancel) -> absl::Status {
                        if (req.vm_ref().empty()) return absl::InvalidArgumentError("vm_ref is required");
                        absl::StatusOr<vm::SnapshotRequest> snap = FromProto(req);
                        if (!snap.ok()) return snap.status();
-                       absl::StatusOr<vm::SnapshotInfo> info = manager->CreateSnapshot(*snap);
+                       absl::StatusOr<vm::SnapshotInfo> info = manager->CreateSnapshot(*snap, cancel);
                        if (!info.ok()) return info.status();
                        ToProto(*info, out);
                        return absl::OkStatus();
@@ -414,9 +515,9 @@ grpc::ServerUnaryReactor* SnapshotServiceImpl::ListSnapshots(grpc::CallbackServe
   return AnswerNow(context, response, [&](v1::ListSnapshotsResponse* out) -> absl::Status {
     std::map<std::string, std::string> selector(request->label_selector().begin(),
                                                 request->label_selector().end());
-    for (const vm::SnapshotInfo& info : deps_.manager->ListSnapshots(selector))
-      ToProto(info, out->add_snapshots());
-    return absl::OkStatus();
+    return FillPage<v1::Snapshot>(
+        deps_.manager->ListSnapshots(selector), request->page_size(), request->page_token(),
+        [out](v1::Snapshot&& snap) { out->add_snapshots()->Swap(&snap); }, out->mutable_next_page_token());
   });
 }
 
@@ -424,37 +525,34 @@ grpc::ServerUnaryReactor* SnapshotServiceImpl::DeleteSnapshot(grpc::CallbackServ
                                                               const v1::DeleteSnapshotRequest* request,
                                                               v1::DeleteSnapshotResponse* response) {
   vm::Manager* manager = deps_.manager;
-  return RunOnWorker(
-      deps_, "DeleteSnapshot", context, request, response,
-      [manager](const v1::DeleteSnapshotRequest& req, v1::DeleteSnapshotResponse* out) -> absl::Status {
-        if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
-        absl::StatusOr<vm::DeleteSnapshotResult> result = manager->DeleteSnapshot(req.ref(), req.force());
-        if (!result.ok()) return result.status();
-        ToProto(*result, out);
-        return absl::OkStatus();
-      });
+  return RunOnWorker(deps_, "DeleteSnapshot", context, request, response,
+                     [manager](const v1::DeleteSnapshotRequest& req, v1::DeleteSnapshotResponse* out,
+                               const CancelToken&) -> absl::Status {
+                       if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
+                       absl::StatusOr<vm::DeleteSnapshotResult> result =
+                           manager->DeleteSnapshot(req.ref(), req.force());
+                       if (!result.ok()) return result.status();
+                       ToProto(*result, out);
+                       return absl::OkStatus();
+                     });
 }
 
 grpc::ServerUnaryReactor* SnapshotServiceImpl::CloneSnapshot(grpc::CallbackServerContext* context,
                                                              const v1::CloneSnapshotRequest* request,
                                                              v1::CloneSnapshotResponse* response) {
   vm::Manager* manager = deps_.manager;
-  return RunOnWorker(
-      deps_, "CloneSnapshot", context, request, response,
-      [manager](const v1::CloneSnapshotRequest& req, v1::CloneSnapshotResponse* out) -> absl::Status {
-        if (req.snapshot_ref().empty()) return absl::InvalidArgumentError("snapshot_ref is required");
-        absl::StatusOr<vm::CloneRequest> clone = FromProto(req);
-        if (!clone.ok()) return clone.status();
-        if (req.has_network()) {
-          absl::StatusOr<vm::SnapshotInfo> snapshot = manager->GetSnapshot(req.snapshot_ref());
-          if (!snapshot.ok()) return snapshot.status();
-          if (absl::Status st = NetworkOverrideError(req, *snapshot); !st.ok()) return st;
-        }
-        absl::StatusOr<vm::CloneResult> result = manager->Clone(*clone);
-        if (!result.ok()) return result.status();
-        ToProto(*result, out);
-        return absl::OkStatus();
-      });
+  return RunOnWorker(deps_, "CloneSnapshot", context, request, response,
+                     [manager](const v1::CloneSnapshotRequest& req, v1::CloneSnapshotResponse* out,
+                               const CancelToken& cancel) -> absl::Status {
+                       if (req.snapshot_ref().empty())
+                         return absl::InvalidArgumentError("snapshot_ref is required");
+                       absl::StatusOr<vm::CloneRequest> clone = FromProto(req);
+                       if (!clone.ok()) return clone.status();
+                       absl::StatusOr<vm::CloneResult> result = manager->Clone(*clone, cancel);
+                       if (!result.ok()) return result.status();
+                       ToProto(*result, out);
+                       return absl::OkStatus();
+                     });
 }
 
 }  // namespace fcvm::daemon

@@ -11,6 +11,13 @@
 //
 // Idempotency: a mutating request with a client_request_id goes through the
 // RequestCache first, so a retry gets the first answer (see request_cache.h).
+//
+// Cancellation: each mutating call's work gets a CancelToken that ends when
+// the client cancels, its deadline passes, or fcvmd starts stopping; the
+// Manager then stops the operation and undoes what it made.
+//
+// Every answer fcvmd gives itself carries the trailing metadata
+// fcvm::v1::kServedByKey (fcvm/v1/wire.h).
 
 #include <memory>
 #include <string>
@@ -23,6 +30,7 @@
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
+#include "lib/base/cancel.h"
 #include "lib/vm/manager.h"
 
 namespace fcvm::daemon {
@@ -42,6 +50,8 @@ inline constexpr uint32_t kApiVersion = 1;
 // calls (it shuts the server down before destroying any of these).
 struct ServiceDeps {
   vm::Manager* manager = nullptr;
+  // Cancelled when fcvmd starts stopping: every call's work is cancelled with it.
+  CancelToken shutdown;
   WorkerPool* pool = nullptr;
   RequestCache* cache = nullptr;
   CallTracker* calls = nullptr;

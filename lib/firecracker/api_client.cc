@@ -8,6 +8,7 @@
 
 #include "absl/base/call_once.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "lib/base/status.h"
 
@@ -148,6 +149,14 @@ absl::StatusOr<std::string> ApiClient::Call(absl::string_view method, absl::stri
       method, " ", path, ": ",
       fault.has_value() ? *fault : absl::StrCat("\"", absl::CEscape(r.body.substr(0, 300)), "\""), " (HTTP ",
       r.status, ")");
+  // Firecracker answers 400 for anything that goes wrong with a request,
+  // including the host running out of space or memory while it writes a
+  // snapshot: those are the host's resources, not a bad request.
+  if (fault.has_value() &&
+      (absl::StrContains(*fault, "No space left on device") || absl::StrContains(*fault, "os error 28") ||
+       absl::StrContains(*fault, "Cannot allocate memory") || absl::StrContains(*fault, "os error 12"))) {
+    return absl::ResourceExhaustedError(message);
+  }
   if (r.status >= 400 && r.status < 500) return absl::InvalidArgumentError(message);
   return absl::InternalError(message);
 }

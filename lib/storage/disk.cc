@@ -25,7 +25,11 @@ const char* CopyMethodName(CopyMethod method) {
 
 namespace {
 
-absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, const std::string& dst) {
+// Chunk of one copy step: the copy checks for cancellation between chunks.
+constexpr size_t kChunk = 16 << 20;
+
+absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, const std::string& dst,
+                        const CancelToken& cancel) {
   bool use_cfr = true;  // copy_file_range until it says it cannot
   std::vector<char> buf;
   off_t pos = 0;
@@ -40,8 +44,12 @@ absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, con
     off_t in_off = data;
     off_t out_off = data;
     while (in_off < hole) {
+      if (absl::Status st = cancel.Check(); !st.ok()) {
+        return Annotate(st, absl::StrCat("copy ", src, " -> ", dst));
+      }
       if (use_cfr) {
-        ssize_t n = copy_file_range(in, &in_off, out, &out_off, static_cast<size_t>(hole - in_off), 0);
+        size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(kChunk)));
+        ssize_t n = copy_file_range(in, &in_off, out, &out_off, want, 0);
         if (n > 0) continue;
         if (n == 0) break;
         if (errno == EINTR) continue;
@@ -75,13 +83,20 @@ absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, con
 }  // namespace
 
 absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable) {
+  return CopyDisk(src, dst, CopyOptions{.durable = durable});
+}
+
+absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst,
+                                    const CopyOptions& options) {
+  RETURN_IF_ERROR(options.cancel.Check());
   UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return ErrnoError(absl::StrCat("open disk ", src));
   struct stat st;
   if (fstat(in.get(), &st) < 0) return ErrnoError(absl::StrCat("stat ", src));
   if (!S_ISREG(st.st_mode))
     return absl::InvalidArgumentError(absl::StrCat("disk ", src, " is not a regular file"));
-  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
+  mode_t mode = options.mode >= 0 ? static_cast<mode_t>(options.mode) : (st.st_mode & 0777);
+  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
   if (!out) return ErrnoError(absl::StrCat("create ", dst));
   absl::Cleanup remove_dst = [&dst] { unlink(dst.c_str()); };
 
@@ -92,9 +107,11 @@ absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& d
     }
     method = CopyMethod::kSparseCopy;
     if (ftruncate(out.get(), st.st_size) < 0) return ErrnoError(absl::StrCat("truncate ", dst));
-    RETURN_IF_ERROR(SparseCopy(in.get(), out.get(), st.st_size, src, dst));
+    RETURN_IF_ERROR(SparseCopy(in.get(), out.get(), st.st_size, src, dst, options.cancel));
   }
-  if (durable && fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", dst));
+  // O_CREAT's mode is filtered by the umask; the copy gets exactly the one asked for.
+  if (options.mode >= 0 && fchmod(out.get(), mode) < 0) return ErrnoError(absl::StrCat("chmod ", dst));
+  if (options.durable && fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", dst));
   std::move(remove_dst).Cancel();
   return method;
 }

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "lib/base/cancel.h"
 
 namespace fcvm::storage {
 
@@ -23,6 +24,17 @@ const char* CopyMethodName(CopyMethod method);
 // `dst` does not exist. NotFound for a missing `src` (naming it);
 // AlreadyExists for an existing `dst`; ResourceExhausted when the disk is full.
 absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable = true);
+
+struct CopyOptions {
+  bool durable = true;
+  // Mode of the copy; -1 keeps the source's permission bits.
+  int mode = -1;
+  // Checked before the copy and between 16 MiB chunks; a cancelled copy
+  // returns the token's status and removes `dst`.
+  CancelToken cancel;
+};
+absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst,
+                                    const CopyOptions& options);
 
 // Bytes free for writing in the file system holding `path` (statvfs: blocks
 // available to unprivileged users, so the root reserve stays untouched).

@@ -85,20 +85,6 @@ void ClearBit(std::vector<uint64_t>& b, uint64_t i) { b[i >> 6] &= ~(1ull << (i 
 
 }  // namespace
 
-const char* ClonePolicyName(ClonePolicy p) {
-  switch (p) {
-    case ClonePolicy::kNone:
-      return "none";
-    case ClonePolicy::kRecord:
-      return "record";
-    case ClonePolicy::kPrefetch:
-      return "prefetch";
-    case ClonePolicy::kAuto:
-      return "auto";
-  }
-  return "?";
-}
-
 const char* SessionEventKindName(SessionEventKind kind) {
   switch (kind) {
     case SessionEventKind::kReady:
@@ -138,6 +124,13 @@ struct ListenerShared {
   uint32_t done_ok ABSL_GUARDED_BY(mu) = 0;           // reached "prefetch done"
   absl::Status last_failure ABSL_GUARDED_BY(mu);
   bool removed ABSL_GUARDED_BY(mu) = false;
+  // The snapshot's recording claim, taken when AddListener resolved kAuto to
+  // kRecord; handed to the first session, released here if none took it.
+  std::atomic<bool> holds_recording{false};
+
+  ~ListenerShared() {
+    if (holds_recording.exchange(false)) snap->ReleaseRecording();
+  }
 };
 
 struct LoopCtx;
@@ -729,7 +722,7 @@ void Session::BecomeReady() {
       mode_ = ClonePolicy::kNone;
     }
   } else if (mode_ == ClonePolicy::kRecord) {
-    claimed_recording_ = ls_->snap->TryClaimRecording();
+    claimed_recording_ = ls_->holds_recording.exchange(false) || ls_->snap->TryClaimRecording();
   }
   if (mode_ == ClonePolicy::kRecord) {
     recorded_.assign((pages + 63) / 64, 0);
@@ -1273,7 +1266,7 @@ void PageServer::SetEventCallback(std::function<void(const SessionEvent&)> callb
   impl_->callback = std::move(cb);
 }
 
-absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
+absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec, ClonePolicy* resolved) {
   if (spec.socket_path.empty()) return absl::InvalidArgumentError("listener: empty socket_path");
   if (spec.files.mem_file_path.empty()) return absl::InvalidArgumentError("listener: empty mem_file_path");
   if (spec.fault_around_bytes > (64u << 20)) {
@@ -1310,6 +1303,18 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
   ls->id = impl_->next_listener.fetch_add(1);
   ls->spec = spec;
   ls->snap = std::move(*snap);
+  if (spec.max_connections == 1 && spec.policy == ClonePolicy::kAuto) {
+    auto ws = ls->snap->working_set();
+    if (ws && !ws->empty()) {
+      ls->spec.policy = ClonePolicy::kPrefetch;
+    } else if (ls->snap->TryClaimRecording()) {
+      ls->spec.policy = ClonePolicy::kRecord;
+      ls->holds_recording.store(true);
+    } else {
+      ls->spec.policy = ClonePolicy::kNone;
+    }
+  }
+  if (resolved != nullptr) *resolved = ls->spec.policy;
   ls->home = impl_->PickLoop();
   LoopCtx* home = impl_->loops[ls->home].get();
   auto fdp = std::make_shared<UniqueFd>(std::move(*fd));
@@ -1335,7 +1340,7 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec) {
   spdlog::info(
       "page server: listener {} ({}) on {} for {} ({} pages, {} zero), policy {}, fault-around {} KiB",
       ls->id, spec.tag, spec.socket_path, spec.files.mem_file_path, ls->snap->num_pages(),
-      ls->snap->zero_pages(), ClonePolicyName(spec.policy), spec.fault_around_bytes / 1024);
+      ls->snap->zero_pages(), ClonePolicyName(ls->spec.policy), spec.fault_around_bytes / 1024);
   return ls->id;
 }
 

@@ -51,6 +51,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/uffd/policy.h"
 #include "lib/uffd/snapshot.h"
 #include "lib/uffd/stats.h"
 
@@ -58,14 +59,6 @@ namespace fcvm::uffd {
 
 using ListenerId = uint64_t;
 using SessionId = uint64_t;
-
-// What happens to the working set of a snapshot.
-enum class ClonePolicy {
-  kNone,      // serve faults only
-  kRecord,    // write the pages this clone touches, first-touch order, to the working-set file
-  kPrefetch,  // install the recorded working set right after the handshake
-  kAuto,      // prefetch if a working set exists, else record (one recorder per snapshot)
-};
 
 // What happens to a clone's Firecracker when its session fails or is removed.
 enum class FailurePolicy {
@@ -108,7 +101,6 @@ enum class SessionEventKind {
   kClosed,        // peer hung up / exited, or listener removed / server stopped
 };
 const char* SessionEventKindName(SessionEventKind kind);
-const char* ClonePolicyName(ClonePolicy policy);  // "none", "record", "prefetch", "auto"
 
 struct SessionEvent {
   SessionEventKind kind;
@@ -181,7 +173,15 @@ class PageServer {
   // Opens (or shares) the snapshot, creates the socket and starts accepting.
   // Errors: InvalidArgument (bad spec), the snapshot's open/mmap errors, the
   // socket's bind/listen errors, FailedPrecondition after Stop().
-  absl::StatusOr<ListenerId> AddListener(const ListenerSpec& spec);
+  //
+  // `resolved`, when given, receives the policy the listener's sessions will
+  // use. For a one-connection listener (a daemon clone) kAuto is resolved
+  // here, once: kPrefetch when the snapshot has a working set, else kRecord
+  // when no other clone is recording it (the claim is held for this
+  // listener's session), else kNone; so the caller knows at once whether to
+  // load paused and wait for the prefetch. For other listeners kAuto is
+  // resolved per session at its handshake and `*resolved` is kAuto.
+  absl::StatusOr<ListenerId> AddListener(const ListenerSpec& spec, ClonePolicy* resolved = nullptr);
 
   // The server's shared view of a snapshot memory file: its mapping, zero map
   // and working set, with the working set's source pages populated. Holding

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -85,6 +86,21 @@ std::string EncodeWorkingSet(const FileIdentity& id, const std::vector<uint64_t>
   PutU64(out, block_pages);
   out.append(reinterpret_cast<const char*>(pages.data()), pages.size() * 8);
   return out;
+}
+
+absl::StatusOr<uint64_t> WorkingSetFilePages(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT) return 0;
+    return ErrnoError(absl::StrCat("open ", path));
+  }
+  char head[kHeaderSize + 8];
+  ssize_t n = ::pread(fd.get(), head, sizeof(head), 0);
+  if (n < 0) return ErrnoError(absl::StrCat("read ", path));
+  if (static_cast<size_t>(n) < sizeof(head) || std::memcmp(head, kWsetMagic, 8) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a working-set file"));
+  }
+  return GetU64(absl::string_view(head, sizeof(head)), kHeaderSize);
 }
 
 absl::StatusOr<std::vector<uint64_t>> DecodeWorkingSet(absl::string_view data, const FileIdentity& id,

@@ -62,6 +62,10 @@ std::string EncodeWorkingSet(const FileIdentity& id, const std::vector<uint64_t>
                              uint64_t block_pages = 1);
 absl::StatusOr<std::vector<uint64_t>> DecodeWorkingSet(absl::string_view data, const FileIdentity& id,
                                                        uint64_t* block_pages = nullptr);
+// The page count a working-set file says it holds (its header only: whether
+// it is still valid for the memory file is checked when it is loaded). 0 when
+// the file does not exist; InvalidArgument when it is not a working set.
+absl::StatusOr<uint64_t> WorkingSetFilePages(const std::string& path);
 
 class SnapshotMemory {
  public:

@@ -1,17 +1,27 @@
 #pragma once
 
 // The VM manager: every VM's lifecycle, the snapshot store, clones, and the
-// page server they use. fcvmd's services are thin wrappers around it.
+// page server they use. fcvmd's services are thin wrappers around it. This
+// class is a facade; the work lives in one file per job (see core.h), and
+// docs/architecture.md follows a clone through them.
 //
-// Blocking: every public method except List*/Get*/Subscribe/PageServerStats
-// blocks for the duration of the operation (spawning Firecracker, API calls,
-// disk copies). The daemon calls them from its own worker threads, never from
+// Blocking: every method except List*/Get*/Subscribe/PageServerStats blocks
+// for the duration of the operation (spawning Firecracker, API calls, disk
+// copies). The daemon calls them from its own worker threads, never from
 // gRPC threads. Operations on one VM are serialised (one at a time per VM);
 // operations on different VMs run in parallel.
 //
+// Cancellation: the long operations take a CancelToken. A cancelled token
+// (the client went away, its deadline passed) stops the work at the next step
+// and undoes what it made: Run leaves no VM, Clone starts no more clones and
+// deletes those it made, a disk copy stops within 16 MiB. The destructor
+// cancels every operation in flight with Unavailable "fcvmd is shutting
+// down" and waits for them.
+//
 // Persistence: each VM's record (config, pid, state, clone source) lives in
-// <state>/vms/<id>/vm.json, rewritten atomically at each state change. On
-// Create, the manager reconciles what a previous fcvmd left (see Reconcile).
+// <state>/vms/<id>/vm.json, written before the VM's process starts and at
+// each change; a record that cannot be written fails the request that needed
+// it. On Create, the manager reconciles what a previous fcvmd left.
 //
 // Drive paths: a snapshot bakes in the paths of its VM's drives and
 // Firecracker cannot override them at load. Every VM therefore runs in its
@@ -19,120 +29,44 @@
 // is bind-mounted over the fixed <state>/drives; its drives are always
 // "<state>/drives/<drive_id>", and each clone sees its own copies there.
 //
-// Errors follow house style: InvalidArgument for bad requests, NotFound for
-// unknown refs, FailedPrecondition for the wrong state, ResourceExhausted for
-// memory/disk, Unavailable when Firecracker is not configured.
+// Errors follow house style: InvalidArgument for bad requests (validate.h
+// has the bounds), NotFound for unknown refs, AlreadyExists for a taken name,
+// FailedPrecondition for the wrong state, ResourceExhausted for memory/disk,
+// Unavailable when Firecracker is not configured or fcvmd is stopping,
+// Cancelled/DeadlineExceeded for a cancelled call.
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/base/cancel.h"
 #include "lib/uffd/page_server.h"
+#include "lib/vm/manager_options.h"
 #include "lib/vm/types.h"
 
 namespace fcvm::vm {
 
-struct ManagerOptions {
-  std::string state_dir;
-  std::string firecracker_bin;  // empty: VM operations answer Unavailable
-  // Page server loop threads; 0 = one per core.
-  int page_server_threads = 0;
-  // Clones restored at once within one CloneSnapshot request, by default.
-  uint32_t default_clone_parallelism = 4;
-  // Deadline of Firecracker start + snapshot load per clone.
-  absl::Duration clone_timeout = absl::Seconds(30);
-  // Size cap of each VM's console log.
-  size_t console_max_bytes = 1 << 20;
-  // Reconcile the state directory at Create (tests may turn it off).
-  bool reconcile = true;
-  // Pre-started, unconfigured Firecracker processes kept ready so that a
-  // clone (or a boot) skips process start-up. 0 turns the pool off. Pooled
-  // processes die with fcvmd (PR_SET_PDEATHSIG), and so do the VMs made from
-  // them: see docs/operations.md.
-  uint32_t warm_pool_size = 2;
-  // Per-VM networks (lib/net): one namespace per VM with its tap, a veth to
-  // the host with a unique address from `network_pool`, NAT both ways. When
-  // the host cannot do it (no nftables), VMs asking for a network get
-  // Unavailable with the reason; everything else works.
-  bool networking = true;
-  std::string network_pool = "10.200.0.0/16";
-  // Prefix of every namespace, device and nft table fcvm creates; start-up
-  // removes orphans carrying it, so two fcvmd on one host need different
-  // prefixes (and pools). 1-6 characters, a letter first.
-  std::string network_prefix = "fcvm";
-  // Host interface to MASQUERADE guest traffic through; empty = none.
-  std::string network_uplink;
-};
-
-struct RunRequest {
-  std::string name;  // empty: generated
-  std::map<std::string, std::string> labels;
-  VmConfig config;
-};
-
-struct ListFilter {
-  std::map<std::string, std::string> label_selector;
-  std::vector<VmState> states;  // empty = all
-  std::string snapshot_ref;     // empty = all
-};
-
-struct DeleteResult {
-  std::string id;
-  bool forced = false;  // SIGKILL was needed
-};
-
-struct SnapshotRequest {
-  std::string vm_ref;
-  std::string name;  // empty: generated
-  std::map<std::string, std::string> labels;
-  AfterSnapshot after = AfterSnapshot::kResume;
-};
-
-struct CloneRequest {
-  std::string snapshot_ref;
-  uint32_t count = 1;  // 1-1024
-  MemoryBackend backend = MemoryBackend::kUffd;
-  PrefetchPolicy policy = PrefetchPolicy::kAuto;
-  std::string name_prefix;  // default: the snapshot's name
-  std::map<std::string, std::string> labels;
-  bool stay_paused = false;
-  bool all_or_nothing = false;
-  uint32_t parallelism = 0;  // 0 = default
-  // Host ports published by each clone; only sensible with count 1 (a host
-  // port can be published once). Clones of a snapshot with a network always
-  // get their own namespace and tap; one without cannot gain a network.
-  std::vector<PortMapping> publish;
-  // Called as each clone finishes (succeeded or failed), from the worker that
-  // restored it; for progress reports. May be empty.
-  std::function<void(const VmInfo&)> on_clone_done;
-};
-
-struct CloneResult {
-  std::vector<VmInfo> clones;  // in index order; failed ones have state kFailed + error
-  absl::Duration total;
-  uint32_t succeeded = 0;
-  uint32_t failed = 0;
-};
-
-struct DeleteSnapshotResult {
-  std::string id;
-  std::vector<std::string> stopped_vm_ids;
-};
+struct Core;
+struct Env;
 
 class Manager {
  public:
+  // With the real world (lib/firecracker, lib/uffd, lib/net, lib/storage).
   static absl::StatusOr<std::unique_ptr<Manager>> Create(const ManagerOptions& options);
-  // Stops the page server (clones that depend on it are killed: nobody could
-  // serve their faults) and releases File-backed VMs without killing them, so
-  // a restarted fcvmd re-adopts them.
+  // With a given Env (tests: fakes).
+  static absl::StatusOr<std::unique_ptr<Manager>> Create(const ManagerOptions& options, Env env);
+  // Cancels and waits for the operations in flight. Then: clones served by
+  // the page server are stopped (nobody could serve their faults) and so are
+  // VMs running in a warm-pool process (it dies with fcvmd); every other VM
+  // is left running for the next fcvmd to re-adopt.
   ~Manager();
 
-  absl::StatusOr<VmInfo> Run(const RunRequest& request);
+  absl::StatusOr<VmInfo> Run(const RunRequest& request, const CancelToken& cancel = {});
   absl::StatusOr<VmInfo> Get(const std::string& ref) const;
   std::vector<VmInfo> List(const ListFilter& filter) const;
   absl::StatusOr<VmInfo> Pause(const std::string& ref);
@@ -140,29 +74,37 @@ class Manager {
   // Graceful: SIGTERM, wait `grace`, then SIGKILL. force: SIGKILL at once.
   absl::StatusOr<DeleteResult> Delete(const std::string& ref, bool force, absl::Duration grace);
 
-  absl::StatusOr<SnapshotInfo> CreateSnapshot(const SnapshotRequest& request);
+  absl::StatusOr<SnapshotInfo> CreateSnapshot(const SnapshotRequest& request, const CancelToken& cancel = {});
   absl::StatusOr<SnapshotInfo> GetSnapshot(const std::string& ref) const;
-  std::vector<SnapshotInfo> ListSnapshots(const std::map<std::string, std::string>& label_selector) const;
+  std::vector<SnapshotInfo> ListSnapshots(const Labels& label_selector) const;
+  // FailedPrecondition while a clone request uses the snapshot, or while it
+  // has clones (unless `force`, which deletes them).
   absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(const std::string& ref, bool force);
 
-  absl::StatusOr<CloneResult> Clone(const CloneRequest& request);
+  absl::StatusOr<CloneResult> Clone(const CloneRequest& request, const CancelToken& cancel = {});
 
-  // The page server's counters; `vm_ref` limits the sessions to one VM.
-  absl::StatusOr<uffd::ServerStats> PageServerStats() const;
+  // The page server's counters.
+  uffd::ServerStats PageServerStats() const;
 
-  // Every lifecycle event is passed to each subscriber (on the thread that
-  // caused it; keep it quick). Returns a token for Unsubscribe.
-  uint64_t Subscribe(std::function<void(const Event&)> callback);
+  // Lifecycle events, numbered from 1. The callback runs on the thread that
+  // caused the event with the event log's lock held: keep it quick and do not
+  // call the manager from it. With `replay_after`, the kept events numbered
+  // above it come first (0: all kept ones, e.g. start-up reconcile's).
+  // Returns a token for Unsubscribe.
+  uint64_t Subscribe(std::function<void(const Event&)> callback,
+                     std::optional<uint64_t> replay_after = std::nullopt);
   void Unsubscribe(uint64_t token);
 
   const ManagerOptions& options() const;
-  const std::string& firecracker_version() const;
-
-  struct Impl;
+  // Version of the configured Firecracker ("1.14.2"), empty if none.
+  std::string firecracker_version() const;
+  // Ready warm-pool processes, and takes that found none.
+  size_t warm_pool_ready() const;
+  uint64_t warm_pool_misses() const;
 
  private:
-  explicit Manager(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit Manager(std::unique_ptr<Core> core);
+  std::unique_ptr<Core> core_;
 };
 
 }  // namespace fcvm::vm

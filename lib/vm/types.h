@@ -1,18 +1,23 @@
 #pragma once
 
-// Domain types of the VM layer. daemon/convert.cc maps them to and from the
-// fcvm.v1 protos; nothing here knows about protobuf.
+// Domain types of the VM layer: what a VM and a snapshot are, the requests
+// the Manager takes and what it answers. daemon/convert.cc maps them to and
+// from the fcvm.v1 protos; nothing here knows about protobuf.
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/uffd/policy.h"
 #include "lib/vm/state.h"
 
 namespace fcvm::vm {
+
+using Labels = std::map<std::string, std::string>;
 
 struct DriveConfig {
   std::string drive_id;  // [A-Za-z0-9_-]{1,64}
@@ -54,20 +59,11 @@ struct VmConfig {
   NetworkConfig network;
 };
 
-// JSON used in the state directory and in snapshot records.
-std::string ConfigToJson(const VmConfig& config);
-absl::StatusOr<VmConfig> ConfigFromJson(const std::string& json);
-
-// Checks a config for RunVm: files exist (InvalidArgument naming the file),
-// sizes in range, drive ids valid and unique, at most one root device.
-absl::Status ValidateConfig(const VmConfig& config);
-// Ports 1-65535, protocol tcp/udp, no host port twice.
-absl::Status ValidatePublish(const std::vector<PortMapping>& publish);
-
 enum class MemoryBackend { kUffd, kFile };
-enum class PrefetchPolicy { kNone, kRecord, kPrefetch, kAuto };
-const char* MemoryBackendName(MemoryBackend backend);
-const char* PrefetchPolicyName(PrefetchPolicy policy);
+const char* MemoryBackendName(MemoryBackend backend);  // "uffd", "file"
+
+// The prefetch policy of a clone is the page server's own (lib/uffd/policy.h).
+using uffd::ClonePolicy;
 
 struct VmTimings {
   absl::Duration total;
@@ -83,16 +79,20 @@ struct VmTimings {
 struct VmInfo {
   std::string id;
   std::string name;
-  std::map<std::string, std::string> labels;
+  Labels labels;
   VmState state = VmState::kCreating;
   VmConfig config;
   std::string snapshot_id;  // set for clones
   MemoryBackend memory_backend = MemoryBackend::kUffd;
-  PrefetchPolicy prefetch_policy = PrefetchPolicy::kAuto;
+  // For clones: what was asked, and what the page server made of it (kAuto
+  // resolved to record, prefetch or none; kNone for the File backend).
+  ClonePolicy prefetch_policy = ClonePolicy::kAuto;
+  ClonePolicy resolved_policy = ClonePolicy::kNone;
   int32_t pid = 0;
   std::string console_log_path;
   absl::Time created_at;
   VmTimings timings;
+  // Why the VM is stopped or failed; empty while it is healthy.
   std::string error;
   NetworkStatus network;  // empty without a network
 };
@@ -102,7 +102,7 @@ enum class AfterSnapshot { kResume, kStayPaused, kStop };
 struct SnapshotInfo {
   std::string id;
   std::string name;
-  std::map<std::string, std::string> labels;
+  Labels labels;
   std::string source_vm_id;
   VmConfig config;
   std::string firecracker_version;
@@ -121,6 +121,9 @@ struct SnapshotInfo {
 enum class EventKind { kVmState, kSnapshotCreated, kSnapshotDeleted, kPageServerDrop, kReconcile };
 
 struct Event {
+  // 1, 2, 3... in the order fcvmd published them; never reused while fcvmd
+  // runs (a restarted fcvmd starts again at 1).
+  uint64_t sequence = 0;
   EventKind kind = EventKind::kVmState;
   absl::Time time;
   std::string vm_id;
@@ -128,6 +131,67 @@ struct Event {
   VmState state = VmState::kCreating;
   VmState previous_state = VmState::kCreating;
   std::string message;
+};
+
+// ---- requests and results of the Manager ----
+
+struct RunRequest {
+  std::string name;  // empty: the VM id
+  Labels labels;
+  VmConfig config;
+};
+
+struct ListFilter {
+  Labels label_selector;
+  std::vector<VmState> states;  // empty = all
+  std::string snapshot_ref;     // empty = all
+};
+
+struct DeleteResult {
+  std::string id;
+  bool forced = false;  // SIGKILL was needed
+};
+
+struct SnapshotRequest {
+  std::string vm_ref;
+  std::string name;  // empty: the snapshot id
+  Labels labels;
+  AfterSnapshot after = AfterSnapshot::kResume;
+};
+
+struct CloneRequest {
+  std::string snapshot_ref;
+  uint32_t count = 1;  // 1-kMaxCloneCount
+  MemoryBackend backend = MemoryBackend::kUffd;
+  ClonePolicy policy = ClonePolicy::kAuto;
+  std::string name_prefix;  // default: the snapshot's name
+  Labels labels;
+  bool stay_paused = false;
+  bool all_or_nothing = false;
+  uint32_t parallelism = 0;  // 0 = the manager's default
+  // Whether the clones have a network, when the caller says: it must match
+  // the snapshot's (a snapshot bakes in its network devices), or the request
+  // is refused; unset takes the snapshot's.
+  std::optional<bool> network_enabled;
+  // Host ports published by each clone; only sensible with count 1 (a host
+  // port can be published once). Clones of a snapshot with a network always
+  // get their own namespace and tap; one without cannot gain a network.
+  std::vector<PortMapping> publish;
+  // Called as each clone finishes (succeeded or failed), from the worker that
+  // restored it; for progress reports. May be empty.
+  std::function<void(const VmInfo&)> on_clone_done;
+};
+
+struct CloneResult {
+  std::vector<VmInfo> clones;  // in index order; failed ones have state kFailed + error
+  absl::Duration total;
+  uint32_t succeeded = 0;
+  uint32_t failed = 0;
+};
+
+struct DeleteSnapshotResult {
+  std::string id;
+  std::vector<std::string> stopped_vm_ids;
 };
 
 }  // namespace fcvm::vm

@@ -62,16 +62,16 @@ TEST(ConvertTest, EnumsBothWaysAndDefaults) {
   EXPECT_EQ(ToProto(vm::MemoryBackend::kUffd), v1::MEMORY_BACKEND_UFFD);
   EXPECT_EQ(ToProto(vm::MemoryBackend::kFile), v1::MEMORY_BACKEND_FILE);
 
-  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_UNSPECIFIED).value(), vm::PrefetchPolicy::kAuto);
-  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_NONE).value(), vm::PrefetchPolicy::kNone);
-  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_RECORD).value(), vm::PrefetchPolicy::kRecord);
-  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_PREFETCH).value(), vm::PrefetchPolicy::kPrefetch);
-  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_AUTO).value(), vm::PrefetchPolicy::kAuto);
+  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_UNSPECIFIED).value(), vm::ClonePolicy::kAuto);
+  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_NONE).value(), vm::ClonePolicy::kNone);
+  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_RECORD).value(), vm::ClonePolicy::kRecord);
+  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_PREFETCH).value(), vm::ClonePolicy::kPrefetch);
+  EXPECT_EQ(FromProto(v1::PREFETCH_POLICY_AUTO).value(), vm::ClonePolicy::kAuto);
   EXPECT_THAT(FromProto(static_cast<v1::PrefetchPolicy>(9)), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_EQ(ToProto(vm::PrefetchPolicy::kNone), v1::PREFETCH_POLICY_NONE);
-  EXPECT_EQ(ToProto(vm::PrefetchPolicy::kRecord), v1::PREFETCH_POLICY_RECORD);
-  EXPECT_EQ(ToProto(vm::PrefetchPolicy::kPrefetch), v1::PREFETCH_POLICY_PREFETCH);
-  EXPECT_EQ(ToProto(vm::PrefetchPolicy::kAuto), v1::PREFETCH_POLICY_AUTO);
+  EXPECT_EQ(ToProto(vm::ClonePolicy::kNone), v1::PREFETCH_POLICY_NONE);
+  EXPECT_EQ(ToProto(vm::ClonePolicy::kRecord), v1::PREFETCH_POLICY_RECORD);
+  EXPECT_EQ(ToProto(vm::ClonePolicy::kPrefetch), v1::PREFETCH_POLICY_PREFETCH);
+  EXPECT_EQ(ToProto(vm::ClonePolicy::kAuto), v1::PREFETCH_POLICY_AUTO);
 
   EXPECT_EQ(FromProto(v1::AFTER_SNAPSHOT_UNSPECIFIED).value(), vm::AfterSnapshot::kResume);
   EXPECT_EQ(FromProto(v1::AFTER_SNAPSHOT_RESUME).value(), vm::AfterSnapshot::kResume);
@@ -160,7 +160,7 @@ TEST(ConvertTest, VmInfoToVm) {
   info.config = SampleConfig();
   info.snapshot_id = "snap-aaaaaaaaaaaa";
   info.memory_backend = vm::MemoryBackend::kFile;
-  info.prefetch_policy = vm::PrefetchPolicy::kRecord;
+  info.prefetch_policy = vm::ClonePolicy::kRecord;
   info.pid = 4242;
   info.console_log_path = "/var/lib/fcvm/vms/vm-0123456789ab/console.log";
   info.created_at = T(1700000000500);
@@ -347,8 +347,8 @@ TEST(ConvertTest, PageServerStatsWithContextAndFilter) {
   PageServerContext ctx;
   ctx.loop_threads = 2;
   ctx.dropped_sessions = 5;
-  ctx.clones["vm-a"] = {"snap-1", vm::PrefetchPolicy::kPrefetch};
-  ctx.clones["vm-b"] = {"snap-1", vm::PrefetchPolicy::kRecord};
+  ctx.clones["vm-a"] = {"snap-1", vm::ClonePolicy::kPrefetch};
+  ctx.clones["vm-b"] = {"snap-1", vm::ClonePolicy::kRecord};
   ctx.memory_files["/s/snap-1/memory"] = {"snap-1", 409600};
 
   v1::PageServerStats out;
@@ -441,7 +441,7 @@ TEST(ConvertTest, Requests) {
   EXPECT_EQ(cr.snapshot_ref, "s1");
   EXPECT_EQ(cr.count, 8u);
   EXPECT_EQ(cr.backend, vm::MemoryBackend::kFile);
-  EXPECT_EQ(cr.policy, vm::PrefetchPolicy::kNone);
+  EXPECT_EQ(cr.policy, vm::ClonePolicy::kNone);
   EXPECT_EQ(cr.name_prefix, "c");
   EXPECT_EQ(cr.labels.at("l"), "m");
   EXPECT_TRUE(cr.stay_paused);
@@ -451,7 +451,7 @@ TEST(ConvertTest, Requests) {
   clone.clear_prefetch_policy();
   ASSERT_OK_AND_ASSIGN(cr, FromProto(clone));
   EXPECT_EQ(cr.backend, vm::MemoryBackend::kUffd);
-  EXPECT_EQ(cr.policy, vm::PrefetchPolicy::kAuto);
+  EXPECT_EQ(cr.policy, vm::ClonePolicy::kAuto);
   EXPECT_TRUE(cr.publish.empty());
 
   // A network override may add ports; clones keep the snapshot's MAC and
@@ -465,16 +465,14 @@ TEST(ConvertTest, Requests) {
   EXPECT_EQ(cr.publish[0].host_port, 8080);
   EXPECT_EQ(cr.publish[0].guest_port, 80);
   EXPECT_EQ(cr.publish[0].protocol, "tcp");
-  vm::SnapshotInfo with_net;
-  with_net.id = "snap-1";
-  with_net.config.network.enabled = true;
-  vm::SnapshotInfo without_net;
-  without_net.id = "snap-2";
-  EXPECT_OK(NetworkOverrideError(clone, with_net));
-  EXPECT_THAT(NetworkOverrideError(clone, without_net),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("snap-2 has no network")));
+  // The network choice goes to the manager, which checks it against the
+  // snapshot (tests/unit/vm); unset when the request says nothing.
+  ASSERT_TRUE(cr.network_enabled.has_value());
+  EXPECT_TRUE(*cr.network_enabled);
   v1::CloneSnapshotRequest no_override;
-  EXPECT_OK(NetworkOverrideError(no_override, without_net));
+  no_override.set_count(1);
+  ASSERT_OK_AND_ASSIGN(vm::CloneRequest plain, FromProto(no_override));
+  EXPECT_FALSE(plain.network_enabled.has_value());
   clone.mutable_network()->set_guest_mac("06:00:00:00:00:01");
   EXPECT_THAT(FromProto(clone), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("network.guest_mac")));
 }

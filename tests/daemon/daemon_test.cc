@@ -23,6 +23,7 @@
 #include "probe.grpc.pb.h"
 #include "tests/testing/run_command.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm {
 namespace {
@@ -35,17 +36,14 @@ using ::fcvm::testing::RunCommand;
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char dir[] = "/tmp/fcvmd-test-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
+    ASSERT_FALSE(tmp_.path().empty());
+    dir_ = tmp_.path();
     socket_ = dir_ + "/run/fcvmd.sock";
     log_ = dir_ + "/fcvmd.log";
   }
 
   void TearDown() override {
     if (daemon_.valid()) (void)daemon_.Kill();
-    std::string cmd = "rm -rf " + dir_;
-    ASSERT_EQ(std::system(cmd.c_str()), 0);
   }
 
   void StartDaemon() {
@@ -83,6 +81,7 @@ class DaemonTest : public ::testing::Test {
     return grpc::CreateChannel("unix:" + socket_, grpc::InsecureChannelCredentials());
   }
 
+  ::fcvm::testing::TempDir tmp_{"fcvmd-test"};
   std::string dir_, socket_, log_;
   Process daemon_;
 };

@@ -12,11 +12,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/daemon.h"
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
+#include "fcvm/v1/wire.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_util.h"
@@ -36,8 +38,8 @@ class ServicesTest : public ::testing::Test {
   void StartDaemon(std::string firecracker = "") {
     DaemonOptions o;
     o.socket_path = dir_.path() + "/fcvmd.sock";
-    o.state_dir = dir_.path() + "/state";
-    o.firecracker_bin = std::move(firecracker);
+    o.manager.state_dir = dir_.path() + "/state";
+    o.manager.firecracker_bin = std::move(firecracker);
     o.workers = 4;
     ASSERT_OK_AND_ASSIGN(daemon_, Daemon::Start(o));
     channel_ = grpc::CreateChannel("unix:" + o.socket_path, grpc::InsecureChannelCredentials());
@@ -208,12 +210,12 @@ TEST_F(ServicesTest, ShutdownEndsOpenStreamsPromptly) {
 TEST_F(ServicesTest, StartFailsWhenTheManagerCannotBeCreated) {
   DaemonOptions o;
   o.socket_path = dir_.path() + "/fcvmd.sock";
-  o.state_dir = dir_.path() + "/state";
-  o.firecracker_bin = dir_.path() + "/no-such-firecracker";
+  o.manager.state_dir = dir_.path() + "/state";
+  o.manager.firecracker_bin = dir_.path() + "/no-such-firecracker";
   absl::StatusOr<std::unique_ptr<Daemon>> d = Daemon::Start(o);
   EXPECT_FALSE(d.ok());
   EXPECT_THAT(d.status().message(), HasSubstr("no-such-firecracker"));
-  o.firecracker_bin = "";
+  o.manager.firecracker_bin = "";
   o.workers = 0;
   EXPECT_THAT(Daemon::Start(o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--workers")));
 }
@@ -391,6 +393,75 @@ TEST_F(ServicesTest, FullLifecycleWithFirecracker) {
   for (const v1::Event& e : snap_events.events()) EXPECT_EQ(e.vm_id(), src.id()) << e.DebugString();
   EXPECT_TRUE(snap_events.WaitFor([&](const v1::Event& e) { return e.kind() == v1::Event::KIND_VM_STATE; },
                                   absl::Seconds(10)));
+}
+
+// Listings are paged (a listing could otherwise outgrow what a client can
+// receive); events are numbered and a late watcher can start from the
+// backlog; every answer carries fcvmd's mark.
+TEST_F(ServicesTest, PagedListingsNumberedEventsAndTheServedByMark) {
+  std::string missing = e2e::MissingPrerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  StartDaemon(e2e::FirecrackerPath());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    v1::RunVmRequest run;
+    run.set_name(absl::StrCat("vm", i));
+    run.mutable_config()->set_kernel_path(e2e::GuestPath());
+    run.mutable_config()->set_boot_args(e2e::kGuestBootArgs);
+    run.mutable_config()->set_vcpu_count(1);
+    run.mutable_config()->set_memory_mib(e2e::kGuestMemMib);
+    v1::Vm vm;
+    grpc::Status st = vms_->RunVm(Ctx(120).get(), run, &vm);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ids.push_back(vm.id());
+  }
+  // 3.5 MB of labels is refused; before, two such VMs made every ListVms
+  // fail ("Received message larger than max").
+  v1::RunVmRequest huge;
+  huge.mutable_config()->set_kernel_path(e2e::GuestPath());
+  huge.mutable_config()->set_vcpu_count(1);
+  huge.mutable_config()->set_memory_mib(e2e::kGuestMemMib);
+  (*huge.mutable_labels())["blob"] = std::string(3500000, 'x');
+  v1::Vm refused;
+  grpc::Status big = vms_->RunVm(Ctx(120).get(), huge, &refused);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.error_message();
+  EXPECT_THAT(big.error_message(), ::testing::HasSubstr("at most 256"));
+  v1::ListVmsRequest page;
+  page.set_page_size(2);
+  v1::ListVmsResponse first, second;
+  auto ctx = Ctx();
+  ASSERT_TRUE(vms_->ListVms(ctx.get(), page, &first).ok());
+  EXPECT_EQ(ctx->GetServerTrailingMetadata().count(v1::kServedByKey), 1u);
+  ASSERT_EQ(first.vms_size(), 2);
+  EXPECT_EQ(first.vms(0).name(), "vm0");
+  EXPECT_EQ(first.vms(1).name(), "vm1");
+  ASSERT_FALSE(first.next_page_token().empty());
+  page.set_page_token(first.next_page_token());
+  ASSERT_TRUE(vms_->ListVms(Ctx().get(), page, &second).ok());
+  ASSERT_EQ(second.vms_size(), 1);
+  EXPECT_EQ(second.vms(0).name(), "vm2");
+  EXPECT_TRUE(second.next_page_token().empty());
+  page.set_page_token("not-a-token");
+  EXPECT_EQ(vms_->ListVms(Ctx().get(), page, &second).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // A watcher that connects now still gets every event, numbered from 1.
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::WatchEventsRequest watch;
+  watch.set_from_backlog(true);
+  std::unique_ptr<grpc::ClientReader<v1::Event>> reader = system_->WatchEvents(&wctx, watch);
+  std::vector<v1::Event> events;
+  v1::Event ev;
+  while (reader->Read(&ev)) events.push_back(ev);
+  ASSERT_GE(events.size(), 3u);
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].sequence(), i + 1);
+  for (const std::string& id : ids) {
+    v1::DeleteVmRequest del;
+    del.set_ref(id);
+    del.set_force(true);
+    v1::DeleteVmResponse out;
+    EXPECT_TRUE(vms_->DeleteVm(Ctx().get(), del, &out).ok());
+  }
 }
 
 }  // namespace

@@ -58,17 +58,6 @@ std::string MissingPrerequisite() {
   return "";
 }
 
-TempDir::TempDir() {
-  char tmpl[] = "/tmp/fcvm-e2e-XXXXXX";
-  if (mkdtemp(tmpl) != nullptr) path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  if (path_.empty()) return;
-  std::string cmd = absl::StrCat("rm -rf '", path_, "'");
-  if (std::system(cmd.c_str()) != 0) fprintf(stderr, "could not remove %s\n", path_.c_str());
-}
-
 firecracker::BootSpec GuestBootSpec(const std::string& guest) {
   return {.boot_source = {.kernel_image_path = guest, .boot_args = kGuestBootArgs},
           .machine = {.vcpu_count = 1, .mem_size_mib = kGuestMemMib}};
@@ -354,6 +343,16 @@ std::vector<std::string> Leftovers(const std::string& dir, const std::string& ne
       int ppid;
       if (f.size() > 1 && absl::SimpleAtoi(f[1], &ppid) && ppid == self) {
         out.push_back(absl::StrCat("child process ", pid, " ", stat.substr(0, close + 1), " state ", f[0]));
+        continue;
+      }
+      // Any other process running from `dir` (a Firecracker whose fcvmd is
+      // gone is nobody's child).
+      if (!dir.empty() && pid != self && f.size() > 0 && f[0] != "Z") {
+        std::ifstream cl(absl::StrCat("/proc/", pid, "/cmdline"));
+        std::string cmdline((std::istreambuf_iterator<char>(cl)), std::istreambuf_iterator<char>());
+        if (absl::StrContains(cmdline, dir + "/")) {
+          out.push_back(absl::StrCat("process ", pid, " ", stat.substr(0, close + 1), " runs from ", dir));
+        }
       }
     }
     closedir(d);

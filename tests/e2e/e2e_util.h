@@ -18,6 +18,7 @@
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/console.h"
 #include "lib/firecracker/vmm.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::e2e {
 
@@ -29,19 +30,8 @@ std::string GuestPath();
 // Empty when the e2e tests can run; otherwise why not (for GTEST_SKIP).
 std::string MissingPrerequisite();
 
-// A directory under /tmp (short, for socket paths), removed recursively on
-// destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// The tests' one temporary-directory helper (tests/testing/temp_dir.h).
+using ::fcvm::testing::TempDir;
 
 // The boot arguments the tests use: small test areas so that 8 clones fit on
 // two CPUs.
@@ -115,8 +105,10 @@ class UffdTestServer {
 };
 
 // What a test left behind: child processes of this process (zombies too),
-// socket files under `dir`, mounts that mention `dir`, network namespaces
-// whose name starts with `netns_prefix` (when not empty).
+// any other process whose command line names a path under `dir` (a
+// Firecracker left running), socket files under `dir`, mounts that mention
+// `dir`, network namespaces whose name starts with `netns_prefix` (when not
+// empty).
 std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix = "");
 
 double MedianMs(std::vector<absl::Duration> v);

@@ -156,7 +156,7 @@ TEST_F(ManagerE2eTest, BootSnapshotCloneDelete) {
   EXPECT_EQ(clones.clones[0].name, "golden-0");
   EXPECT_EQ(filed.clones[1].name, "filed-1");
 
-  ASSERT_OK_AND_ASSIGN(uffd::ServerStats stats, manager_->PageServerStats());
+  uffd::ServerStats stats = manager_->PageServerStats();
   EXPECT_GT(stats.total.faults, 0u);
   EXPECT_GT(stats.total.pages_copied + stats.total.zero_pages, 0u);
   ASSERT_OK_AND_ASSIGN(SnapshotInfo with_clones, manager_->GetSnapshot("golden"));

@@ -4,6 +4,9 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <liburing.h>
 
 #include <cstring>
 #include <filesystem>
@@ -17,21 +20,39 @@
 
 namespace fcvm::uffd::testing {
 
-TempDir::TempDir() {
-  char tmpl[] = "/tmp/fcvm-uffd-test-XXXXXX";
-  char* p = mkdtemp(tmpl);
-  if (p == nullptr) {
-    ADD_FAILURE() << "mkdtemp: " << strerror(errno);
-    return;
+std::string MissingKernelFeature() {
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) {
+    int err = errno;
+    // Unprivileged users may still have /dev/userfaultfd.
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0) return std::string("userfaultfd is not available: ") + std::strerror(err);
+    close(dev);
+  } else {
+    close(uffd);
   }
-  path_ = p;
+  io_uring ring;
+  int rc = io_uring_queue_init(8, &ring, 0);
+  if (rc < 0) return std::string("io_uring is not available: ") + std::strerror(-rc);
+  io_uring_queue_exit(&ring);
+  return "";
 }
 
-TempDir::~TempDir() {
-  if (path_.empty()) return;
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
+namespace {
+
+// Skips every test of the binary, saying why, where the kernel lacks what
+// the page server needs.
+class KernelFeatures : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    std::string missing = MissingKernelFeature();
+    if (!missing.empty()) GTEST_SKIP() << missing;
+  }
+};
+
+::testing::Environment* const kKernelFeatures = ::testing::AddGlobalTestEnvironment(new KernelFeatures);
+
+}  // namespace
 
 bool ZeroPage(uint64_t page, uint32_t seed) {
   uint64_t h = (page + seed) * 0x9E3779B97F4A7C15ull;

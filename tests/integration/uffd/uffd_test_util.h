@@ -16,20 +16,21 @@
 #include "absl/time/time.h"
 #include "lib/base/process.h"
 #include "lib/uffd/page_server.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::uffd::testing {
 
-// mkdtemp under /tmp; removed with its contents on destruction.
-class TempDir {
+// The shared temporary directory (tests/testing/temp_dir.h), with File().
+class TempDir : public ::fcvm::testing::TempDir {
  public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ::fcvm::testing::TempDir("fcvm-uffd-test") {}
+  std::string File(const std::string& name) const { return Sub(name); }
 };
+
+// Why this host cannot run the page-server tests (no userfaultfd, no
+// io_uring), or "" when it can. A global test environment skips the whole
+// suite, printing it, when it is not empty.
+std::string MissingKernelFeature();
 
 // Page p is zero when ZeroPage(p, seed); other pages hold bytes derived from
 // (seed, p, offset).

@@ -21,6 +21,7 @@
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
+#include "fcvm/v1/wire.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -60,9 +61,15 @@ v1::Vm MakeVm(const std::string& id, const std::string& name, v1::VmState state)
 
 class FakeVmService final : public v1::VmService::Service {
  public:
-  grpc::Status RunVm(grpc::ServerContext*, const v1::RunVmRequest* req, v1::Vm* resp) override {
+  grpc::Status RunVm(grpc::ServerContext* ctx, const v1::RunVmRequest* req, v1::Vm* resp) override {
     if (req->config().kernel_path() == "/no-firecracker") {
+      // fcvmd marks every answer of its own (fcvm/v1/wire.h).
+      ctx->AddTrailingMetadata(v1::kServedByKey, "fcvmd");
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no Firecracker binary configured");
+    }
+    if (req->config().kernel_path() == "/proxy-unavailable") {
+      // An UNAVAILABLE that is not fcvmd's own word: fcvmd was not reached.
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "upstream connect error");
     }
     std::lock_guard<std::mutex> lock(mu);
     run = *req;
@@ -271,10 +278,16 @@ TEST_F(CliTest, ServerErrorIsOneLineExitOne) {
 
 // fcvmd answering UNAVAILABLE (a dependency of its is down) is not "cannot
 // reach fcvmd".
+// Before, whether the channel was still connected decided, and fcvmd's
+// "shutting down" came out as "cannot reach fcvmd" once fcvmd had closed its
+// connections: now fcvmd's mark on the answer decides.
 TEST_F(CliTest, ServerSideUnavailableIsNotUnreachable) {
   Result r = Ctl({"run", "--kernel", "/no-firecracker"});
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "fcvmctl: run: unavailable in fcvmd: no Firecracker binary configured\n");
+  Result proxy = Ctl({"run", "--kernel", "/proxy-unavailable"});
+  EXPECT_EQ(proxy.code, 1);
+  EXPECT_THAT(proxy.err, HasSubstr("cannot reach fcvmd"));
 }
 
 TEST_F(CliTest, UnimplementedIsOneClearLine) {

@@ -259,6 +259,8 @@ TEST(FormatEvent, OneLinePerKind) {
   snap.set_vm_id("vm-1");
   snap.set_snapshot_id("snap-a");
   EXPECT_EQ(FormatEvent(snap), "2026-11-27T10:55:01.000Z  snapshot-created  vm-1/snap-a");
+  snap.set_sequence(42);
+  EXPECT_EQ(FormatEvent(snap), "2026-11-27T10:55:01.000Z  #42  snapshot-created  vm-1/snap-a");
 }
 
 TEST(ToJson, ProtoFieldNamesAndDefaults) {

@@ -142,6 +142,20 @@ TEST(ApiClient, FaultMessageBecomesTheError) {
                AllOf(HasSubstr("PUT /actions"), HasSubstr("Invalid Elf magic number"), HasSubstr("400"))));
 }
 
+// The host running out of space or memory under Firecracker is the host's
+// problem, not a bad request: RESOURCE_EXHAUSTED (it came back as
+// INVALID_ARGUMENT before).
+TEST(ApiClient, HostResourceFaultsAreResourceExhausted) {
+  FakeServer server([](const Request&) -> Reply {
+    return {
+        400,
+        R"json({"fault_message":"Cannot create snapshot: Memory: Failed to write memory file: No space left on device (os error 28)"})json"};
+  });
+  ApiClient client(server.path());
+  EXPECT_THAT(client.CreateSnapshot({.snapshot_path = "/s", .mem_file_path = "/m"}),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("No space left on device")));
+}
+
 TEST(ApiClient, ServerErrorsAndOddBodies) {
   FakeServer server([](const Request& r) -> Reply {
     if (r.path == "/") return {200, "not json"};

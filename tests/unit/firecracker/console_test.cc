@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::firecracker {
 namespace {
@@ -20,23 +21,7 @@ namespace {
 using ::fcvm::testing::StatusIs;
 using ::testing::ElementsAre;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = absl::StrCat(::testing::TempDir(), "/fc-console-XXXXXX");
-    char* p = mkdtemp(tmpl.data());
-    EXPECT_NE(p, nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::string cmd = absl::StrCat("rm -rf '", path_, "'");
-    EXPECT_EQ(std::system(cmd.c_str()), 0);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::fcvm::testing::TempDir;
 
 off_t SizeOf(const std::string& path) {
   struct stat st;

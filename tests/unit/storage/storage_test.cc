@@ -12,6 +12,7 @@
 #include "lib/storage/disk.h"
 #include "lib/storage/snapshot_store.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::storage {
 namespace {
@@ -19,18 +20,7 @@ namespace {
 using ::fcvm::testing::StatusIs;
 using ::testing::HasSubstr;
 
-class TempDir {
- public:
-  TempDir() {
-    char dir[] = "/tmp/fcvm-storage-XXXXXX";
-    path_ = mkdtemp(dir);
-  }
-  ~TempDir() { (void)RemoveTree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::fcvm::testing::TempDir;
 
 TEST(CopyDisk, SparseFileKeepsDataAndHoles) {
   TempDir tmp;

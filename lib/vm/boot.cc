@@ -1,0 +1,77 @@
+// Run: a VM booted from a kernel, its drives and an optional network.
+
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "lib/base/logging.h"
+#include "lib/base/status.h"
+#include "lib/vm/core.h"
+#include "lib/vm/provision.h"
+#include "lib/vm/validate.h"
+#include "spdlog/spdlog.h"
+
+namespace fcvm::vm {
+
+absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const CancelToken& cancel) {
+  const VmConfig& config = request.config;
+  RETURN_IF_ERROR(core.RequireVmms());
+  RETURN_IF_ERROR(ValidateConfig(config));
+  RETURN_IF_ERROR(ValidateLabels("vm labels", request.labels));
+  if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
+  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, 1));
+  DriveSource image = [](const DriveConfig& d) { return d.path; };
+  RETURN_IF_ERROR(CheckDiskForCopies(core, config, image, 1, "the VM's private disk copies"));
+
+  // An unnamed VM is named after its id, which it gets in Creation::Begin.
+  std::optional<Registry::Reservation> names;
+  if (!request.name.empty()) {
+    ASSIGN_OR_RETURN(names, core.registry.ReserveName(request.name));
+  }
+  VmInfo info;
+  info.name = request.name;
+  info.labels = request.labels;
+  info.config = config;
+  // A VM with a network needs a process started inside its namespace: never
+  // a pooled one.
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Creation> vm,
+      Creation::Begin(core, std::move(info), names.has_value() ? &*names : nullptr, !config.network.enabled));
+  auto fail = [&vm](absl::Status st) {
+    vm->Fail(st);
+    return st;
+  };
+
+  if (config.network.enabled) {
+    if (absl::Status st = vm->SetupNetwork(config.network.publish); !st.ok()) return fail(st);
+  }
+  if (absl::Status st = vm->AttachProcessAndDrives(config, image, cancel); !st.ok()) return fail(st);
+  if (absl::Status st = cancel.Check(); !st.ok()) return fail(st);
+
+  firecracker::BootSpec spec;
+  spec.boot_source.kernel_image_path = config.kernel_path;
+  spec.boot_source.boot_args = config.boot_args;
+  if (!config.initrd_path.empty()) spec.boot_source.initrd_path = config.initrd_path;
+  spec.machine.vcpu_count = static_cast<int>(config.vcpu_count);
+  spec.machine.mem_size_mib = config.memory_mib;
+  spec.drives = core.FirecrackerDrives(config);
+  if (config.network.enabled) {
+    firecracker::NetworkInterface nic;
+    nic.iface_id = "eth0";
+    nic.host_dev_name = core.registry.Info(vm->entry()).network.tap;
+    if (!config.network.guest_mac.empty()) nic.guest_mac = config.network.guest_mac;
+    spec.network_interfaces.push_back(nic);
+  }
+  absl::Time t = absl::Now();
+  if (absl::Status st = vm->vmm().Boot(spec); !st.ok()) return fail(st);
+  vm->SetTimings([&](VmTimings& timings) { timings.load = absl::Now() - t; });
+  // A caller that gave up by now gets no VM: nobody would know it exists.
+  if (absl::Status st = cancel.Check(); !st.ok()) return fail(st);
+
+  absl::StatusOr<VmInfo> running = vm->Commit(VmState::kRunning, "booted");
+  if (!running.ok()) return fail(running.status());
+  spdlog::info("vm {} ({}) booted in {}", running->id, running->name,
+               absl::FormatDuration(running->timings.total));
+  return running;
+}
+
+}  // namespace fcvm::vm

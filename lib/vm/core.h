@@ -1,0 +1,135 @@
+#pragma once
+
+// What the manager's operations share (internal to lib/vm). Manager is the
+// facade; each operation lives in its own file and works on a Core:
+//
+//   boot.cc        Run: a VM booted from a kernel
+//   clone.cc       Clone: N VMs restored from a snapshot
+//   snapshots.cc   snapshot create, list, delete
+//   lifecycle.cc   pause, resume, delete, and a process exiting on its own
+//   reconcile.cc   start-up: what a previous fcvmd left
+//   provision.cc   memory and disk checks, drives, process + network setup
+//
+// Locking order: a VM's `op` lock, then the registry's lock (never the other
+// way); nothing is called back into while a lock of the registry, the event
+// log or the operation tracker is held.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "lib/base/cancel.h"
+#include "lib/storage/snapshot_store.h"
+#include "lib/vm/env.h"
+#include "lib/vm/events.h"
+#include "lib/vm/executor.h"
+#include "lib/vm/manager_options.h"
+#include "lib/vm/registry.h"
+#include "lib/vm/supervisor.h"
+#include "lib/vm/types.h"
+#include "lib/vm/warm_pool.h"
+
+namespace fcvm::vm {
+
+// The operations in flight: each gets a token that the caller's cancellation
+// and the manager's shutdown both cancel, and the manager waits for them all
+// before it tears anything down.
+class Operations {
+ public:
+  class Op {
+   public:
+    Op() = default;
+    Op(Op&& other) noexcept { *this = std::move(other); }
+    Op& operator=(Op&& other) noexcept;
+    ~Op();
+    const CancelToken& token() const { return token_; }
+
+   private:
+    friend class Operations;
+    Operations* ops_ = nullptr;
+    uint64_t id_ = 0;
+    CancelToken token_;
+  };
+
+  // Unavailable "fcvmd is shutting down" once Shutdown began.
+  absl::StatusOr<Op> Begin(const CancelToken& caller);
+  // Refuses new operations, cancels the running ones with `why` and waits
+  // until they have all ended.
+  void Shutdown(const absl::Status& why);
+  bool shutting_down() const;
+
+ private:
+  void End(uint64_t id);
+  mutable absl::Mutex mu_;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status why_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, std::shared_ptr<CancelSource>> running_ ABSL_GUARDED_BY(mu_);
+};
+
+struct Core {
+  Core(const ManagerOptions& options, Env env);
+
+  const ManagerOptions options;
+  Env env;
+  const std::string vms_dir;     // <state>/vms: one directory per VM
+  const std::string drives_dir;  // <state>/drives: where every VM sees its drives
+  std::unique_ptr<storage::SnapshotStore> store;
+  EventLog events;
+  Registry registry;
+  Operations operations;
+  // Clone fan-out; the leaf executor copies disks and handles process exits
+  // (its tasks never wait for other tasks).
+  std::unique_ptr<Executor> clone_executor;
+  std::unique_ptr<Executor> leaf_executor;
+  std::unique_ptr<Supervisor> supervisor;
+  std::unique_ptr<WarmPool> warm;
+
+  // Why the page server ended a clone's session, until its exit is handled.
+  absl::Mutex pager_mu;
+  std::map<std::string, std::string> pager_errors ABSL_GUARDED_BY(pager_mu);
+
+  // ---- shared steps ----
+  absl::Status RequireVmms() const;
+  LaunchSpec LaunchSpecFor(const std::string& id, const std::string& dir) const;
+  std::vector<firecracker::Drive> FirecrackerDrives(const VmConfig& config) const;
+  // Watches the VM's process; its exit is handled by HandleExit.
+  void Watch(const std::shared_ptr<VmEntry>& entry);
+  void Unwatch(VmEntry& entry);
+  // Kills the VM's process and releases its page-server session and network
+  // (its directory stays). Holds entry.op.
+  void ReleaseResources(VmEntry& entry);
+  void OnPagerEvent(const uffd::SessionEvent& event);
+  void Publish(Event event) { events.Publish(std::move(event)); }
+};
+
+// ---- operations (one file each) ----
+
+absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const CancelToken& cancel);
+absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& request, const CancelToken& cancel);
+
+absl::StatusOr<VmInfo> SetPaused(Core& core, const std::string& ref, bool paused);
+absl::StatusOr<DeleteResult> DeleteVm(Core& core, const std::shared_ptr<VmEntry>& entry, bool force,
+                                      absl::Duration grace);
+void HandleExit(Core& core, const std::string& vm_id, uint64_t watch);
+
+absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
+                                            const CancelToken& cancel);
+SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& record);
+absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(Core& core, const std::string& ref, bool force);
+
+void Reconcile(Core& core);
+// On the manager's destruction: what happens to each VM (see manager.h).
+void LeaveVms(Core& core);
+
+}  // namespace fcvm::vm

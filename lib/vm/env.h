@@ -1,0 +1,171 @@
+#pragma once
+
+// The manager's view of the outside world, one narrow interface per thing it
+// reaches (leveldb's Env is the model): Firecracker processes, the page
+// server, VM networks, and the host's disks and memory. The real
+// implementations (real_env.h) wrap lib/firecracker, lib/uffd, lib/net and
+// lib/storage; tests/unit/vm has fakes, so that clone, rollback,
+// cancellation, names, reconcile and the warm pool run in unit tests on any
+// machine.
+//
+// Every interface is thread-safe unless it says otherwise: the manager calls
+// them from many workers at once.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "lib/base/cancel.h"
+#include "lib/base/process.h"
+#include "lib/base/unique_fd.h"
+#include "lib/firecracker/api_types.h"
+#include "lib/firecracker/vmm.h"
+#include "lib/uffd/page_server.h"
+#include "lib/vm/types.h"
+
+namespace fcvm::vm {
+
+// One Firecracker process. Driven by one thread at a time (the VM's operation
+// lock); pidfd() may be watched from another.
+class Vmm {
+ public:
+  virtual ~Vmm() = default;
+  virtual pid_t pid() const = 0;
+  // Readable (POLLIN) once the process has exited.
+  virtual int pidfd() const = 0;
+  virtual std::string console_log_path() const = 0;
+  // Process start until its API answered (zero for an adopted process).
+  virtual absl::Duration startup_time() const = 0;
+
+  virtual absl::Status Boot(const firecracker::BootSpec& spec) = 0;
+  virtual absl::Status LoadSnapshot(const firecracker::SnapshotLoad& load, absl::Duration timeout) = 0;
+  virtual absl::Status CreateSnapshot(const firecracker::SnapshotCreate& create, absl::Duration timeout) = 0;
+  virtual absl::Status Pause() = 0;
+  virtual absl::Status Resume() = 0;
+  // OK while it runs; Unavailable naming how it ended once it has exited.
+  virtual absl::Status CheckRunning() = 0;
+  // Asks it to stop (SIGTERM) and waits up to `grace`; true when it exited.
+  virtual bool Terminate(absl::Duration grace) = 0;
+  // SIGKILL and reap; idempotent. How it ended (ExitStatus::known is false
+  // for a process this fcvmd did not start).
+  virtual absl::StatusOr<ExitStatus> Kill() = 0;
+  // Lets it outlive this fcvmd (the next one re-adopts it by pid).
+  virtual void Release() = 0;
+  // The last lines of its log and console, for error messages.
+  virtual std::string RecentOutput() = 0;
+};
+
+struct LaunchSpec {
+  std::string id;      // Firecracker's --id (the VM id)
+  std::string vm_dir;  // api.sock, console.log, logs; created if missing
+  // Run inside this network namespace (-1: the host's).
+  int netns_fd = -1;
+  // Bind mounts of a private mount namespace (the VM's drive directory over
+  // the fixed path its snapshot baked in).
+  std::vector<BindMount> bind_mounts;
+  // A warm-pool process: it dies with the launching thread.
+  bool pooled = false;
+  CancelToken cancel;
+};
+
+class VmmFactory {
+ public:
+  virtual ~VmmFactory() = default;
+  // Starts Firecracker and waits for its API. Nothing is left running on error.
+  virtual absl::StatusOr<std::unique_ptr<Vmm>> Launch(const LaunchSpec& spec) = 0;
+  // Takes hold of the Firecracker a previous fcvmd started for the VM whose
+  // directory is `vm_dir`, after checking that `pid` is still that process.
+  // NotFound when it is gone or is something else now.
+  virtual absl::StatusOr<std::unique_ptr<Vmm>> Adopt(pid_t pid, const std::string& vm_dir) = 0;
+  // Firecracker processes running for VM directories under `vms_dir` (found
+  // by their API socket), as pid -> VM directory: what a crashed fcvmd may
+  // have left without a record.
+  virtual std::map<pid_t, std::string> FindRunning(const std::string& vms_dir) = 0;
+  virtual std::string version() const = 0;
+};
+
+// The page server, as the manager uses it.
+class PageService {
+ public:
+  virtual ~PageService() = default;
+  // See uffd::PageServer::AddListener: `resolved` gets the policy kAuto
+  // became.
+  virtual absl::StatusOr<uffd::ListenerId> AddListener(const uffd::ListenerSpec& spec,
+                                                       uffd::ClonePolicy* resolved) = 0;
+  virtual absl::Status WaitPrefetchDone(uffd::ListenerId id, absl::Time deadline) = 0;
+  virtual absl::Status RemoveListener(uffd::ListenerId id) = 0;
+  // Keeps the server's view of a snapshot's memory loaded while no clone
+  // uses it (until Unpin), so that the next clone finds it ready.
+  virtual absl::Status Pin(const std::string& snapshot_id, const uffd::SnapshotFiles& files) = 0;
+  virtual void Unpin(const std::string& snapshot_id) = 0;
+  // Pages of the snapshot's recorded working set (0 when none), from the
+  // pinned view or the file.
+  virtual uint64_t WorkingSetPages(const std::string& snapshot_id, const uffd::SnapshotFiles& files) = 0;
+  virtual uffd::ServerStats GetStats() = 0;
+  virtual void SetEventCallback(std::function<void(const uffd::SessionEvent&)> callback) = 0;
+  virtual void Stop() = 0;
+};
+
+// What a VM's network setup produced.
+struct VmNetworkInfo {
+  UniqueFd netns;  // an fd of its namespace (for LaunchSpec::netns_fd)
+  std::string netns_name;
+  std::string tap;
+  std::string guest_ip;
+  std::string host_ip;
+};
+
+class NetworkService {
+ public:
+  virtual ~NetworkService() = default;
+  // OK when VMs can have networks here; otherwise Unavailable with why.
+  virtual absl::Status Available() const = 0;
+  virtual absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
+                                              const std::vector<PortMapping>& publish) = 0;
+  // Idempotent.
+  virtual absl::Status Teardown(const std::string& vm_id) = 0;
+  // Removes the networks of VMs not in `live`; returns their ids.
+  virtual absl::StatusOr<std::vector<std::string>> ReconcileOrphans(
+      const absl::flat_hash_set<std::string>& live) = 0;
+  // The shared host rules, once no VM network is left.
+  virtual absl::Status RemoveHostRules() = 0;
+};
+
+// The host's disks and memory.
+class Host {
+ public:
+  virtual ~Host() = default;
+  virtual absl::StatusOr<uint64_t> MemAvailableMib() = 0;
+  // What a sparse copy of `path` needs.
+  virtual absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) = 0;
+  // ResourceExhausted naming `what` when `dir`'s file system lacks `need`.
+  virtual absl::Status CheckFreeSpace(const std::string& dir, uint64_t need, absl::string_view what) = 0;
+  // True when private copies are reflinks (take no space up front).
+  virtual bool reflinks() const = 0;
+  // A private copy of a disk image, mode 0600; cancellable between chunks.
+  virtual absl::Status CopyDisk(const std::string& src, const std::string& dst,
+                                const CancelToken& cancel) = 0;
+  // Atomic replace of a small record file (mode 0600). Errors (a full disk)
+  // are returned: a record that is not written must fail the request.
+  virtual absl::Status WriteRecord(const std::string& path, absl::string_view contents) = 0;
+};
+
+// Everything the manager reaches, owned by it.
+struct Env {
+  std::unique_ptr<VmmFactory> vmms;  // null: no Firecracker configured
+  std::unique_ptr<PageService> pager;
+  std::unique_ptr<NetworkService> network;
+  std::unique_ptr<Host> host;
+};
+
+}  // namespace fcvm::vm

@@ -1,0 +1,216 @@
+#include "lib/vm/reconcile.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "lib/base/file_util.h"
+#include "lib/base/logging.h"
+#include "lib/vm/core.h"
+#include "lib/vm/record.h"
+#include "spdlog/spdlog.h"
+
+namespace fcvm::vm {
+
+const char* ReconcileActionName(ReconcileAction action) {
+  switch (action) {
+    case ReconcileAction::kAdopt:
+      return "adopt";
+    case ReconcileAction::kKill:
+      return "kill";
+    case ReconcileAction::kDiscard:
+      return "discard";
+    case ReconcileAction::kMarkStopped:
+      return "mark-stopped";
+    case ReconcileAction::kKeep:
+      return "keep";
+  }
+  return "?";
+}
+
+ReconcileDecision DecideReconcile(const std::string& name, const std::optional<VmInfo>& record, bool alive) {
+  ReconcileDecision d;
+  if (!record.has_value() || record->id != name) {
+    d.action = ReconcileAction::kDiscard;
+    d.message = alive ? absl::StrCat("killed the firecracker of ", name,
+                                     " and removed its directory: it has no record")
+                      : absl::StrCat("removed orphaned directory of ", name);
+    return d;
+  }
+  const VmInfo& v = *record;
+  switch (v.state) {
+    case VmState::kCreating:
+      // Its request never got the VM: nobody knows it exists.
+      d.action = ReconcileAction::kDiscard;
+      d.message = absl::StrCat("discarded ", name, ": fcvmd stopped while creating it",
+                               alive ? " (its firecracker killed)" : "");
+      return d;
+    case VmState::kStopping:
+      d.action = ReconcileAction::kDiscard;
+      d.message = absl::StrCat("finished deleting ", name);
+      return d;
+    case VmState::kStopped:
+    case VmState::kFailed:
+      d.action = ReconcileAction::kKeep;
+      d.state = v.state;
+      d.error = v.error;
+      d.message = absl::StrCat("kept the record of ", StateName(v.state), " vm ", name);
+      return d;
+    case VmState::kRunning:
+    case VmState::kPaused:
+      break;
+  }
+  if (!alive) {
+    d.action = ReconcileAction::kMarkStopped;
+    d.error = "firecracker exited while fcvmd was not running";
+    d.message = absl::StrCat("marked ", name, " stopped: its firecracker is gone");
+    return d;
+  }
+  if (!v.snapshot_id.empty() && v.memory_backend == MemoryBackend::kUffd) {
+    d.action = ReconcileAction::kKill;
+    d.error = "killed at fcvmd start: its memory was served by the previous fcvmd's page server";
+    d.message = absl::StrCat("killed UFFD clone ", name, " (pid ", v.pid, "): nobody can serve its faults");
+    return d;
+  }
+  d.action = ReconcileAction::kAdopt;
+  d.state = v.state;
+  d.message = absl::StrCat("re-adopted ", name, " (pid ", v.pid, ")");
+  return d;
+}
+
+namespace {
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* dir = opendir(path.c_str());
+  if (dir == nullptr) return names;
+  while (dirent* d = readdir(dir)) {
+    std::string n = d->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  closedir(dir);
+  return names;
+}
+
+void Report(Core& core, const std::string& vm_id, const std::string& message) {
+  spdlog::info("reconcile: {}", message);
+  Event ev;
+  ev.kind = EventKind::kReconcile;
+  ev.vm_id = vm_id;
+  ev.message = message;
+  core.Publish(std::move(ev));
+}
+
+}  // namespace
+
+void Reconcile(Core& core) {
+  // Every Firecracker running for one of our directories, recorded or not.
+  std::map<pid_t, std::string> running;
+  if (core.env.vmms != nullptr) running = core.env.vmms->FindRunning(core.vms_dir);
+  std::map<std::string, pid_t> pid_of_dir;
+  for (const auto& [pid, dir] : running) pid_of_dir[dir] = pid;
+
+  std::vector<std::string> names = ListDir(core.vms_dir);
+  // A Firecracker whose directory is gone (a crash in the middle of a
+  // deletion) belongs to no VM: it is killed.
+  for (const auto& [pid, dir] : running) {
+    if (std::find(names.begin(), names.end(), dir.substr(core.vms_dir.size() + 1)) != names.end()) continue;
+    absl::StatusOr<std::unique_ptr<Vmm>> stray = core.env.vmms->Adopt(pid, dir);
+    if (!stray.ok()) continue;
+    (void)(*stray)->Kill();
+    Report(core, dir.substr(core.vms_dir.size() + 1),
+           absl::StrCat("killed firecracker pid ", pid, ": its VM directory ", dir, " is gone"));
+  }
+
+  for (const std::string& name : names) {
+    std::string vm_dir = core.vms_dir + "/" + name;
+    std::optional<VmInfo> record;
+    if (absl::StatusOr<std::string> text = ReadFile(vm_dir + "/vm.json"); text.ok()) {
+      absl::StatusOr<VmInfo> parsed = RecordFromJson(*text);
+      if (parsed.ok()) record = *std::move(parsed);
+    }
+    // Its process: the recorded pid if it still is this VM's Firecracker,
+    // else one found by its API socket.
+    std::unique_ptr<Vmm> vmm;
+    if (core.env.vmms != nullptr) {
+      pid_t pid = record.has_value() && record->pid > 0 ? record->pid : 0;
+      if (auto it = pid_of_dir.find(vm_dir); it != pid_of_dir.end()) pid = it->second;
+      if (pid > 0) {
+        absl::StatusOr<std::unique_ptr<Vmm>> adopted = core.env.vmms->Adopt(pid, vm_dir);
+        if (adopted.ok()) vmm = *std::move(adopted);
+      }
+    }
+    ReconcileDecision d = DecideReconcile(name, record, vmm != nullptr);
+    switch (d.action) {
+      case ReconcileAction::kDiscard:
+        if (vmm != nullptr) (void)vmm->Kill();
+        (void)RemoveTree(vm_dir);
+        Report(core, name, d.message);
+        continue;
+      case ReconcileAction::kKill:
+        (void)vmm->Kill();
+        vmm.reset();
+        break;
+      case ReconcileAction::kAdopt:
+      case ReconcileAction::kMarkStopped:
+      case ReconcileAction::kKeep:
+        break;
+    }
+    auto e = std::make_shared<VmEntry>();
+    e->dir = vm_dir;
+    e->info = *record;
+    if (d.action != ReconcileAction::kAdopt) {
+      e->info.state = d.state;
+      e->info.error = d.error;
+      e->info.pid = 0;
+      unlink((vm_dir + "/uffd.sock").c_str());
+      unlink((vm_dir + "/api.sock").c_str());
+    } else {
+      e->info.pid = vmm->pid();
+      e->vmm = std::move(vmm);
+    }
+    absl::StatusOr<Registry::Reservation> names = core.registry.ReserveName(e->info.name);
+    if (!names.ok()) {
+      // Two records with one name (a bug of an older fcvmd): keep the VM
+      // under its id.
+      e->info.name = e->info.id;
+      names = core.registry.ReserveName(e->info.name);
+    }
+    if (absl::Status st = names.ok() ? core.registry.Insert(e, *names) : names.status(); !st.ok()) {
+      spdlog::warn("reconcile: cannot keep {}: {}", name, st);
+      if (e->vmm != nullptr) e->vmm->Release();
+      continue;
+    }
+    if (e->vmm != nullptr) {
+      absl::MutexLock op(&e->op);
+      core.Watch(e);
+    }
+    Report(core, name, d.message);
+  }
+
+  // Networks survive only with their re-adopted VM.
+  absl::flat_hash_set<std::string> live;
+  for (const std::shared_ptr<VmEntry>& e : core.registry.All()) {
+    VmInfo info = core.registry.Info(*e);
+    if (info.network.netns.empty()) continue;
+    if (e->vmm != nullptr) {
+      live.insert(info.id);
+    } else {
+      core.registry.Update(*e, [](VmInfo& v) { v.network = NetworkStatus{}; });
+      (void)core.registry.Persist(*e);
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> removed = core.env.network->ReconcileOrphans(live);
+  if (!removed.ok()) {
+    spdlog::warn("reconcile: networks: {}", removed.status());
+    return;
+  }
+  for (const std::string& id : *removed) Report(core, id, absl::StrCat("removed the network of ", id));
+}
+
+}  // namespace fcvm::vm

@@ -1,0 +1,154 @@
+#include "lib/vm/record.h"
+
+#include "absl/strings/str_cat.h"
+#include "lib/base/status.h"
+#include "nlohmann/json.hpp"
+
+namespace fcvm::vm {
+namespace {
+
+using json = nlohmann::json;
+
+json ConfigToObject(const VmConfig& c) {
+  json j;
+  j["kernel_path"] = c.kernel_path;
+  j["initrd_path"] = c.initrd_path;
+  j["boot_args"] = c.boot_args;
+  j["vcpu_count"] = c.vcpu_count;
+  j["memory_mib"] = c.memory_mib;
+  j["drives"] = json::array();
+  for (const DriveConfig& d : c.drives) {
+    j["drives"].push_back({{"drive_id", d.drive_id},
+                           {"path", d.path},
+                           {"is_root_device", d.is_root_device},
+                           {"read_only", d.read_only}});
+  }
+  j["network"] = {
+      {"enabled", c.network.enabled}, {"guest_mac", c.network.guest_mac}, {"publish", json::array()}};
+  for (const PortMapping& p : c.network.publish) {
+    j["network"]["publish"].push_back(
+        {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
+  }
+  return j;
+}
+
+// Throws json::exception on a wrong type; the callers catch.
+VmConfig ConfigFromObject(const json& j) {
+  VmConfig c;
+  c.kernel_path = j.value("kernel_path", "");
+  c.initrd_path = j.value("initrd_path", "");
+  c.boot_args = j.value("boot_args", "");
+  c.vcpu_count = j.value("vcpu_count", 1u);
+  c.memory_mib = j.value("memory_mib", 128u);
+  if (j.contains("drives")) {
+    for (const json& d : j.at("drives")) {
+      c.drives.push_back({d.value("drive_id", ""), d.value("path", ""), d.value("is_root_device", false),
+                          d.value("read_only", false)});
+    }
+  }
+  if (j.contains("network")) {
+    const json& n = j.at("network");
+    c.network.enabled = n.value("enabled", false);
+    c.network.guest_mac = n.value("guest_mac", "");
+    if (n.contains("publish")) {
+      for (const json& p : n.at("publish")) {
+        c.network.publish.push_back({p.value("host_port", uint16_t{0}), p.value("guest_port", uint16_t{0}),
+                                     p.value("protocol", "tcp")});
+      }
+    }
+  }
+  return c;
+}
+
+json PortsToArray(const std::vector<PortMapping>& ports) {
+  json a = json::array();
+  for (const PortMapping& p : ports) {
+    a.push_back({{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
+  }
+  return a;
+}
+
+ClonePolicy PolicyFrom(const json& j, const char* key, ClonePolicy fallback) {
+  ClonePolicy p = fallback;
+  if (j.contains(key) && j.at(key).is_string())
+    (void)uffd::ParseClonePolicy(j.at(key).get<std::string>(), &p);
+  return p;
+}
+
+}  // namespace
+
+std::string ConfigToJson(const VmConfig& config) { return ConfigToObject(config).dump(); }
+
+absl::StatusOr<VmConfig> ConfigFromJson(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::DataLossError("vm config is not a JSON object");
+  try {
+    return ConfigFromObject(j);
+  } catch (const json::exception& e) {
+    return absl::DataLossError(absl::StrCat("vm config: ", e.what()));
+  }
+}
+
+std::string RecordToJson(const VmInfo& v) {
+  json j;
+  j["id"] = v.id;
+  j["name"] = v.name;
+  j["labels"] = v.labels;
+  j["state"] = std::string(StateName(v.state));
+  j["config"] = ConfigToObject(v.config);
+  j["snapshot_id"] = v.snapshot_id;
+  j["memory_backend"] = MemoryBackendName(v.memory_backend);
+  j["prefetch_policy"] = uffd::ClonePolicyName(v.prefetch_policy);
+  j["resolved_policy"] = uffd::ClonePolicyName(v.resolved_policy);
+  j["pid"] = v.pid;
+  j["console_log_path"] = v.console_log_path;
+  j["created_at_unix_ns"] = absl::ToUnixNanos(v.created_at);
+  j["from_warm_pool"] = v.timings.from_warm_pool;
+  j["error"] = v.error;
+  j["network"] = {{"netns", v.network.netns},         {"tap", v.network.tap},
+                  {"guest_ip", v.network.guest_ip},   {"host_ip", v.network.host_ip},
+                  {"guest_mac", v.network.guest_mac}, {"publish", PortsToArray(v.network.publish)}};
+  return j.dump(2);
+}
+
+absl::StatusOr<VmInfo> RecordFromJson(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::DataLossError("vm record is not a JSON object");
+  VmInfo v;
+  try {
+    v.id = j.at("id").get<std::string>();
+    v.name = j.value("name", v.id);
+    v.labels = j.value("labels", Labels{});
+    if (!ParseState(j.value("state", "failed"), &v.state)) v.state = VmState::kFailed;
+    if (j.contains("config")) v.config = ConfigFromObject(j.at("config"));
+    v.snapshot_id = j.value("snapshot_id", "");
+    v.memory_backend =
+        j.value("memory_backend", "uffd") == "file" ? MemoryBackend::kFile : MemoryBackend::kUffd;
+    v.prefetch_policy = PolicyFrom(j, "prefetch_policy", ClonePolicy::kAuto);
+    v.resolved_policy = PolicyFrom(j, "resolved_policy", ClonePolicy::kNone);
+    v.pid = j.value("pid", 0);
+    v.console_log_path = j.value("console_log_path", "");
+    v.created_at = absl::FromUnixNanos(j.value("created_at_unix_ns", int64_t{0}));
+    v.timings.from_warm_pool = j.value("from_warm_pool", false);
+    v.error = j.value("error", "");
+    if (j.contains("network")) {
+      const json& n = j.at("network");
+      v.network.netns = n.value("netns", "");
+      v.network.tap = n.value("tap", "");
+      v.network.guest_ip = n.value("guest_ip", "");
+      v.network.host_ip = n.value("host_ip", "");
+      v.network.guest_mac = n.value("guest_mac", "");
+      if (n.contains("publish")) {
+        for (const json& p : n.at("publish")) {
+          v.network.publish.push_back({p.value("host_port", uint16_t{0}), p.value("guest_port", uint16_t{0}),
+                                       p.value("protocol", "tcp")});
+        }
+      }
+    }
+  } catch (const json::exception& e) {
+    return absl::DataLossError(absl::StrCat("vm record: ", e.what()));
+  }
+  return v;
+}
+
+}  // namespace fcvm::vm

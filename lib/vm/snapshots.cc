@@ -1,0 +1,155 @@
+// Snapshots: create (pause, memory + vmstate, drives, resume), describe,
+// delete.
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "lib/base/logging.h"
+#include "lib/base/names.h"
+#include "lib/base/status.h"
+#include "lib/storage/disk.h"
+#include "lib/vm/core.h"
+#include "lib/vm/record.h"
+#include "lib/vm/validate.h"
+#include "spdlog/spdlog.h"
+
+namespace fcvm::vm {
+
+SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
+  SnapshotInfo s;
+  s.id = r.id;
+  s.name = r.name;
+  s.labels = r.labels;
+  s.source_vm_id = r.source_vm_id;
+  s.config = ConfigFromJson(r.config_json).value_or(VmConfig{});
+  s.firecracker_version = r.firecracker_version;
+  s.memory_bytes = r.memory_bytes;
+  s.vmstate_bytes = r.vmstate_bytes;
+  s.vmstate_sha256 = r.vmstate_sha256;
+  s.memory_sha256 = r.memory_sha256;
+  s.created_at = r.created_at;
+  s.create_duration = r.create_duration;
+  s.path = core.store->Dir(r.id);
+  s.clone_count = core.registry.LiveCloneCount(r.id);
+  std::string mem = storage::SnapshotStore::MemoryPath(s.path);
+  for (const uffd::SnapshotStats& st : core.env.pager->GetStats().snapshots) {
+    if (st.mem_file == mem) s.zero_pages = st.zero_pages;
+  }
+  uffd::SnapshotFiles files;
+  files.mem_file_path = mem;
+  files.working_set_path = storage::SnapshotStore::PagerDir(s.path) + "/wset";
+  s.working_set_pages = core.env.pager->WorkingSetPages(r.id, files);
+  return s;
+}
+
+absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
+                                            const CancelToken& cancel) {
+  ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, core.registry.Find(request.vm_ref));
+  std::string id = NewId("snap");
+  std::string name = request.name.empty() ? id : request.name;
+  RETURN_IF_ERROR(ValidateName("snapshot name", name));
+  RETURN_IF_ERROR(ValidateLabels("snapshot labels", request.labels));
+  SnapshotInfo out;
+  {
+    absl::MutexLock op(&e->op);
+    VmInfo info = core.registry.Info(*e);
+    if (e->deleting) return absl::NotFoundError(absl::StrCat("vm '", request.vm_ref, "' not found"));
+    if (info.state != VmState::kRunning && info.state != VmState::kPaused) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("vm ", info.id, " is ", StateName(info.state), "; cannot snapshot"));
+    }
+    if (e->vmm == nullptr)
+      return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
+    // The memory file is written in full; the drives are copied (reflinked
+    // where possible, but a snapshot must not count on it).
+    uint64_t need = (uint64_t{info.config.memory_mib} << 20) + (1 << 20);
+    for (const DriveConfig& d : info.config.drives) {
+      if (!d.read_only) need += core.env.host->AllocatedBytes(e->dir + "/drives/" + d.drive_id).value_or(0);
+    }
+    RETURN_IF_ERROR(
+        core.env.host->CheckFreeSpace(core.store->root(), need, absl::StrCat("a snapshot of vm ", info.id)));
+    RETURN_IF_ERROR(cancel.Check());
+    ASSIGN_OR_RETURN(storage::PendingSnapshot pending, core.store->Begin(id, name));
+    absl::Cleanup abort = [&core, &pending] { core.store->Abort(pending); };
+
+    bool was_running = info.state == VmState::kRunning;
+    absl::Time start = absl::Now();
+    if (was_running) {
+      RETURN_IF_ERROR(Annotate(e->vmm->Pause(), absl::StrCat("pause vm ", info.id, " for snapshot")));
+      (void)core.registry.Transition(*e, VmState::kPaused, "pause", "paused for snapshot");
+    }
+    absl::Cleanup resume = [&] {
+      if (was_running && e->vmm->Resume().ok())
+        (void)core.registry.Transition(*e, VmState::kRunning, "resume");
+    };
+    firecracker::SnapshotCreate create;
+    create.type = firecracker::SnapshotType::kFull;
+    create.snapshot_path = storage::SnapshotStore::VmstatePath(pending.dir);
+    create.mem_file_path = storage::SnapshotStore::MemoryPath(pending.dir);
+    // Snapshots of large VMs take a while: a minute per GiB, at least 60 s.
+    absl::Duration timeout = std::max(absl::Seconds(60), absl::Seconds(60) * (info.config.memory_mib / 1024));
+    RETURN_IF_ERROR(Annotate(e->vmm->CreateSnapshot(create, timeout), absl::StrCat("snapshot vm ", info.id)));
+    storage::SnapshotRecord record;
+    for (const DriveConfig& d : info.config.drives) {
+      if (d.read_only) continue;
+      RETURN_IF_ERROR(Annotate(storage::CopyDisk(e->dir + "/drives/" + d.drive_id,
+                                                 storage::SnapshotStore::DiskPath(pending.dir, d.drive_id),
+                                                 {.durable = true, .mode = 0600, .cancel = cancel})
+                                   .status(),
+                               absl::StrCat("snapshot drive ", d.drive_id)));
+      record.disk_ids.push_back(d.drive_id);
+    }
+    absl::Duration took = absl::Now() - start;
+    record.labels = request.labels;
+    record.source_vm_id = info.id;
+    record.config_json = ConfigToJson(info.config);
+    record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
+    record.create_duration = took;
+    ASSIGN_OR_RETURN(storage::SnapshotRecord done, core.store->Commit(pending, record));
+    std::move(abort).Cancel();
+    if (request.after != AfterSnapshot::kResume) std::move(resume).Cancel();
+    out = DescribeSnapshot(core, done);
+    spdlog::info("snapshot {} ({}) of vm {}: {} MiB in {}", done.id, done.name, info.id,
+                 done.memory_bytes >> 20, absl::FormatDuration(took));
+  }
+  Event ev;
+  ev.kind = EventKind::kSnapshotCreated;
+  ev.snapshot_id = out.id;
+  ev.vm_id = out.source_vm_id;
+  ev.message = absl::StrCat("snapshot ", out.name, " created");
+  core.Publish(std::move(ev));
+  if (request.after == AfterSnapshot::kStop) {
+    RETURN_IF_ERROR(Annotate(DeleteVm(core, e, false, absl::Seconds(5)).status(), "stop after snapshot"));
+  }
+  return out;
+}
+
+absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(Core& core, const std::string& ref, bool force) {
+  ASSIGN_OR_RETURN(storage::SnapshotRecord r, core.store->Get(ref));
+  // Refused while a clone request uses it; from here on no request can start
+  // using it.
+  ASSIGN_OR_RETURN(Registry::SnapshotUse deleting, core.registry.BeginSnapshotDeletion(r.id, r.name));
+  std::vector<std::shared_ptr<VmEntry>> clones = core.registry.ClonesOf(r.id);
+  if (!clones.empty() && !force) {
+    return absl::FailedPreconditionError(absl::StrCat("snapshot ", r.name, " has ", clones.size(),
+                                                      " clone(s); delete them first or use force"));
+  }
+  DeleteSnapshotResult result;
+  result.id = r.id;
+  for (auto& e : clones) {
+    absl::StatusOr<DeleteResult> d = DeleteVm(core, e, /*force=*/true, absl::ZeroDuration());
+    if (d.ok()) result.stopped_vm_ids.push_back(d->id);
+  }
+  core.env.pager->Unpin(r.id);
+  RETURN_IF_ERROR(core.store->Delete(r.id));
+  Event ev;
+  ev.kind = EventKind::kSnapshotDeleted;
+  ev.snapshot_id = r.id;
+  ev.message = absl::StrCat("snapshot ", r.name, " deleted");
+  core.Publish(std::move(ev));
+  return result;
+}
+
+}  // namespace fcvm::vm

@@ -1,0 +1,100 @@
+#pragma once
+
+// Fakes of lib/vm's Env (lib/vm/env.h), so that the manager's logic (clone,
+// rollback, cancellation, names, reconcile, the warm pool) runs in unit tests
+// on any machine: no Firecracker, no KVM, no userfaultfd, no namespaces.
+//
+// Files are real (a temporary state directory): records, snapshot stores and
+// drive copies are written as in production. What is faked is every process,
+// the page server, networks and the host's resources. Each fake can be told
+// to fail a step, or to block it until released (a Gate), so that tests can
+// stop an operation in the middle and look, or cancel it, without sleeps.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lib/base/unique_fd.h"
+#include "lib/vm/env.h"
+
+namespace fcvm::vm::testing {
+
+// Something a fake waits at: closed, every Wait blocks until Open (or the
+// token given to Wait is cancelled). `arrived` counts waiters that got there.
+class Gate {
+ public:
+  void Close();
+  void Open();
+  // Blocks while closed; returns the token's status if it is cancelled first.
+  absl::Status Wait(const CancelToken& cancel = {});
+  // Blocks until `n` waiters in all have arrived (true) or `timeout` passed.
+  bool AwaitArrivals(int n, absl::Duration timeout = absl::Seconds(10));
+  int arrived() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  int arrived_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// What the fakes saw and are told to do. Shared by all fakes of one Env;
+// every field is guarded by `mu`.
+struct FakeWorld {
+  absl::Mutex mu;
+  // Firecracker processes.
+  int launches ABSL_GUARDED_BY(mu) = 0;
+  int pooled_launches ABSL_GUARDED_BY(mu) = 0;
+  std::vector<pid_t> pids ABSL_GUARDED_BY(mu);  // of every launch, in order
+  int kills ABSL_GUARDED_BY(mu) = 0;
+  int released ABSL_GUARDED_BY(mu) = 0;
+  int alive ABSL_GUARDED_BY(mu) = 0;  // launched or adopted, not yet killed/exited/released
+  int loads ABSL_GUARDED_BY(mu) = 0;
+  int boots ABSL_GUARDED_BY(mu) = 0;
+  int resumes ABSL_GUARDED_BY(mu) = 0;
+  std::vector<bool> loads_resumed ABSL_GUARDED_BY(mu);  // resume_vm of each load
+  // Fail the n-th (1-based) launch / load / boot; 0 = never.
+  int fail_launch_at ABSL_GUARDED_BY(mu) = 0;
+  int fail_load_at ABSL_GUARDED_BY(mu) = 0;
+  absl::Status load_error ABSL_GUARDED_BY(mu) = absl::InvalidArgumentError("PUT /snapshot/load: bad");
+  // Pids that Adopt finds alive, with their VM directory; FindRunning's answer.
+  std::map<pid_t, std::string> running ABSL_GUARDED_BY(mu);
+  // Page server.
+  int listeners ABSL_GUARDED_BY(mu) = 0;  // live
+  std::set<std::string> pinned ABSL_GUARDED_BY(mu);
+  std::set<std::string> recording ABSL_GUARDED_BY(mu);     // snapshot mem files with a recorder
+  std::set<std::string> working_sets ABSL_GUARDED_BY(mu);  // mem files that have one
+  uint64_t working_set_pages ABSL_GUARDED_BY(mu) = 0;
+  // Network.
+  bool network_available ABSL_GUARDED_BY(mu) = true;
+  std::set<std::string> networks ABSL_GUARDED_BY(mu);  // vm ids with a network
+  // Host.
+  uint64_t mem_available_mib ABSL_GUARDED_BY(mu) = 1 << 20;
+  bool fail_records ABSL_GUARDED_BY(mu) = false;  // WriteRecord: ENOSPC
+  int disk_copies ABSL_GUARDED_BY(mu) = 0;
+
+  // Where the fakes block (open unless a test closes them).
+  Gate launch_gate;
+  Gate load_gate;
+  Gate copy_gate;
+  Gate boot_gate;
+};
+
+// An Env of fakes sharing `world`.
+Env MakeFakeEnv(const std::shared_ptr<FakeWorld>& world);
+
+// The fake process of VM `vm_dir` (by pid) exits with `code`: its pidfd
+// becomes readable. Returns false for an unknown pid.
+bool ExitFakeProcess(pid_t pid, int code);
+
+}  // namespace fcvm::vm::testing

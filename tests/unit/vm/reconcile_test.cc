@@ -1,0 +1,168 @@
+// Start-up reconcile: the decision table, and what the manager does with a
+// state directory a previous fcvmd left (fakes for the processes).
+
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lib/base/file_util.h"
+#include "lib/vm/manager.h"
+#include "lib/vm/reconcile.h"
+#include "lib/vm/record.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/unit/vm/fake_env.h"
+
+namespace fcvm::vm {
+namespace {
+
+using ::testing::HasSubstr;
+
+VmInfo Record(const std::string& id, VmState state, int pid = 0) {
+  VmInfo v;
+  v.id = id;
+  v.name = id;
+  v.state = state;
+  v.pid = pid;
+  v.created_at = absl::Now();
+  return v;
+}
+
+TEST(DecideReconcile, EveryCase) {
+  struct Case {
+    std::optional<VmInfo> record;
+    bool alive;
+    ReconcileAction want;
+  };
+  VmInfo uffd = Record("vm-c", VmState::kRunning, 9);
+  uffd.snapshot_id = "snap-1";
+  uffd.memory_backend = MemoryBackend::kUffd;
+  VmInfo file = uffd;
+  file.memory_backend = MemoryBackend::kFile;
+  const std::vector<Case> cases = {
+      {std::nullopt, false, ReconcileAction::kDiscard},
+      {std::nullopt, true, ReconcileAction::kDiscard},
+      {Record("vm-other", VmState::kRunning), true, ReconcileAction::kDiscard},  // record of another VM
+      {Record("vm-c", VmState::kCreating, 9), true, ReconcileAction::kDiscard},
+      {Record("vm-c", VmState::kCreating), false, ReconcileAction::kDiscard},
+      {Record("vm-c", VmState::kStopping, 9), true, ReconcileAction::kDiscard},
+      {Record("vm-c", VmState::kStopped), false, ReconcileAction::kKeep},
+      {Record("vm-c", VmState::kFailed), false, ReconcileAction::kKeep},
+      {Record("vm-c", VmState::kRunning, 9), false, ReconcileAction::kMarkStopped},
+      {Record("vm-c", VmState::kPaused, 9), false, ReconcileAction::kMarkStopped},
+      {Record("vm-c", VmState::kRunning, 9), true, ReconcileAction::kAdopt},
+      {Record("vm-c", VmState::kPaused, 9), true, ReconcileAction::kAdopt},
+      {uffd, true, ReconcileAction::kKill},
+      {file, true, ReconcileAction::kAdopt},
+  };
+  for (const Case& c : cases) {
+    ReconcileDecision d = DecideReconcile("vm-c", c.record, c.alive);
+    EXPECT_EQ(d.action, c.want) << (c.record ? StateName(c.record->state) : "no record")
+                                << " alive=" << c.alive << ": got " << ReconcileActionName(d.action);
+    EXPECT_FALSE(d.message.empty());
+  }
+  ReconcileDecision killed = DecideReconcile("vm-c", uffd, true);
+  EXPECT_EQ(killed.state, VmState::kStopped);
+  EXPECT_THAT(killed.error, HasSubstr("page server"));
+  EXPECT_EQ(DecideReconcile("vm-c", Record("vm-c", VmState::kRunning, 9), false).state, VmState::kStopped);
+}
+
+class ReconcileTest : public ::testing::Test {
+ protected:
+  void SetUp() override { world_ = std::make_shared<testing::FakeWorld>(); }
+
+  std::string VmDir(const std::string& id) { return tmp_.Sub("state/vms/") + id; }
+
+  void Leave(const VmInfo& v) {
+    ASSERT_OK(MakeDirs(VmDir(v.id), 0700));
+    ASSERT_OK(WriteFileAtomic(VmDir(v.id) + "/vm.json", RecordToJson(v)));
+  }
+
+  void Start() {
+    ManagerOptions o;
+    o.state_dir = tmp_.Sub("state");
+    o.warm_pool_size = 0;
+    ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(o, testing::MakeFakeEnv(world_)));
+  }
+
+  bool Exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+  }
+
+  ::fcvm::testing::TempDir tmp_{"fcvm-reconcile"};
+  std::shared_ptr<testing::FakeWorld> world_;
+  std::unique_ptr<Manager> manager_;
+};
+
+TEST_F(ReconcileTest, WhatAPreviousFcvmdLeft) {
+  Leave(Record("vm-alive", VmState::kRunning, 4001));
+  Leave(Record("vm-gone", VmState::kRunning, 4002));
+  VmInfo uffd = Record("vm-uffd", VmState::kRunning, 4003);
+  uffd.snapshot_id = "snap-x";
+  Leave(uffd);
+  Leave(Record("vm-half", VmState::kCreating, 4004));
+  Leave(Record("vm-old", VmState::kFailed));
+  ASSERT_OK(MakeDirs(VmDir("vm-norecord"), 0700));
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->running = {{4001, VmDir("vm-alive")},
+                       {4003, VmDir("vm-uffd")},
+                       {4004, VmDir("vm-half")},
+                       {4005, VmDir("vm-norecord")},
+                       {4006, VmDir("vm-deleted")}};  // its directory is gone
+  }
+  Start();
+  ASSERT_OK_AND_ASSIGN(VmInfo alive, manager_->Get("vm-alive"));
+  EXPECT_EQ(alive.state, VmState::kRunning);
+  EXPECT_EQ(alive.pid, 4001);
+  ASSERT_OK_AND_ASSIGN(VmInfo gone, manager_->Get("vm-gone"));
+  EXPECT_EQ(gone.state, VmState::kStopped);
+  EXPECT_THAT(gone.error, HasSubstr("exited while fcvmd was not running"));
+  ASSERT_OK_AND_ASSIGN(VmInfo killed, manager_->Get("vm-uffd"));
+  EXPECT_EQ(killed.state, VmState::kStopped);
+  EXPECT_THAT(manager_->Get("vm-half"), ::fcvm::testing::StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_FALSE(Exists(VmDir("vm-half")));
+  EXPECT_FALSE(Exists(VmDir("vm-norecord")));
+  ASSERT_OK_AND_ASSIGN(VmInfo old, manager_->Get("vm-old"));
+  EXPECT_EQ(old.state, VmState::kFailed);
+  {
+    absl::MutexLock lock(&world_->mu);
+    // vm-uffd, vm-half, vm-norecord and the one without a directory were
+    // killed; vm-alive was adopted.
+    EXPECT_EQ(world_->kills, 4);
+    EXPECT_EQ(world_->alive, 1);
+  }
+
+  // Every decision reaches a subscriber that connects afterwards (before,
+  // reconcile ran before anyone could subscribe and its events were lost).
+  std::vector<Event> seen;
+  uint64_t t = manager_->Subscribe([&](const Event& e) { seen.push_back(e); }, 0);
+  manager_->Unsubscribe(t);
+  int reconcile_events = 0;
+  for (const Event& e : seen) reconcile_events += e.kind == EventKind::kReconcile ? 1 : 0;
+  EXPECT_EQ(reconcile_events, 7);
+}
+
+TEST_F(ReconcileTest, AdoptedVmCanBeDeleted) {
+  Leave(Record("vm-alive", VmState::kRunning, 5001));
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->running = {{5001, VmDir("vm-alive")}};
+  }
+  Start();
+  ASSERT_OK(manager_->Pause("vm-alive").status());
+  ASSERT_OK(manager_->Resume("vm-alive").status());
+  ASSERT_OK(manager_->Delete("vm-alive", false, absl::Seconds(1)).status());
+  EXPECT_FALSE(Exists(VmDir("vm-alive")));
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->alive, 0);
+}
+
+}  // namespace
+}  // namespace fcvm::vm
