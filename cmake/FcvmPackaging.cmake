@@ -17,10 +17,13 @@ set(CPACK_PACKAGE_NAME fcvm)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_CONTACT "fcvm developers")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "host agent that boots, snapshots and clones Firecracker microVMs")
-set(CPACK_PACKAGE_DESCRIPTION
-    "fcvmd serves a gRPC API on a Unix socket to boot Firecracker microVMs, snapshot them and restore\n\
- many clones fast, their memory served by one userfaultfd page server. fcvmctl is its command-line\n\
- client; fcvm-pager runs the page server on its own. Firecracker itself is not included.")
+# CPack indents each line of the long description by one space, as
+# Debian's control format wants.
+string(CONCAT CPACK_PACKAGE_DESCRIPTION
+       "fcvmd serves a gRPC API on a Unix socket to boot Firecracker microVMs, snapshot them and\n"
+       "restore many clones fast, their memory served by one userfaultfd page server. fcvmctl is\n"
+       "its command-line client; fcvm-pager runs the page server on its own. Firecracker itself\n"
+       "is not included.")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)

@@ -77,7 +77,7 @@ std::vector<std::string> Lines(const std::string& text) {
 }
 
 bool PackageInstalled() {
-  CommandResult r = RunCommand({"dpkg-query", "-W", "-f=${Status}", "fcvm"});
+  CommandResult r = RunCommand({Which("dpkg-query"), "-W", "-f=${Status}", "fcvm"});
   return r.code == 0 && absl::StrContains(r.out, "ok installed");
 }
 
@@ -91,7 +91,7 @@ class PackageTest : public ::testing::Test {
       }
     }
     if (access(FCVM_CPACK, X_OK) != 0) GTEST_SKIP() << "cpack not found at " << FCVM_CPACK;
-    CommandResult status = RunCommand({"dpkg-query", "-W", "-f=${Status}", "fcvm"});
+    CommandResult status = RunCommand({Which("dpkg-query"), "-W", "-f=${Status}", "fcvm"});
     if (status.code == 0 && !absl::StrContains(status.out, "not-installed")) {
       GTEST_SKIP() << "an fcvm package is on this machine already (" << status.out << "); not touching it";
     }
@@ -128,30 +128,31 @@ TEST_F(PackageTest, InstallsWorksAndPurgesCleanly) {
   ASSERT_FALSE(deb.empty()) << "no .deb in " << dir_ << "\n" << Describe(cpack);
 
   // Its control data.
-  CommandResult fields = RunCommand({"dpkg-deb", "-f", deb, "Package", "Version", "Depends", "Section"});
+  CommandResult fields =
+      RunCommand({Which("dpkg-deb"), "-f", deb, "Package", "Version", "Depends", "Section"});
   ASSERT_EQ(fields.code, 0) << Describe(fields);
   EXPECT_THAT(fields.out, HasSubstr("Package: fcvm\n"));
   EXPECT_THAT(fields.out, HasSubstr(absl::StrCat("Version: ", FCVM_VERSION, "\n")));
   EXPECT_THAT(fields.out, HasSubstr("Section: admin\n"));
   // Depends by Debian runtime package names, from dpkg-shlibdeps.
-  for (const char* dep : {"libc6", "libstdc++6", "libgrpc++1", "libprotobuf", "libcurl4", "liburing2",
-                          "libsystemd0"}) {
+  for (const char* dep :
+       {"libc6", "libstdc++6", "libgrpc++1", "libprotobuf", "libcurl4", "liburing2", "libsystemd0"}) {
     EXPECT_THAT(fields.out, HasSubstr(dep)) << "Depends lacks " << dep;
   }
-  CommandResult conffiles = RunCommand({"dpkg-deb", "-I", deb, "conffiles"});
+  CommandResult conffiles = RunCommand({Which("dpkg-deb"), "-I", deb, "conffiles"});
   EXPECT_EQ(conffiles.out, "/etc/default/fcvmd\n") << Describe(conffiles);
-  CommandResult contents = RunCommand({"dpkg-deb", "-c", deb});
+  CommandResult contents = RunCommand({Which("dpkg-deb"), "-c", deb});
   ASSERT_EQ(contents.code, 0) << Describe(contents);
   for (const std::string& path : kExpected) EXPECT_THAT(contents.out, HasSubstr(" ." + path)) << path;
 
   // Install; from here on the package is purged whatever happens.
-  absl::Cleanup purge_on_failure = [] { RunCommand({"dpkg", "--purge", "fcvm"}); };
-  CommandResult install = RunCommand({"dpkg", "-i", deb}, absl::Minutes(5));
+  absl::Cleanup purge_on_failure = [] { RunCommand({Which("dpkg"), "--purge", "fcvm"}); };
+  CommandResult install = RunCommand({Which("dpkg"), "-i", deb}, absl::Minutes(5));
   ASSERT_EQ(install.code, 0) << Describe(install);
   ASSERT_TRUE(PackageInstalled());
 
   // Every file dpkg says it installed is there, and what we expect is among them.
-  CommandResult listed = RunCommand({"dpkg", "-L", "fcvm"});
+  CommandResult listed = RunCommand({Which("dpkg"), "-L", "fcvm"});
   ASSERT_EQ(listed.code, 0) << Describe(listed);
   std::vector<std::string> files = Lines(listed.out);
   std::set<std::string> file_set(files.begin(), files.end());
@@ -166,7 +167,8 @@ TEST_F(PackageTest, InstallsWorksAndPurgesCleanly) {
     EXPECT_EQ(st.st_mode & 07777, 0755u) << bin;
   }
   ASSERT_OK_AND_ASSIGN(std::string installed_default, ReadFile("/etc/default/fcvmd"));
-  ASSERT_OK_AND_ASSIGN(std::string source_default, ReadFile(absl::StrCat(FCVM_SOURCE_DIR, "/systemd/fcvmd.default")));
+  ASSERT_OK_AND_ASSIGN(std::string source_default,
+                       ReadFile(absl::StrCat(FCVM_SOURCE_DIR, "/systemd/fcvmd.default")));
   EXPECT_EQ(installed_default, source_default);
 
   // The binaries run with the libraries the package depends on. fcvmctl has
@@ -185,13 +187,14 @@ TEST_F(PackageTest, InstallsWorksAndPurgesCleanly) {
 
   // The installed unit passes systemd's own checks (offline: it also checks
   // that ExecStart's binary exists).
-  CommandResult verify = RunCommand({Which("systemd-analyze"), "verify", "/lib/systemd/system/fcvmd.service"});
+  CommandResult verify =
+      RunCommand({Which("systemd-analyze"), "verify", "/lib/systemd/system/fcvmd.service"});
   EXPECT_EQ(verify.code, 0) << Describe(verify);
   EXPECT_EQ(verify.out + verify.err, "") << Describe(verify);
 
   // Purge: nothing of the package is left, conffile included.
   std::move(purge_on_failure).Cancel();
-  CommandResult purge = RunCommand({"dpkg", "--purge", "fcvm"}, absl::Minutes(5));
+  CommandResult purge = RunCommand({Which("dpkg"), "--purge", "fcvm"}, absl::Minutes(5));
   ASSERT_EQ(purge.code, 0) << Describe(purge);
   EXPECT_FALSE(PackageInstalled());
   for (const std::string& f : files) {
@@ -202,7 +205,7 @@ TEST_F(PackageTest, InstallsWorksAndPurgesCleanly) {
     }
     EXPECT_FALSE(Exists(f)) << f << " left behind by dpkg --purge";
   }
-  CommandResult after = RunCommand({"dpkg-query", "-W", "-f=${Status}", "fcvm"});
+  CommandResult after = RunCommand({Which("dpkg-query"), "-W", "-f=${Status}", "fcvm"});
   EXPECT_TRUE(after.code != 0 || absl::StrContains(after.out, "not-installed")) << Describe(after);
 }
 
