@@ -16,6 +16,11 @@ PACKAGES=(
   libnl-3-dev libnl-route-3-dev libmnl-dev libnftables-dev
   # runtime tools used by tests and the demo
   iproute2 nftables curl procps util-linux
+  # metrics tests: a real Prometheus server and promtool (tests/testing/prometheus.h)
+  prometheus
+  # packaging and its test: dpkg-shlibdeps computes Depends, systemd-analyze
+  # verifies the unit (tests/package)
+  dpkg-dev systemd
 )
 
 missing=()
@@ -37,4 +42,10 @@ echo "setup-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's prometheus package enables and starts its own service (listening
+# on every interface, port 9090). The tests start the binary themselves, so
+# undo that when this script is what installed it.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
 echo "setup-deps: done"

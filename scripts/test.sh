@@ -2,8 +2,9 @@
 # Sets up, builds and runs every fcvm test on a fresh Debian 12 machine (root):
 #   1. installs dependencies from Debian's repositories,
 #   2. checks formatting,
-#   3. release build: unit, integration and e2e tests (e2e skip, saying why,
-#      without a Firecracker binary: see README),
+#   3. release build: unit, integration (with a real Prometheus), e2e and
+#      package tests (e2e skip, saying why, without a Firecracker binary: see
+#      README; the package test installs and purges the .deb on this machine),
 #   4. ASan + UBSan build: unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."

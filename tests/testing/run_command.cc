@@ -5,11 +5,21 @@
 #include <unistd.h>
 
 #include "lib/base/process.h"
+#include "lib/base/unique_fd.h"
 
 namespace fcvm::testing {
 
-CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout) {
+CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout,
+                         const std::string& stdin_path) {
   CommandResult r;
+  UniqueFd in;
+  if (!stdin_path.empty()) {
+    in.Reset(open(stdin_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in) {
+      r.err = "open " + stdin_path + " failed";
+      return r;
+    }
+  }
   int out[2], err[2];
   if (pipe2(out, O_CLOEXEC) < 0) return r;
   if (pipe2(err, O_CLOEXEC) < 0) {
@@ -20,6 +30,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration ti
   SpawnOptions opts;
   opts.argv = argv;
   opts.fds = {{out[1], 1}, {err[1], 2}};
+  if (in) opts.fds.push_back({in.get(), 0});
   absl::StatusOr<Process> p = Process::Spawn(opts);
   close(out[1]);
   close(err[1]);

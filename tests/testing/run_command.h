@@ -15,6 +15,8 @@ struct CommandResult {
   std::string err;  // or why it could not run
 };
 
-CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout = absl::Seconds(120));
+// `stdin_path`: a file to feed on standard input (default /dev/null).
+CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout = absl::Seconds(120),
+                         const std::string& stdin_path = "");
 
 }  // namespace fcvm::testing
