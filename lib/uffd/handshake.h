@@ -49,9 +49,11 @@ struct HandshakeMessage {
   bool filled_buffer = false;      // data.size() reached kHandshakeBufferSize
 };
 
-// Checks: exactly one fd and no MSG_CTRUNC; not larger than the buffer; valid
-// JSON with nothing after it; a non-empty array of objects; each with
-// unsigned-integer base_host_virt_addr, size, offset and page_size (or
+// Checks: exactly one fd and no MSG_CTRUNC; not larger than the buffer; one
+// JSON value and nothing else: only JSON whitespace (space, tab, LF, CR) may
+// come before or after it, as the JSON grammar and Firecracker's reference
+// handler allow (no NUL byte, no byte-order mark); a non-empty array of
+// objects; each with unsigned-integer base_host_virt_addr, size, offset and page_size (or
 // page_size_kib); page size a power of two >= 4096 and equal across regions;
 // base, size and offset multiples of it; size > 0; offset + size within
 // `mem_file_size` (overflow-safe); regions overlapping neither in the file nor

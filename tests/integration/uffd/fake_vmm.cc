@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
   }
   json += "]";
   if (a.bad == "json") json = "this is not json";
+  if (a.bad == "trailing-nul") json += std::string("\0garbage", 8);
   iovec iov{json.data(), json.size()};
   char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
