@@ -130,6 +130,15 @@ absl::StatusOr<Handshake> ParseHandshake(const HandshakeMessage& message, uint64
   return out;
 }
 
+AddressRange WholePagesIn(uint64_t start, uint64_t end, uint64_t page_size) {
+  const uint64_t mask = page_size - 1;
+  AddressRange r;
+  r.begin = start > std::numeric_limits<uint64_t>::max() - mask ? std::numeric_limits<uint64_t>::max()
+                                                                : (start + mask) & ~mask;
+  r.end = end & ~mask;
+  return r;
+}
+
 absl::Status CheckIsUserfaultfd(int fd) {
   std::string link = absl::StrCat("/proc/self/fd/", fd);
   char target[256];

@@ -151,6 +151,26 @@ TEST(HandshakeParserTest, FdRules) {
   EXPECT_THAT(ParseHandshake({"", 1, false, false}, kFile), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+TEST(WholePagesInTest, OnlyPagesWhollyInsideTheRange) {
+  constexpr uint64_t kH = 2 << 20;
+  // Whole huge pages.
+  EXPECT_EQ(WholePagesIn(4 * kH, 7 * kH, kH).begin, 4 * kH);
+  EXPECT_EQ(WholePagesIn(4 * kH, 7 * kH, kH).end, 7 * kH);
+  // 4 KiB at the start of a huge page (a 4 KiB balloon on a hugetlbfs
+  // guest): nothing is gone.
+  EXPECT_TRUE(WholePagesIn(4 * kH, 4 * kH + 4096, kH).empty());
+  // An unaligned start: the page it starts in stays.
+  AddressRange r = WholePagesIn(4 * kH + 4096, 7 * kH + 8192, kH);
+  EXPECT_EQ(r.begin, 5 * kH);
+  EXPECT_EQ(r.end, 7 * kH);
+  EXPECT_TRUE(WholePagesIn(4 * kH + 4096, 5 * kH - 4096, kH).empty());
+  // 4 KiB pages: an aligned range is kept as is.
+  EXPECT_EQ(WholePagesIn(8192, 20480, 4096).begin, 8192u);
+  EXPECT_EQ(WholePagesIn(8192, 20480, 4096).end, 20480u);
+  EXPECT_TRUE(WholePagesIn(5, 5, 4096).empty());
+  EXPECT_TRUE(WholePagesIn(~0ull - 10, ~0ull, 4096).empty()) << "no overflow";
+}
+
 TEST(HandshakeParserTest, CheckIsUserfaultfd) {
   int efd = eventfd(0, EFD_CLOEXEC);
   ASSERT_GE(efd, 0);
