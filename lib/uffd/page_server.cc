@@ -1538,7 +1538,7 @@ ServerStats PageServer::GetStats() {
       absl::MutexLock llock(&ls->mu);
       l.stats = ls->closed;
       for (auto& live : ls->live) {
-        SessionStats s{live.id, live.pid, live.page_size, live.stats->Read()};
+        SessionStats s{live.id, live.pid, live.stats->Read(), live.page_size};
         l.stats.Merge(s.stats);
         l.sessions.push_back(std::move(s));
       }

@@ -136,15 +136,15 @@ struct SessionEvent {
   bool peer_killed = false;                 // we sent SIGKILL to the peer
   ClonePolicy policy = ClonePolicy::kNone;  // resolved policy (kAuto never appears)
   uint32_t regions = 0;                     // guest memory regions in the handshake (0 before it)
-  uint64_t page_size = 0;                   // the guest's page size, bytes (0 before the handshake)
   PageStats stats;                          // the session's final stats on kFailed / kClosed
+  uint64_t page_size = 0;                   // the guest's page size, bytes (0 before the handshake)
 };
 
 struct SessionStats {
   SessionId id = 0;
   pid_t peer_pid = 0;
-  uint64_t page_size = 0;  // the guest's page size, bytes (0 before the handshake)
   PageStats stats;
+  uint64_t page_size = 0;  // the guest's page size, bytes (0 before the handshake)
 };
 
 struct ListenerStats {
