@@ -4,7 +4,7 @@
 // with prefetch-then-resume, with the real Firecracker. Prints a table and
 // one JSON line of medians, and the 2 MiB / 4 KiB ratios.
 //
-//   FCVM_FIRECRACKER_BIN=/opt/firecracker/firecracker fc_restore_bench [runs]
+//   FCVM_FIRECRACKER_BIN=/path/to/firecracker fc_restore_bench [runs]
 //
 // Per page size: one golden VM (128 MiB, the e2e tests' guest arguments:
 // 8 MiB READ + 2 MiB WRITE area, 250 ms ticks) is booted, paused after its
