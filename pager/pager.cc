@@ -230,8 +230,9 @@ int Run(const PagerConfig& config, int stop_fd, std::ostream& out) {
       switch (ev.kind) {
         case uffd::SessionEventKind::kReady:
           ++connections;
-          out << prefix << ": peer pid " << ev.peer_pid << ", " << ev.regions << " region(s), policy "
-              << uffd::ClonePolicyName(ev.policy) << std::endl;
+          out << prefix << ": peer pid " << ev.peer_pid << ", " << ev.regions << " region(s) of "
+              << (ev.page_size >> 10) << " KiB pages, policy " << uffd::ClonePolicyName(ev.policy)
+              << std::endl;
           break;
         case uffd::SessionEventKind::kRejected:
           ++refused;

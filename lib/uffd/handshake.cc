@@ -42,6 +42,16 @@ absl::StatusOr<Handshake> ParseHandshake(const HandshakeMessage& message, uint64
         absl::StrCat("message fills the ", kHandshakeBufferSize / 1024, " KiB receive buffer (too large)"));
   }
   if (message.data.empty()) return Bad("empty message");
+  // The message is one JSON array and nothing else but JSON whitespace around
+  // it (what serde_json::from_str, in Firecracker's reference handler,
+  // accepts). nlohmann's parser would stop at a NUL byte as if the input
+  // ended there and skip a leading UTF-8 byte-order mark: refuse both first.
+  if (message.data.substr(0, 3) == "\xEF\xBB\xBF") return Bad("starts with a UTF-8 byte-order mark");
+  if (size_t nul = message.data.find('\0'); nul != absl::string_view::npos) {
+    const bool after = nlohmann::json::accept(message.data.begin(), message.data.begin() + nul);
+    return Bad(absl::StrCat("NUL byte at offset ", nul, after ? " after the JSON array" : "",
+                            " (only JSON whitespace may surround the array)"));
+  }
   nlohmann::json doc = nlohmann::json::parse(message.data.begin(), message.data.end(), nullptr,
                                              /*allow_exceptions=*/false);
   if (doc.is_discarded()) {
@@ -118,6 +128,15 @@ absl::StatusOr<Handshake> ParseHandshake(const HandshakeMessage& message, uint64
     return a.base_host_virt_addr < b.base_host_virt_addr;
   });
   return out;
+}
+
+AddressRange WholePagesIn(uint64_t start, uint64_t end, uint64_t page_size) {
+  const uint64_t mask = page_size - 1;
+  AddressRange r;
+  r.begin = start > std::numeric_limits<uint64_t>::max() - mask ? std::numeric_limits<uint64_t>::max()
+                                                                : (start + mask) & ~mask;
+  r.end = end & ~mask;
+  return r;
 }
 
 absl::Status CheckIsUserfaultfd(int fd) {

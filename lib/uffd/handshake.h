@@ -49,14 +49,27 @@ struct HandshakeMessage {
   bool filled_buffer = false;      // data.size() reached kHandshakeBufferSize
 };
 
-// Checks: exactly one fd and no MSG_CTRUNC; not larger than the buffer; valid
-// JSON with nothing after it; a non-empty array of objects; each with
-// unsigned-integer base_host_virt_addr, size, offset and page_size (or
-// page_size_kib); page size a power of two >= 4096 and equal across regions;
-// base, size and offset multiples of it; size > 0; offset + size within
-// `mem_file_size` (overflow-safe); regions overlapping neither in the file nor
-// in the peer's address space.
+// Checks: exactly one fd and no MSG_CTRUNC; not larger than the buffer; one
+// JSON value and nothing else: only JSON whitespace (space, tab, LF, CR) may
+// come before or after it, as the JSON grammar and Firecracker's reference
+// handler allow (no NUL byte, no byte-order mark); a non-empty array of
+// objects; each with unsigned-integer base_host_virt_addr, size, offset and
+// page_size (or page_size_kib); page size a power of two >= 4096 and equal
+// across regions; base, size and offset multiples of it; size > 0; offset +
+// size within `mem_file_size` (overflow-safe); regions overlapping neither in
+// the file nor in the peer's address space.
 absl::StatusOr<Handshake> ParseHandshake(const HandshakeMessage& message, uint64_t mem_file_size);
+
+// The part of [start, end) made of whole pages of `page_size` (a power of
+// two): [start rounded up, end rounded down), empty (begin >= end) when no
+// page is wholly inside. A REMOVE event's range can cover part of a huge page
+// (kernels before 6.16 send it before checking the range), but the kernel
+// never drops part of a huge page: only these pages are gone.
+struct AddressRange {
+  uint64_t begin = 0, end = 0;
+  bool empty() const { return begin >= end; }
+};
+AddressRange WholePagesIn(uint64_t start, uint64_t end, uint64_t page_size);
 
 // OK when `fd` is a userfaultfd (its /proc/self/fd link reads
 // "anon_inode:[userfaultfd]"); InvalidArgument naming what it is otherwise.

@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/base/file_util.h"
+#include "lib/base/hugetlb.h"
 #include "lib/base/pidfd.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
@@ -34,14 +35,21 @@
 #include "lib/uffd/handshake.h"
 #include "spdlog/spdlog.h"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older C library headers lack it
+#endif
+
 namespace fcvm::uffd {
 namespace {
 
 constexpr size_t kMsgBatch = 64;                     // uffd_msg per read(2)
-constexpr uint64_t kMaxIoctlBytes = 2 << 20;         // bytes per UFFDIO_COPY / ZEROPAGE
+constexpr uint64_t kMaxIoctlBytes = 2 << 20;         // bytes per UFFDIO_COPY / ZEROPAGE (at least a page)
 constexpr uint64_t kPrefetchSliceBytes = 1 << 20;    // prefetch work between two event checks
 constexpr uint64_t kPrefetchChunkBytes = 512 << 10;  // unit of prefetch work shared between loops
 constexpr uint64_t kNoPage = std::numeric_limits<uint64_t>::max();
+// EEXIST answers to refaults, with nothing installed in between, after which
+// a session gives up (see Session::InstallRun).
+constexpr uint32_t kMaxRefusedRefaults = 64;
 
 uint64_t NowNs() {
   timespec ts;
@@ -77,6 +85,33 @@ IoctlResult InstallIoctl(int uffd, uint64_t dst, const uint8_t* src, uint64_t le
   int err = errno;
   if (done < 0) return {0, static_cast<int>(-done)};
   return {static_cast<uint64_t>(done), err};
+}
+
+// kMaxPageSize bytes of zeros to UFFDIO_COPY from where UFFDIO_ZEROPAGE does
+// not exist (hugetlbfs). A read-only anonymous mapping that is never written:
+// populated by reading, every 4 KiB of it maps the kernel's one shared zero
+// page, so it costs no memory and a 2 MiB copy reads the same cache-hot 4 KiB
+// 512 times (MADV_NOHUGEPAGE keeps the huge zero page out: 2 MiB of source).
+// Measured against a memset 2 MiB buffer and a hugetlb one in
+// docs/page-server.md. Made once per process, never unmapped; null when the
+// mapping failed.
+const uint8_t* ZeroSource() {
+  static const uint8_t* const zero = []() -> const uint8_t* {
+    void* m = ::mmap(nullptr, kMaxPageSize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+      spdlog::error("page server: cannot map the zero source for huge pages: {}", strerror(errno));
+      return nullptr;
+    }
+    (void)::madvise(m, kMaxPageSize, MADV_NOHUGEPAGE);
+    (void)::madvise(m, kMaxPageSize, MADV_POPULATE_READ);  // else mapped by the first copy
+    return static_cast<const uint8_t*>(m);
+  }();
+  return zero;
+}
+
+const char* IoctlName(const uint8_t* src, const uint8_t* zero_src) {
+  if (src == nullptr) return "UFFDIO_ZEROPAGE";
+  return src == zero_src ? "UFFDIO_COPY (zeros)" : "UFFDIO_COPY";
 }
 
 bool TestBit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
@@ -117,6 +152,7 @@ struct ListenerShared {
     SessionId id;
     pid_t pid;
     std::shared_ptr<AtomicPageStats> stats;
+    uint64_t page_size = 0;  // set once the handshake is taken
   };
   std::vector<Live> live ABSL_GUARDED_BY(mu);
   PageStats closed ABSL_GUARDED_BY(mu);
@@ -242,7 +278,9 @@ struct PrefetchShare {
   UniqueFd uffd;  // a duplicate of the session's: it stays valid whatever the session does
   std::shared_ptr<SnapshotMemory> snap;
   std::vector<GuestRegion> regions;
-  uint64_t ps = 0;
+  uint64_t ps = 0;                    // the guest's page size; chunks are in these pages
+  uint64_t ratio = 1;                 // snapshot units per page
+  const uint8_t* zero_src = nullptr;  // zero pages: null = UFFDIO_ZEROPAGE, else copied from here
   bool zero_elision = true;
   LoopCtx* owner = nullptr;
   SessionId session = 0;
@@ -250,7 +288,8 @@ struct PrefetchShare {
 
 struct HelperReport {
   std::vector<PrefetchShare::Chunk> installed, left;  // left: hit EAGAIN, for the session to retry
-  uint64_t copied = 0, zero = 0, eexist = 0, eagain = 0, ioctls = 0;
+  uint64_t copied = 0, zero = 0;                      // guest pages
+  uint64_t eexist = 0, eagain = 0, ioctls = 0;
   bool gone = false;   // the peer's address space is gone (ESRCH)
   absl::Status error;  // a copy failed for good
 };
@@ -333,12 +372,21 @@ class Session {
   void HandleResult(const Result& r, size_t region, uint64_t end, uint64_t force, bool is_fault, uint64_t t0,
                     bool prefetch = false);
   Result InstallRange(size_t region, uint64_t begin, uint64_t end, uint64_t force, bool prefetch);
-  Result InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch);
+  Result InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch, uint64_t force);
+  // Pages here are the guest's (ps_ bytes); the snapshot counts in units of
+  // ratio_ per page.
   Kind KindOf(uint64_t page) const {
     if (TestBit(removed_, page)) return Kind::kZero;
-    if (ls_->spec.zero_elision && ls_->snap->IsZero(page)) return Kind::kZero;
+    if (ls_->spec.zero_elision && ls_->snap->IsZeroRange(page * ratio_, ratio_)) return Kind::kZero;
     return Kind::kData;
   }
+  // Where a run of `kind` pages is copied from (null: UFFDIO_ZEROPAGE).
+  const uint8_t* SourceOf(Kind kind, uint64_t page) const {
+    return kind == Kind::kData ? ls_->snap->data() + page * ps_ : zero_src_;
+  }
+  // Counts installed pages (in snapshot units, see stats.h).
+  void CountInstalled(bool zero, uint64_t pages, bool prefetch);
+  absl::Status RefusedRefaultsError(uint64_t dst) const;
   bool Present(uint64_t page) const { return TestBit(present_, page); }
   // Region holding address `addr`, or -1.
   int RegionOfAddr(uint64_t addr) const;
@@ -373,7 +421,9 @@ class Session {
   io::OpId hs_poll_ = 0, hs_timer_ = 0, uffd_poll_ = 0, sock_poll_ = 0, pid_poll_ = 0;
 
   Handshake hs_;
-  uint64_t ps_ = 0;
+  uint64_t ps_ = 0;                    // the guest's page size (bytes); every page index below is in these
+  uint64_t ratio_ = 1;                 // snapshot units per guest page (512 for 2 MiB pages on x86_64)
+  const uint8_t* zero_src_ = nullptr;  // zero pages: null = UFFDIO_ZEROPAGE, else UFFDIO_COPY from here
   std::vector<uint64_t> present_, removed_, recorded_;
   ClonePolicy mode_ = ClonePolicy::kNone;
   bool claimed_recording_ = false;
@@ -395,6 +445,7 @@ class Session {
   uint64_t block_pages_ = 1;
   uint64_t start_ns_ = 0, ready_ns_ = 0;  // accepted; handshake taken (for the log lines)
   uint64_t ioctls_ = 0;                   // UFFDIO_COPY/ZEROPAGE calls (for the log lines)
+  uint32_t refused_refaults_ = 0;         // EEXIST on refaulting pages since the last page installed
 };
 
 // ---------------------------------------------------------------- Listener
@@ -487,7 +538,9 @@ void HelperInstall(const PrefetchShare& sh, const PrefetchShare::Chunk& c, Helpe
   const GuestRegion& g = sh.regions[c.region];
   const uint64_t end = c.begin + c.count;
   const uint64_t max_pages = std::max<uint64_t>(1, kMaxIoctlBytes / sh.ps);
-  auto is_zero = [&sh](uint64_t page) { return sh.zero_elision && sh.snap->IsZero(page); };
+  auto is_zero = [&sh](uint64_t page) {
+    return sh.zero_elision && sh.snap->IsZeroRange(page * sh.ratio, sh.ratio);
+  };
   uint64_t p = c.begin;
   auto installed = [&] {
     if (p == c.begin) return;
@@ -505,7 +558,8 @@ void HelperInstall(const PrefetchShare& sh, const PrefetchShare::Chunk& c, Helpe
     const uint64_t dst = g.base_host_virt_addr + p * sh.ps - g.offset;
     const uint64_t len = (q - p) * sh.ps;
     ++rep->ioctls;
-    const IoctlResult r = InstallIoctl(sh.uffd.get(), dst, zero ? nullptr : sh.snap->data() + p * sh.ps, len);
+    const uint8_t* src = zero ? sh.zero_src : sh.snap->data() + p * sh.ps;
+    const IoctlResult r = InstallIoctl(sh.uffd.get(), dst, src, len);
     const int err = r.err;
     const uint64_t pages_done = r.bytes / sh.ps;
     (zero ? rep->zero : rep->copied) += pages_done;
@@ -527,7 +581,7 @@ void HelperInstall(const PrefetchShare& sh, const PrefetchShare::Chunk& c, Helpe
         return;
       default:
         rep->error = ErrnoError(err, absl::StrFormat("ioctl %s [0x%x+%d] (prefetch helper)",
-                                                     zero ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY", dst, len));
+                                                     IoctlName(src, sh.zero_src), dst, len));
         installed();
         return;
     }
@@ -600,6 +654,7 @@ SessionEvent Session::MakeEvent(SessionEventKind kind, absl::Status status) cons
   e.status = std::move(status);
   e.policy = mode_;
   e.regions = static_cast<uint32_t>(hs_.regions.size());
+  e.page_size = ps_;
   return e;
 }
 
@@ -682,10 +737,18 @@ absl::Status Session::TakeHandshake() {
   HandshakeMessage hm{absl::string_view(buf.data(), total), fds.size(), ctrunc, total >= buf.size()};
   ASSIGN_OR_RETURN(Handshake hs, ParseHandshake(hm, ls_->snap->size()));
   RETURN_IF_ERROR(CheckIsUserfaultfd(fds[0].get()));
-  if (hs.page_size != ls_->snap->page_size()) {
+  const uint64_t unit = ls_->snap->page_size();
+  if (hs.page_size < unit || hs.page_size > kMaxPageSize) {
     return absl::InvalidArgumentError(absl::StrCat("bad handshake: page size ", hs.page_size,
-                                                   " is not served (host page size ", ls_->snap->page_size(),
-                                                   "; hugetlbfs-backed guests are not supported)"));
+                                                   " is not served (from the host's ", unit, " to ",
+                                                   kMaxPageSize, " bytes)"));
+  }
+  const uint8_t* zero_src = nullptr;
+  if (hs.page_size > unit) {
+    zero_src = ZeroSource();
+    if (zero_src == nullptr) {
+      return absl::InternalError("page size > base page: no zero source to copy zero pages from");
+    }
   }
   UniqueFd uffd = std::move(fds[0]);
   int fl = fcntl(uffd.get(), F_GETFL);
@@ -696,6 +759,8 @@ absl::Status Session::TakeHandshake() {
   uffd_ = std::move(uffd);
   hs_ = std::move(hs);
   ps_ = hs_.page_size;
+  ratio_ = ps_ / unit;
+  zero_src_ = zero_src;
   return absl::OkStatus();
 }
 
@@ -703,7 +768,8 @@ void Session::BecomeReady() {
   ready_ns_ = NowNs();
   if (hs_timer_ != 0) loop_->ev->Cancel(hs_timer_);
   hs_timer_ = 0;
-  const uint64_t pages = ls_->snap->num_pages();
+  // Guest pages over the file (the regions cover whole pages of it).
+  const uint64_t pages = (ls_->snap->size() + ps_ - 1) / ps_;
   present_.assign((pages + 63) / 64, 0);
   removed_.assign((pages + 63) / 64, 0);
   uint64_t fab = ls_->spec.fault_around_bytes;
@@ -754,6 +820,9 @@ void Session::BecomeReady() {
   if (mode_ == ClonePolicy::kPrefetch) BuildPrefetchPlan();
   {
     absl::MutexLock lock(&ls_->mu);
+    for (ListenerShared::Live& l : ls_->live) {
+      if (l.id == id_) l.page_size = ps_;
+    }
     if (prefetching_) {
       ++ls_->prefetch_pending;
     } else {
@@ -761,8 +830,8 @@ void Session::BecomeReady() {
     }
     ls_->cv.SignalAll();
   }
-  spdlog::info("page server: session {} ({}) ready: peer pid {}, {} region(s), policy {}{}", id_,
-               ls_->spec.tag, pid_, hs_.regions.size(), ClonePolicyName(mode_),
+  spdlog::info("page server: session {} ({}) ready: peer pid {}, {} region(s) of {} KiB pages, policy {}{}",
+               id_, ls_->spec.tag, pid_, hs_.regions.size(), ps_ >> 10, ClonePolicyName(mode_),
                prefetching_ ? absl::StrCat(", prefetching ", share_->chunks.size(), " chunks with ",
                                            helpers_out_ + 1, " thread(s)")
                             : "");
@@ -771,13 +840,23 @@ void Session::BecomeReady() {
 }
 
 void Session::BuildPrefetchPlan() {
-  // The snapshot's plan (computed once for all its clones), clipped to this
-  // clone's regions and cut into chunks.
+  // The snapshot's plan (computed once for all its clones, in snapshot
+  // units), widened to whole guest pages, clipped to this clone's regions
+  // and cut into chunks.
   auto plan = ls_->snap->prefetch_plan();
   if (!plan) return;
+  std::vector<SnapshotMemory::Run> runs;  // guest pages
+  for (const SnapshotMemory::Run& u : *plan) {
+    const uint64_t lo = u.begin / ratio_, hi = (u.begin + u.count + ratio_ - 1) / ratio_;
+    if (!runs.empty() && runs.back().begin + runs.back().count >= lo) {
+      runs.back().count = std::max(runs.back().count, hi - runs.back().begin);
+    } else {
+      runs.push_back({lo, hi - lo});
+    }
+  }
   auto share = std::make_shared<PrefetchShare>();
   const uint64_t chunk_pages = std::max<uint64_t>(1, kPrefetchChunkBytes / ps_);
-  for (const SnapshotMemory::Run& run : *plan) {
+  for (const SnapshotMemory::Run& run : runs) {
     for (size_t r = 0; r < hs_.regions.size(); ++r) {
       uint64_t lo = std::max(run.begin, RegionFirst(r));
       uint64_t hi = std::min(run.begin + run.count, RegionEnd(r));
@@ -802,6 +881,8 @@ void Session::BuildPrefetchPlan() {
   share_->snap = ls_->snap;
   share_->regions = hs_.regions;
   share_->ps = ps_;
+  share_->ratio = ratio_;
+  share_->zero_src = zero_src_;
   share_->zero_elision = ls_->spec.zero_elision;
   share_->owner = loop_;
   share_->session = id_;
@@ -889,10 +970,8 @@ void Session::OnHelperDone(HelperReport report) {
   for (const PrefetchShare::Chunk& c : report.installed) {
     for (uint64_t p = c.begin; p < c.begin + c.count; ++p) SetBit(present_, p);
   }
-  AtomicPageStats::Bump(stats_->pages_copied, report.copied);
-  AtomicPageStats::Bump(stats_->bytes_copied, report.copied * ps_);
-  AtomicPageStats::Bump(stats_->zero_pages, report.zero);
-  AtomicPageStats::Bump(stats_->prefetched_pages, report.copied + report.zero);
+  CountInstalled(false, report.copied, true);
+  CountInstalled(true, report.zero, true);
   AtomicPageStats::Bump(stats_->eexist, report.eexist);
   AtomicPageStats::Bump(stats_->eagain, report.eagain);
   ioctls_ += report.ioctls;
@@ -933,11 +1012,16 @@ void Session::PrefetchDone() {
 
 void Session::FinishRecording() {
   if (recording_ && !record_.empty()) {
-    ls_->snap->SetWorkingSet(record_, block_pages_);
+    // Kept in snapshot units: a guest page stands for ratio_ of them.
+    std::vector<uint64_t> units;
+    units.reserve(record_.size());
+    for (uint64_t p : record_) units.push_back(p * ratio_);
+    const uint64_t block = block_pages_ * ratio_;
     loop_->server->QueueWrite(ls_->snap->files().working_set_path,
-                              EncodeWorkingSet(ls_->snap->identity(), record_, block_pages_));
-    spdlog::info("page server: session {} ({}) recorded a working set of {} pages", id_, ls_->spec.tag,
-                 record_.size());
+                              EncodeWorkingSet(ls_->snap->identity(), units, block));
+    ls_->snap->SetWorkingSet(std::move(units), block);
+    spdlog::info("page server: session {} ({}) recorded a working set of {} pages of {} KiB", id_,
+                 ls_->spec.tag, record_.size(), ps_ >> 10);
   }
   recording_ = false;
   record_.clear();
@@ -1017,12 +1101,13 @@ absl::Status Session::Drain(uint64_t t0) {
         uint64_t start = m.arg.remove.start, end = m.arg.remove.end;
         for (size_t r = 0; r < hs_.regions.size(); ++r) {
           const GuestRegion& g = hs_.regions[r];
-          uint64_t lo = std::max(start, g.base_host_virt_addr);
-          uint64_t hi = std::min(end, g.base_host_virt_addr + g.size);
-          if (lo >= hi) continue;
-          uint64_t first = PageOf(r, lo & ~(ps_ - 1));
-          uint64_t last = PageOf(r, ((hi + ps_ - 1) & ~(ps_ - 1)) - ps_);
-          for (uint64_t p = first; p <= last; ++p) {
+          // Only pages wholly inside the range are gone (WholePagesIn):
+          // marking a partly covered huge page would serve zeros over live
+          // data on its next fault.
+          AddressRange gone = WholePagesIn(std::max(start, g.base_host_virt_addr),
+                                           std::min(end, g.base_host_virt_addr + g.size), ps_);
+          if (gone.empty()) continue;
+          for (uint64_t p = PageOf(r, gone.begin), last = PageOf(r, gone.end); p < last; ++p) {
             ClearBit(present_, p);
             SetBit(removed_, p);
           }
@@ -1109,38 +1194,65 @@ Session::Result Session::InstallRange(size_t region, uint64_t begin, uint64_t en
     Kind kind = KindOf(p);
     uint64_t q = p + 1;
     while (q < end && q - p < max_pages && (!Present(q) || q == force) && KindOf(q) == kind) ++q;
-    Result r = InstallRun(region, p, q - p, kind, prefetch);
+    Result r = InstallRun(region, p, q - p, kind, prefetch, force);
     if (r.outcome != Outcome::kDone) return r;
     p = q;
   }
   return {};
 }
 
-Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch) {
+absl::Status Session::RefusedRefaultsError(uint64_t dst) const {
+  std::string pool;
+  if (ps_ > ls_->snap->page_size()) {
+    absl::StatusOr<HugePagePool> p = ReadHugePagePool();
+    pool = p.ok() ? absl::StrFormat("; host hugetlb pool of %d KiB pages: %d free, %d reserved, %d total",
+                                    p->page_size >> 10, p->free, p->reserved, p->total)
+                  : absl::StrCat("; ", p.status().message());
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "ioctl UFFDIO_COPY [0x%x+%d]: EEXIST %d times in a row for pages the guest keeps faulting on: they "
+      "are not there (an exhausted hugetlb pool, or cgroup hugetlb limit, reads like this)%s",
+      dst, ps_, refused_refaults_, pool));
+}
+
+void Session::CountInstalled(bool zero, uint64_t pages, bool prefetch) {
+  if (pages == 0) return;
+  if (zero) {
+    AtomicPageStats::Bump(stats_->zero_pages, pages * ratio_);
+  } else {
+    AtomicPageStats::Bump(stats_->pages_copied, pages * ratio_);
+    AtomicPageStats::Bump(stats_->bytes_copied, pages * ps_);
+  }
+  if (prefetch) AtomicPageStats::Bump(stats_->prefetched_pages, pages * ratio_);
+}
+
+Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count, Kind kind, bool prefetch,
+                                    uint64_t force) {
   while (count > 0) {
     const uint64_t dst = AddrOf(region, page);
     const uint64_t len = count * ps_;
+    const uint8_t* src = SourceOf(kind, page);
     ++ioctls_;
-    const IoctlResult r =
-        InstallIoctl(uffd_.get(), dst, kind == Kind::kData ? ls_->snap->data() + page * ps_ : nullptr, len);
+    const IoctlResult r = InstallIoctl(uffd_.get(), dst, src, len);
     const int err = r.err;
     uint64_t pages_done = r.bytes / ps_;
     for (uint64_t i = 0; i < pages_done; ++i) SetBit(present_, page + i);
-    if (pages_done > 0) {
-      if (kind == Kind::kData) {
-        AtomicPageStats::Bump(stats_->pages_copied, pages_done);
-        AtomicPageStats::Bump(stats_->bytes_copied, pages_done * ps_);
-      } else {
-        AtomicPageStats::Bump(stats_->zero_pages, pages_done);
-      }
-      if (prefetch) AtomicPageStats::Bump(stats_->prefetched_pages, pages_done);
-    }
+    CountInstalled(kind == Kind::kZero, pages_done, prefetch);
+    if (pages_done > 0) refused_refaults_ = 0;
     page += pages_done;
     count -= pages_done;
     if (err == 0 || pages_done > 0) continue;  // done, or partial: go on from there
     switch (err) {
       case EEXIST: {
         AtomicPageStats::Bump(stats_->eexist);
+        // EEXIST for a page the guest faults on although we saw it there
+        // before: it is not there. Linux 6.x answers a hugetlb copy that
+        // finds the pool empty with EEXIST rather than ENOMEM (measured on
+        // 6.18), and waking the vCPU then only makes it fault again, for
+        // ever. Give up after a run of these with nothing installed between.
+        if (page == force && ++refused_refaults_ >= kMaxRefusedRefaults) {
+          return {Outcome::kError, page, RefusedRefaultsError(dst)};
+        }
         SetBit(present_, page);
         uffdio_range wake{AddrOf(region, page), ps_};
         ::ioctl(uffd_.get(), UFFDIO_WAKE, &wake);
@@ -1155,9 +1267,7 @@ Session::Result Session::InstallRun(size_t region, uint64_t page, uint64_t count
         return {Outcome::kGone, page, {}};
       default:
         return {Outcome::kError, page,
-                ErrnoError(
-                    err, absl::StrFormat("ioctl %s [0x%x+%d]",
-                                         kind == Kind::kData ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE", dst, len))};
+                ErrnoError(err, absl::StrFormat("ioctl %s [0x%x+%d]", IoctlName(src, zero_src_), dst, len))};
     }
   }
   return {};
@@ -1223,6 +1333,7 @@ PageServer::PageServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 absl::StatusOr<std::unique_ptr<PageServer>> PageServer::Create(const PageServerOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  (void)ZeroSource();  // made here, not on a loop thread at the first huge-page session
   int n = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
   for (int i = 0; i < n; ++i) {
@@ -1432,7 +1543,7 @@ ServerStats PageServer::GetStats() {
       absl::MutexLock llock(&ls->mu);
       l.stats = ls->closed;
       for (auto& live : ls->live) {
-        SessionStats s{live.id, live.pid, live.stats->Read()};
+        SessionStats s{live.id, live.pid, live.stats->Read(), live.page_size};
         l.stats.Merge(s.stats);
         l.sessions.push_back(std::move(s));
       }

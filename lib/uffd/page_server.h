@@ -27,6 +27,18 @@
 // is pending: drained, then retried; partial copies continue where they
 // stopped.
 //
+// Page size: each session works in the page size its peer's handshake names
+// (4 KiB, or 2 MiB for a guest with "huge_pages": "2M", whose memory is
+// hugetlbfs): every fault, zero decision, REMOVE, recorded page and prefetch
+// is in whole pages of that size, and a fault resolves the whole page (fault-
+// around is moot beyond it). Nothing has to be told in advance: the snapshot's
+// view (snapshot.h) keeps its maps in base pages and serves any page size up
+// to kMaxPageSize. UFFDIO_ZEROPAGE does not exist for hugetlbfs, so a zero
+// huge page is a UFFDIO_COPY from a shared, never-written zero mapping (one
+// 4 KiB physical zero page, mapped 512 times; see docs/page-server.md).
+// When the host's huge page pool runs dry the copy fails with ENOMEM and the
+// session fails like any other (its Firecracker is killed under kKill).
+//
 // Failure isolation: a session whose handshake is bad, whose mapping turns
 // out inconsistent (fault outside every region) or whose ioctl fails for good
 // is closed with a reason (SessionEvent) and, with FailurePolicy::kKill, its
@@ -68,6 +80,10 @@ enum class FailurePolicy {
 
 // Default fault-around block (see docs/page-server.md for the measurement).
 inline constexpr uint64_t kDefaultFaultAroundBytes = 32 * 1024;
+
+// The largest guest page size served (2 MiB: Firecracker's "huge_pages": "2M").
+// A handshake naming a larger one is refused.
+inline constexpr uint64_t kMaxPageSize = 2 << 20;
 
 struct ListenerSpec {
   std::string socket_path;
@@ -113,12 +129,14 @@ struct SessionEvent {
   ClonePolicy policy = ClonePolicy::kNone;  // resolved policy (kAuto never appears)
   uint32_t regions = 0;                     // guest memory regions in the handshake (0 before it)
   PageStats stats;                          // the session's final stats on kFailed / kClosed
+  uint64_t page_size = 0;                   // the guest's page size, bytes (0 before the handshake)
 };
 
 struct SessionStats {
   SessionId id = 0;
   pid_t peer_pid = 0;
   PageStats stats;
+  uint64_t page_size = 0;  // the guest's page size, bytes (0 before the handshake)
 };
 
 struct ListenerStats {

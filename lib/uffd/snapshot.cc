@@ -192,6 +192,21 @@ absl::Status SnapshotMemory::LoadOrComputeZeroMap() {
   return absl::OkStatus();
 }
 
+bool SnapshotMemory::IsZeroRange(uint64_t first, uint64_t count) const {
+  uint64_t p = first;
+  const uint64_t end = first + count;
+  while (p < end && (p & 63) != 0) {
+    if (!IsZero(p++)) return false;
+  }
+  for (; p + 64 <= end; p += 64) {
+    if (zero_bits_[p >> 6] != ~0ull) return false;
+  }
+  for (; p < end; ++p) {
+    if (!IsZero(p)) return false;
+  }
+  return true;
+}
+
 std::shared_ptr<const std::vector<uint64_t>> SnapshotMemory::working_set() const {
   absl::MutexLock lock(&mu_);
   return working_set_;

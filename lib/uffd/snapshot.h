@@ -9,14 +9,23 @@
 // the last reference. SnapshotRegistry hands out those references, keyed by
 // the file's (device, inode).
 //
+// Unit: everything kept here (zero map, working set, prefetch plan) is in
+// pages of the host's base page size (4 KiB on x86_64), whatever the page
+// size of the guests served from the file: a session serving a guest backed
+// by 2 MiB hugetlbfs pages reads a 2 MiB page as 512 consecutive units (it is
+// zero when all 512 are). A snapshot's memory is always restored with the
+// page size it was made with, but nothing here depends on that: one view of
+// a file serves any page size, and the unit is written into every side file.
+//
 // Zero map: one bit per page, set when the page is all zero. Computed once and
 // kept beside the snapshot (default "<mem file>.zeromap"); a file whose
 // header does not match the memory file (size, inode, mtime, page size) is
 // stale and recomputed. Failing to write it is not an error (logged).
 //
 // Working set: the file pages a recording clone faulted on, in first-touch
-// order, and the fault-around block it ran with (default "<mem file>.wset"),
-// loaded when present and valid.
+// order, and the block each fault stands for: the recorder's fault-around
+// block, or its page (512 units for a 2 MiB page) when that is larger
+// (default "<mem file>.wset"), loaded when present and valid.
 //
 // Thread-safety: data(), IsZero() and the sizes are immutable after Open and
 // safe from any thread; the working-set accessors lock a mutex (control
@@ -83,9 +92,13 @@ class SnapshotMemory {
   const FileIdentity& identity() const { return id_; }
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return id_.size; }
+  // The unit (host base page size) of the zero map, working set and plan.
   uint64_t page_size() const { return id_.page_size; }
   uint64_t num_pages() const { return id_.size / id_.page_size; }
   bool IsZero(uint64_t page) const { return (zero_bits_[page >> 6] >> (page & 63)) & 1; }
+  // True when the `count` units from `first` are all zero (a 2 MiB page: 512
+  // units, 8 words of the map). The range must lie inside the file.
+  bool IsZeroRange(uint64_t first, uint64_t count) const;
   uint64_t zero_pages() const { return zero_count_; }
   // True when the zero map was read from its file rather than computed.
   bool zero_map_loaded() const { return zero_map_loaded_; }
@@ -93,7 +106,7 @@ class SnapshotMemory {
   // The recorded working set (file page indices, first-touch order); empty
   // when none was recorded.
   std::shared_ptr<const std::vector<uint64_t>> working_set() const;
-  // The recording clone's fault-around block, in pages (1 = none).
+  // What each recorded fault stands for, in units (1 = that page alone).
   uint64_t working_set_block_pages() const;
   // Claims the one recording slot of this snapshot (policy auto). False when
   // another session already records.

@@ -31,10 +31,12 @@ class LatencyHistogram {
   std::array<uint64_t, kBuckets> buckets_{};
 };
 
+// Pages are counted in host base pages (4 KiB) whatever the guest's page
+// size, so that counts from different guests add up: a 2 MiB page counts 512.
 struct PageStats {
-  uint64_t faults = 0;            // page-fault events served
-  uint64_t pages_copied = 0;      // pages installed with UFFDIO_COPY (faults + fault-around)
-  uint64_t zero_pages = 0;        // pages installed with UFFDIO_ZEROPAGE
+  uint64_t faults = 0;            // page-fault events served (one per guest page, whatever its size)
+  uint64_t pages_copied = 0;      // data pages installed with UFFDIO_COPY (faults + fault-around)
+  uint64_t zero_pages = 0;        // zero pages installed (UFFDIO_ZEROPAGE; huge pages: copies of zeros)
   uint64_t prefetched_pages = 0;  // pages installed by prefetch (copied or zero)
   uint64_t bytes_copied = 0;
   uint64_t eagain = 0;  // ioctls that returned EAGAIN (retried)

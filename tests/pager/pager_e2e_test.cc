@@ -83,7 +83,7 @@ TEST(PagerE2e, ServesThreeFirecrackerClones) {
   EXPECT_TRUE(exit.success()) << exit.ToString();
   std::string text = ReadFile(out_path).value_or("");
   EXPECT_THAT(text, HasSubstr("3 connection(s) served"));
-  EXPECT_THAT(text, HasSubstr("1 region(s), policy "));
+  EXPECT_THAT(text, HasSubstr("1 region(s) of 4 KiB pages, policy "));
   EXPECT_NE(access(sock.c_str(), F_OK), 0);
   std::vector<std::string> left = e2e::Leftovers(tmp.path());
   EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");

@@ -161,6 +161,26 @@ TEST_F(PagerCommandTest, ServesManyClientsAndRefusesBadOnesThenStopsCleanly) {
   EXPECT_NE(access(sock.c_str(), F_OK), 0) << "socket left behind";
 }
 
+// Issue 14 item 5: a handshake with bytes after the JSON array (here a NUL
+// and more) is refused, as Firecracker's reference handler refuses it.
+TEST_F(PagerCommandTest, RefusesBytesAfterTheJsonArray) {
+  std::string mem = MakeMemFile(dir_ + "/mem", 512, 5);
+  std::string sock = dir_ + "/nul.sock";
+  StartPager({sock, mem});
+  WaitForSocket(sock);
+  Process bad = Client(sock, mem, {"--bad=trailing-nul"});
+  ASSERT_OK_AND_ASSIGN(ExitStatus bst, bad.Wait(absl::Seconds(30)));
+  EXPECT_TRUE(bst.signaled) << bst.ToString() << "\n" << Output();
+  Process good = Client(sock, mem);
+  ASSERT_OK_AND_ASSIGN(ExitStatus gst, good.Wait(absl::Seconds(60)));
+  EXPECT_TRUE(gst.success()) << gst.ToString();
+  ASSERT_OK(pager_.Signal(SIGTERM));
+  ASSERT_OK_AND_ASSIGN(ExitStatus st, pager_.Wait(absl::Seconds(30)));
+  EXPECT_TRUE(st.success()) << st.ToString();
+  EXPECT_THAT(Output(), HasSubstr("NUL byte at offset"));
+  EXPECT_THAT(Output(), HasSubstr("1 connection(s) served, 1 refused"));
+}
+
 TEST_F(PagerCommandTest, OnceExitsWhenItsConnectionEnds) {
   std::string mem = MakeMemFile(dir_ + "/mem", 512, 2);
   std::string sock = dir_ + "/once.sock";

@@ -8,6 +8,11 @@
 // pages from several threads in random order and checks every byte against
 // the memory file.
 //
+// --page-size=2097152 maps the guest memory as Firecracker does for
+// "huge_pages": "2M": MAP_HUGETLB | MAP_NORESERVE (pages come from the
+// hugetlb pool when the page server installs them). Page numbers in every
+// option are in pages of that size.
+//
 // Exit codes: 0 all good, 1 usage, 2 setup failed, 3 wrong content,
 // 4 a removed range did not read back as zeros, 7 deliberate mid-flight exit.
 
@@ -48,7 +53,12 @@ struct Args {
   uint64_t exit_after = 0;
   bool hold = false;
   uint64_t touch_delay_us = 0;
-  bool lie = false;  // announce only the first half of the memory
+  bool lie = false;        // announce only the first half of the memory
+  uint64_t page_size = 0;  // 0 = the base page size
+  // Pages whose first two 4 KiB pieces are madvise(DONTNEED)ed, one at a
+  // time, before anything is touched: no kernel drops part of a huge page,
+  // so they must still read as the memory file afterwards.
+  std::vector<uint64_t> remove_sub;
 };
 
 bool Flag(const char* arg, const char* name, std::string* out) {
@@ -106,7 +116,16 @@ int main(int argc, char** argv) {
       a.bad = v;
     else if (Flag(argv[i], "--touch-delay-us", &v))
       a.touch_delay_us = std::stoull(v);
-    else if (strcmp(argv[i], "--hold") == 0)
+    else if (Flag(argv[i], "--page-size", &v))
+      a.page_size = std::stoull(v);
+    else if (Flag(argv[i], "--remove-sub", &v)) {
+      for (size_t pos = 0; pos < v.size();) {
+        size_t comma = v.find(',', pos);
+        if (comma == std::string::npos) comma = v.size();
+        a.remove_sub.push_back(std::stoull(v.substr(pos, comma - pos)));
+        pos = comma + 1;
+      }
+    } else if (strcmp(argv[i], "--hold") == 0)
       a.hold = true;
     else if (strcmp(argv[i], "--lie") == 0)
       a.lie = true;
@@ -119,7 +138,9 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: fake_vmm --socket=P --memfile=F [--size=B] [--regions=1|2] [--threads=N] ...\n");
     return 1;
   }
-  const uint64_t ps = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t base_ps = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t ps = a.page_size ? a.page_size : base_ps;
+  const bool huge = ps > base_ps;
   int mfd = open(a.memfile.c_str(), O_RDONLY | O_CLOEXEC);
   if (mfd < 0) Die(2, "open memfile");
   struct stat st;
@@ -133,7 +154,9 @@ int main(int argc, char** argv) {
   uint64_t first_size = a.regions == 2 ? (a.size / 2) / ps * ps : a.size;
   for (int r = 0; r < a.regions; ++r) {
     uint64_t sz = r == 0 ? first_size : a.size - first_size;
-    void* m = mmap(nullptr, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    const int huge_flags = huge ? MAP_HUGETLB | (__builtin_ctzll(ps) << MAP_HUGE_SHIFT) : 0;
+    void* m = mmap(nullptr, sz, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | huge_flags, -1, 0);
     if (m == MAP_FAILED) Die(2, "mmap guest memory");
     regions.push_back({static_cast<uint8_t*>(m), sz, r == 0 ? 0 : first_size});
   }
@@ -169,6 +192,7 @@ int main(int argc, char** argv) {
   }
   json += "]";
   if (a.bad == "json") json = "this is not json";
+  if (a.bad == "trailing-nul") json += std::string("\0garbage", 8);
   iovec iov{json.data(), json.size()};
   char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
@@ -205,6 +229,15 @@ int main(int argc, char** argv) {
     }
     return nullptr;
   };
+  for (uint64_t p : a.remove_sub) {
+    if (p >= total_pages) continue;
+    for (uint64_t piece : {base_ps, uint64_t{0}}) {  // an unaligned start, then an aligned one
+      int rc = madvise(guest_ptr(p) + piece, base_ps, MADV_DONTNEED);
+      fprintf(stderr, "fake_vmm[%d]: madvise(DONTNEED) of page %lu +%lu, %lu bytes: %s\n", getpid(),
+              static_cast<unsigned long>(p), static_cast<unsigned long>(piece),
+              static_cast<unsigned long>(base_ps), rc == 0 ? "ok" : strerror(errno));
+    }
+  }
   uint64_t touch_limit = a.touch_pages ? std::min(a.touch_pages, total_pages) : total_pages;
   // With a storm, the last eighth is being removed concurrently: not checked.
   uint64_t storm_first = total_pages - total_pages / 8;
@@ -263,9 +296,9 @@ int main(int argc, char** argv) {
     for (uint64_t p = first; p < first + a.remove_count && p < total_pages; ++p) {
       if (madvise(guest_ptr(p), ps, MADV_DONTNEED) < 0) Die(2, "madvise");
     }
-    static const uint8_t zero[65536] = {};
+    const std::vector<uint8_t> zero(ps, 0);
     for (uint64_t p = first; p < first + a.remove_count && p < total_pages; ++p) {
-      if (memcmp(guest_ptr(p), zero, ps) != 0) {
+      if (memcmp(guest_ptr(p), zero.data(), ps) != 0) {
         fprintf(stderr, "fake_vmm[%d]: removed page %lu is not zero\n", getpid(),
                 static_cast<unsigned long>(p));
         return 4;

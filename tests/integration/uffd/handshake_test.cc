@@ -80,6 +80,7 @@ std::vector<BadCase> Cases() {
       {"NeverSends", "", Fds::kNone, "nothing received within", absl::StatusCode::kDeadlineExceeded, false,
        false, true},
       {"GarbageAfterJson", good + "xyz", Fds::kUffd, "not valid JSON"},
+      {"NulAfterJson", good + std::string("\0xyz", 4), Fds::kUffd, "NUL byte at offset"},
   };
 }
 

@@ -54,12 +54,26 @@ class KernelFeatures : public ::testing::Environment {
 
 }  // namespace
 
-bool ZeroPage(uint64_t page, uint32_t seed) {
-  uint64_t h = (page + seed) * 0x9E3779B97F4A7C15ull;
+namespace {
+bool HashBit(uint64_t x, uint32_t seed) {
+  uint64_t h = (x + seed) * 0x9E3779B97F4A7C15ull;
   return ((h >> 29) & 1) == 0;
 }
+// splitmix64: well mixed even for small consecutive inputs (group numbers).
+bool MixBit(uint64_t x, uint32_t seed) {
+  uint64_t z = x + seed + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return ((z ^ (z >> 31)) & 1) == 0;
+}
+}  // namespace
 
-void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed) {
+bool ZeroPage(uint64_t page, uint32_t seed, uint64_t group) {
+  if (group <= 1) return HashBit(page, seed);
+  return MixBit(page / group, seed) || (page % 3 == 0 && HashBit(page, seed ^ 0x5555));
+}
+
+void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed, uint64_t group) {
   const uint64_t ps = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0) << strerror(errno);
@@ -69,7 +83,7 @@ void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed) {
     for (uint64_t po = 0; po < n; po += ps) {
       uint64_t page = (off + po) / ps;
       uint8_t* p = buf.data() + po;
-      if (ZeroPage(page, seed)) {
+      if (ZeroPage(page, seed, group)) {
         memset(p, 0, ps);
       } else {
         uint64_t x = page * 2654435761ull + seed;
@@ -85,9 +99,9 @@ void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed) {
   close(fd);
 }
 
-uint64_t CountZeroPages(uint64_t pages, uint32_t seed, uint64_t first) {
+uint64_t CountZeroPages(uint64_t pages, uint32_t seed, uint64_t first, uint64_t group) {
   uint64_t n = 0;
-  for (uint64_t p = first; p < first + pages; ++p) n += ZeroPage(p, seed) ? 1 : 0;
+  for (uint64_t p = first; p < first + pages; ++p) n += ZeroPage(p, seed, group) ? 1 : 0;
   return n;
 }
 

@@ -33,10 +33,12 @@ class TempDir : public ::fcvm::testing::TempDir {
 std::string MissingKernelFeature();
 
 // Page p is zero when ZeroPage(p, seed); other pages hold bytes derived from
-// (seed, p, offset).
-bool ZeroPage(uint64_t page, uint32_t seed);
-void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed);
-uint64_t CountZeroPages(uint64_t pages, uint32_t seed, uint64_t first = 0);
+// (seed, p, offset). With `group` > 1 (pages per huge page), whole groups of
+// pages are zero (ZeroPage(p / group, seed)) and, inside the other groups,
+// about one page in six: such a group is never all zero.
+bool ZeroPage(uint64_t page, uint32_t seed, uint64_t group = 1);
+void WriteMemFile(const std::string& path, uint64_t size, uint32_t seed, uint64_t group = 1);
+uint64_t CountZeroPages(uint64_t pages, uint32_t seed, uint64_t first = 0, uint64_t group = 1);
 
 // Spawns the fake VMM with `args` (plus --socket/--memfile). stderr goes to
 // the test's stderr.

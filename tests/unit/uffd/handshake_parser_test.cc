@@ -116,6 +116,30 @@ TEST(HandshakeParserTest, Rejections) {
             "differs from region 0");
 }
 
+// The message is one JSON array and nothing else. JSON's own whitespace
+// (space, tab, LF, CR) may surround it, as the JSON grammar and Firecracker's
+// reference handler (serde_json::from_str) allow; any other byte before or
+// after it is refused. nlohmann's parser alone treats a NUL byte as the end of
+// its input, so "[...]\0anything" used to be accepted.
+TEST(HandshakeParserTest, NothingButWhitespaceAroundTheArray) {
+  const std::string ok = R"([{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}])";
+  for (const std::string& ws :
+       {std::string(" "), std::string("\n"), std::string("\r\n"), std::string("\t \n")}) {
+    EXPECT_OK(Parse(ok + ws)) << "trailing whitespace is JSON";
+    EXPECT_OK(Parse(ws + ok)) << "leading whitespace is JSON";
+  }
+  ExpectBad(ok + std::string(1, '\0'), "after the JSON array");
+  ExpectBad(ok + std::string("\0garbage", 8), "after the JSON array");
+  ExpectBad(ok + std::string("\0", 1) + ok, "after the JSON array");
+  ExpectBad(ok + std::string(" \0", 2), "after the JSON array");
+  ExpectBad(ok + "\f", "not valid JSON");  // form feed is not JSON whitespace
+  ExpectBad(ok + "\v", "not valid JSON");
+  ExpectBad(ok + ok, "not valid JSON");
+  ExpectBad(ok + "]", "not valid JSON");
+  ExpectBad("\xEF\xBB\xBF" + ok, "byte-order mark");  // serde_json refuses it too
+  ExpectBad(std::string("\0", 1) + ok, "NUL byte");
+}
+
 TEST(HandshakeParserTest, FdRules) {
   const std::string ok = R"([{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}])";
   ExpectBad(ok, "no file descriptor", 0);
@@ -125,6 +149,26 @@ TEST(HandshakeParserTest, FdRules) {
   EXPECT_THAT(ParseHandshake({ok, 1, false, /*filled_buffer=*/true}, kFile),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("too large")));
   EXPECT_THAT(ParseHandshake({"", 1, false, false}, kFile), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(WholePagesInTest, OnlyPagesWhollyInsideTheRange) {
+  constexpr uint64_t kH = 2 << 20;
+  // Whole huge pages.
+  EXPECT_EQ(WholePagesIn(4 * kH, 7 * kH, kH).begin, 4 * kH);
+  EXPECT_EQ(WholePagesIn(4 * kH, 7 * kH, kH).end, 7 * kH);
+  // 4 KiB at the start of a huge page (a 4 KiB balloon on a hugetlbfs
+  // guest): nothing is gone.
+  EXPECT_TRUE(WholePagesIn(4 * kH, 4 * kH + 4096, kH).empty());
+  // An unaligned start: the page it starts in stays.
+  AddressRange r = WholePagesIn(4 * kH + 4096, 7 * kH + 8192, kH);
+  EXPECT_EQ(r.begin, 5 * kH);
+  EXPECT_EQ(r.end, 7 * kH);
+  EXPECT_TRUE(WholePagesIn(4 * kH + 4096, 5 * kH - 4096, kH).empty());
+  // 4 KiB pages: an aligned range is kept as is.
+  EXPECT_EQ(WholePagesIn(8192, 20480, 4096).begin, 8192u);
+  EXPECT_EQ(WholePagesIn(8192, 20480, 4096).end, 20480u);
+  EXPECT_TRUE(WholePagesIn(5, 5, 4096).empty());
+  EXPECT_TRUE(WholePagesIn(~0ull - 10, ~0ull, 4096).empty()) << "no overflow";
 }
 
 TEST(HandshakeParserTest, CheckIsUserfaultfd) {
