@@ -343,8 +343,9 @@ absl::Status RemoveVmCgroups(const CgroupHost& host, const std::string& parent, 
   if (!host.v2_mount.empty()) dirs.insert(absl::StrCat(host.v2_mount, "/", parent, "/", id));
   for (const std::string& dir : dirs) {
     if (rmdir(dir.c_str()) == 0 || errno == ENOENT) continue;
-    if (errno == EBUSY) {
-      return absl::FailedPreconditionError(absl::StrCat("remove cgroup ", dir, ": still holds a process"));
+    if (errno == EBUSY || errno == ENOTEMPTY) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("remove cgroup ", dir, ": still holds a process or a child cgroup"));
     }
     return ErrnoError(absl::StrCat("remove cgroup ", dir));
   }

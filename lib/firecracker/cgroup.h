@@ -69,9 +69,13 @@ struct CgroupHost {
   std::set<std::string> Controllers(CgroupVersion version) const;
 };
 
-// Firecracker's memory beyond guest memory, for memory limits: measured on
-// the test guest (docs/security.md, "Memory limit"), with a margin.
-inline constexpr uint64_t kVmmMemoryOverheadBytes = uint64_t{64} << 20;
+// Firecracker's memory beyond guest memory, for memory limits. Measured with
+// the test guest (fc_bench, docs/security.md "Memory limit"): about 2 MiB
+// charged to the VM's cgroup and 3 MiB of RSS beyond the guest's resident
+// memory; Firecracker's own specification promises under 5 MiB. The rest is
+// margin for devices (virtio queues, net buffers), vCPUs, KVM's page tables
+// and page cache the VM charges.
+inline constexpr uint64_t kVmmMemoryOverheadBytes = uint64_t{32} << 20;
 
 // Tasks (threads) Firecracker runs besides its vCPUs: the main (VMM) thread
 // and the API thread; the margin covers the short-lived ones.
@@ -142,7 +146,7 @@ absl::StatusOr<CgroupLimits> ReadVmCgroupLimits(const CgroupHost& host, const Cg
 // Removes VM `id`'s cgroup directories under `parent` in every hierarchy of
 // `host` (v1 and v2), whatever plan made them: what reconciliation needs after
 // a restart. OK when there are none. FailedPrecondition (EBUSY) when one still
-// holds a process.
+// holds a process or a child cgroup.
 absl::Status RemoveVmCgroups(const CgroupHost& host, const std::string& parent, const std::string& id);
 
 }  // namespace fcvm::firecracker

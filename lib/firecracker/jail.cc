@@ -53,17 +53,37 @@ absl::Status CopyFileContents(const std::string& from, const std::string& to) {
   if (!in) return ErrnoError(absl::StrCat("open ", from));
   UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out) return ErrnoError(absl::StrCat("create ", to));
-  while (true) {
+  auto fail = [&](const std::string& what) {
+    int err = errno;
+    unlink(to.c_str());
+    return ErrnoError(err, absl::StrCat(what, " ", from, " -> ", to));
+  };
+  // copy_file_range first; kernels refuse some pairs of file systems (EXDEV,
+  // EINVAL, EOPNOTSUPP): then plain reads and writes.
+  bool buffered = false;
+  while (!buffered) {
     ssize_t n = copy_file_range(in.get(), nullptr, out.get(), nullptr, size_t{1} << 30, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      unlink(to.c_str());
-      return ErrnoError(err, absl::StrCat("copy ", from, " -> ", to));
+    if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
+      buffered = true;
+      break;
     }
-    if (n == 0) break;
+    if (n < 0) return fail("copy");
+    if (n == 0) return absl::OkStatus();
   }
-  return absl::OkStatus();
+  std::string buf(size_t{1} << 20, '\0');
+  while (true) {
+    ssize_t n = read(in.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail("read");
+    if (n == 0) return absl::OkStatus();
+    for (ssize_t done = 0; done < n;) {
+      ssize_t w = write(out.get(), buf.data() + done, static_cast<size_t>(n - done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return fail("write");
+      done += w;
+    }
+  }
 }
 
 }  // namespace
