@@ -1,5 +1,7 @@
 #include "lib/firecracker/cgroup.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "lib/base/file_util.h"
 #include "lib/base/status.h"
+#include "lib/base/unique_fd.h"
 
 namespace fcvm::firecracker {
 namespace {
@@ -293,14 +296,38 @@ std::vector<std::string> VmCgroupDirs(const CgroupHost& host, const CgroupPlan& 
   return dirs;
 }
 
+namespace {
+
+std::string SettingDir(const CgroupHost& host, const CgroupPlan& plan, const std::string& id,
+                       const std::string& file) {
+  if (plan.version == CgroupVersion::kV2) return absl::StrCat(host.v2_mount, "/", plan.parent, "/", id);
+  auto it = host.v1_mounts.find(ControllerOf(file));
+  return it == host.v1_mounts.end() ? std::string() : absl::StrCat(it->second, "/", plan.parent, "/", id);
+}
+
+}  // namespace
+
+absl::Status WriteVmCgroupSettings(const CgroupHost& host, const CgroupPlan& plan, const std::string& id) {
+  for (const auto& [file, value] : plan.settings) {
+    std::string dir = SettingDir(host, plan, id, file);
+    struct stat st;
+    if (dir.empty() || stat(dir.c_str(), &st) < 0) {
+      return absl::NotFoundError(absl::StrCat("cgroup of ", id, " for ", file, ": no directory ", dir));
+    }
+    std::string path = absl::StrCat(dir, "/", file);
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
+    if (!fd) return ErrnoError(absl::StrCat("open ", path));
+    std::string line = absl::StrCat(value, "\n");
+    if (::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      return ErrnoError(absl::StrCat("write ", path, " = ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CgroupLimits> ReadVmCgroupLimits(const CgroupHost& host, const CgroupPlan& plan,
                                                 const std::string& id) {
-  const bool v2 = plan.version == CgroupVersion::kV2;
-  auto dir_of = [&](const std::string& file) -> std::string {
-    if (v2) return absl::StrCat(host.v2_mount, "/", plan.parent, "/", id);
-    auto it = host.v1_mounts.find(ControllerOf(file));
-    return it == host.v1_mounts.end() ? std::string() : absl::StrCat(it->second, "/", plan.parent, "/", id);
-  };
+  auto dir_of = [&](const std::string& file) { return SettingDir(host, plan, id, file); };
   CgroupLimits out;
   for (const auto& [file, value] : plan.settings) {
     std::string path = absl::StrCat(dir_of(file), "/", file);

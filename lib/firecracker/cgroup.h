@@ -143,6 +143,12 @@ std::vector<std::string> VmCgroupDirs(const CgroupHost& host, const CgroupPlan& 
 absl::StatusOr<CgroupLimits> ReadVmCgroupLimits(const CgroupHost& host, const CgroupPlan& plan,
                                                 const std::string& id);
 
+// Writes `plan`'s settings into VM `id`'s existing cgroup files, in order: to
+// change the limits of a running VM (a warm-pool entry handed to a VM).
+// NotFound when a directory is missing; the kernel's errors otherwise (a v1
+// memory limit below current usage is refused with EBUSY).
+absl::Status WriteVmCgroupSettings(const CgroupHost& host, const CgroupPlan& plan, const std::string& id);
+
 // Removes VM `id`'s cgroup directories under `parent` in every hierarchy of
 // `host` (v1 and v2), whatever plan made them: what reconciliation needs after
 // a restart. OK when there are none. FailedPrecondition (EBUSY) when one still

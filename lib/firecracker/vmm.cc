@@ -417,6 +417,32 @@ absl::Status Vmm::PlaceFile(const JailFile& file) {
       .status();
 }
 
+absl::Status Vmm::UpdateCgroupLimits(const CgroupLimits& limits) {
+  if (!jailed()) return absl::FailedPreconditionError("cgroup limits: the VM is not jailed");
+  ASSIGN_OR_RETURN(CgroupPlan plan,
+                   PlanCgroups(cgroup_host_, cgroup_plan_.version, limits, cgroup_plan_.parent));
+  for (const std::string& c : plan.controllers) {
+    if (!cgroup_plan_.controllers.count(c)) {
+      return absl::FailedPreconditionError(absl::StrCat("cgroup limits of ", options_.id,
+                                                        ": its cgroups have no ", c, " controller (set a ", c,
+                                                        " limit at launch)"));
+    }
+  }
+  RETURN_IF_ERROR(Annotate(WriteVmCgroupSettings(cgroup_host_, plan, options_.id), "update cgroup limits"));
+  // The plan now lists every file with its latest value.
+  for (const auto& [file, value] : plan.settings) {
+    auto it = std::find_if(cgroup_plan_.settings.begin(), cgroup_plan_.settings.end(),
+                           [&](const auto& kv) { return kv.first == file; });
+    if (it != cgroup_plan_.settings.end()) {
+      it->second = value;
+    } else {
+      cgroup_plan_.settings.emplace_back(file, value);
+    }
+  }
+  ASSIGN_OR_RETURN(options_.jail->limits, ReadVmCgroupLimits(cgroup_host_, cgroup_plan_, options_.id));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CgroupLimits> Vmm::ReadCgroupLimits() const {
   if (!jailed()) return absl::FailedPreconditionError("cgroup limits: the VM is not jailed");
   return ReadVmCgroupLimits(cgroup_host_, cgroup_plan_, options_.id);

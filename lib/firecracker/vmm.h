@@ -195,6 +195,13 @@ class Vmm {
   // The VM's cgroup settings and their current values.
   const CgroupPlan& cgroup_plan() const { return cgroup_plan_; }
   absl::StatusOr<CgroupLimits> ReadCgroupLimits() const;
+  // Changes the limits of the running VM (a warm-pool entry becoming a VM):
+  // writes the settings `limits` makes into the VM's cgroup files; limits
+  // left 0 keep their current value. FailedPrecondition when not jailed or
+  // when `limits` needs a controller the VM's cgroups were not created with;
+  // InvalidArgument as PlanCgroups; the kernel's errors (a v1 memory limit
+  // below current usage: EBUSY).
+  absl::Status UpdateCgroupLimits(const CgroupLimits& limits);
 
  private:
   Vmm() = default;

@@ -336,6 +336,13 @@ TEST_F(JailE2E, BootedGuestIsConfined) {
     ASSERT_OK_AND_ASSIGN(std::string procs, ReadFile(d + "/cgroup.procs"));
     EXPECT_EQ(procs, absl::StrCat(pid, "\n")) << d;
   }
+  // Raised on the running VM (as a warm-pool entry becoming a bigger VM).
+  ASSERT_OK(vmm->UpdateCgroupLimits(
+      {.memory_bytes = MinMemoryBytes(e2e::kGuestMemMib) + (64 << 20), .pids_max = 32}));
+  ASSERT_OK_AND_ASSIGN(read, vmm->ReadCgroupLimits());
+  EXPECT_EQ(read.memory_bytes, MinMemoryBytes(e2e::kGuestMemMib) + (64 << 20));
+  EXPECT_EQ(read.pids_max, 32u);
+  EXPECT_EQ(read.cpu_quota_us, 100000u);
   std::printf("cgroups: %s\njailer args: %s\n", absl::StrJoin(cg_dirs, " ").c_str(),
               absl::StrJoin(vmm->cgroup_plan().JailerArgs(), " ").c_str());
 

@@ -334,6 +334,7 @@ class JailedVmmTest : public JailTest {
     // A fake cgroup host, so that no real cgroup is touched.
     host_.v1_mounts["memory"] = dir_ + "/cg/memory";
     host_.v1_mounts["pids"] = dir_ + "/cg/pids";
+    host_.v1_mounts["cpu"] = dir_ + "/cg/cpu";
   }
 
   VmmOptions Options(const std::string& id) {
@@ -440,6 +441,30 @@ TEST_F(JailedVmmTest, LaunchRunsTheJailerAndKillRemovesTheJail) {
   EXPECT_OK(vmm->Kill().status());  // idempotent
 }
 
+TEST_F(JailedVmmTest, UpdateCgroupLimits) {
+  // What the real jailer would have created and written.
+  ASSERT_OK(MakeDirs(dir_ + "/cg/memory/fcvm/vm1", 0755));
+  ASSERT_OK(MakeDirs(dir_ + "/cg/pids/fcvm/vm1", 0755));
+  std::ofstream(dir_ + "/cg/memory/fcvm/vm1/memory.limit_in_bytes") << (256 << 20) << "\n";
+  std::ofstream(dir_ + "/cg/pids/fcvm/vm1/pids.max") << "10\n";
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Vmm> vmm, Vmm::Launch(*fc_bin_, Options("vm1")));
+  ASSERT_OK(vmm->UpdateCgroupLimits({.memory_bytes = 512 << 20}));
+  ASSERT_OK_AND_ASSIGN(std::string mem, ReadFile(dir_ + "/cg/memory/fcvm/vm1/memory.limit_in_bytes"));
+  EXPECT_EQ(mem, absl::StrCat(512 << 20, "\n"));
+  ASSERT_OK_AND_ASSIGN(CgroupLimits read, vmm->ReadCgroupLimits());
+  EXPECT_EQ(read.memory_bytes, uint64_t{512} << 20);
+  EXPECT_EQ(read.pids_max, 10u) << "untouched";
+  EXPECT_EQ(vmm->options().jail->limits.memory_bytes, uint64_t{512} << 20);
+  // A controller the VM's cgroups were not made with.
+  EXPECT_THAT(vmm->UpdateCgroupLimits({.cpu_weight = 50}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no cpu controller")));
+  // Real cgroup directories have no files to remove; these do.
+  unlink((dir_ + "/cg/memory/fcvm/vm1/memory.limit_in_bytes").c_str());
+  unlink((dir_ + "/cg/pids/fcvm/vm1/pids.max").c_str());
+  ASSERT_OK(vmm->Kill().status());
+  EXPECT_FALSE(Exists(dir_ + "/cg/memory/fcvm/vm1"));
+}
+
 TEST_F(JailedVmmTest, NewPidNamespace) {
   VmmOptions options = Options("vm1");
   options.jail->new_pid_ns = true;
@@ -479,8 +504,9 @@ TEST_F(JailedVmmTest, FailuresLeaveNothing) {
   pids.jail->limits.pids_max = 3;
   EXPECT_THAT(launch(pids), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pids limit 3")));
   VmmOptions noctl = Options("vm2");
-  noctl.jail->limits.extra = {{"cpu.max", "max"}};
-  EXPECT_THAT(launch(noctl), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("controller cpu")));
+  noctl.jail->limits.extra = {{"nosuchctl.max", "max"}};
+  EXPECT_THAT(launch(noctl),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("controller nosuchctl")));
   VmmOptions unreadable = Options("vm2");
   unreadable.jail->files.push_back({.host_path = File("secret", 0600), .jail_path = "/secret"});
   EXPECT_THAT(launch(unreadable), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("may not read")));
