@@ -573,6 +573,44 @@ TEST_F(JailE2E, UnreadableFileIsRefusedAndNothingIsLeft) {
   // The failed launch removed the jail it started (TearDown checks).
 }
 
+TEST_F(JailE2E, TapsMustBelongToTheVmsUid) {
+  // Jailed, Firecracker has no CAP_NET_ADMIN: it can only attach to a tap
+  // that already exists and whose owner (TUNSETOWNER/TUNSETGROUP) is unset or
+  // its own uid/gid; it can neither create one nor take another uid's.
+  std::string netns = absl::StrCat("fcvm-e2e-jail-", getpid());
+  ASSERT_EQ(Sh(absl::StrCat("ip netns add ", netns)), 0);
+  struct DelNetns {
+    std::string name;
+    ~DelNetns() { Sh(absl::StrCat("ip netns del ", name)); }
+  } del{netns};
+  ASSERT_OK_AND_ASSIGN(JailOptions jail, Jail("tap", DefaultLimits()));
+  ASSERT_EQ(Sh(absl::StrCat("ip -n ", netns, " tuntap add fcvm-tap0 mode tap user ", jail.uid, " group ",
+                            jail.gid)),
+            0);
+  ASSERT_EQ(Sh(absl::StrCat("ip -n ", netns, " tuntap add fcvm-tap1 mode tap user ", jail.uid + 1, " group ",
+                            jail.gid + 1)),
+            0);
+  jail.netns_path = "/run/netns/" + netns;
+  jail.files = {Kernel()};
+  ASSERT_OK(MakeScratchDisk(jail, "tap"));
+  ASSERT_OK_AND_ASSIGN(Vmm * vmm, Launch("tap", jail));
+  EXPECT_EQ(InodeOf(absl::StrCat("/proc/", vmm->pid(), "/ns/net")), InodeOf(jail.netns_path))
+      << "not in the VM's network namespace";
+  absl::Status other_uid = vmm->api().PutNetworkInterface({.iface_id = "eth1", .host_dev_name = "fcvm-tap1"});
+  EXPECT_THAT(other_uid, StatusIs(absl::StatusCode::kInvalidArgument,
+                                  AllOf(HasSubstr("fcvm-tap1"), HasSubstr("Operation not permitted"))));
+  std::printf("another uid's tap: %s\n", std::string(other_uid.message()).c_str());
+  EXPECT_THAT(vmm->api().PutNetworkInterface({.iface_id = "eth2", .host_dev_name = "fcvm-nosuch"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Operation not permitted")));
+  BootSpec spec = GuestSpec();
+  spec.network_interfaces.push_back(
+      {.iface_id = "eth0", .host_dev_name = "fcvm-tap0", .guest_mac = "06:00:ac:10:00:02"});
+  ASSERT_OK(vmm->Boot(spec));
+  ASSERT_OK_AND_ASSIGN(uint64_t ready, e2e::WaitForReady(vmm->console(), 0, absl::Seconds(30)));
+  ASSERT_OK(e2e::WaitForOkTicks(vmm->console(), ready, 1, 0, kTickTimeout).status());
+  KillAndExpectGone(vmm);
+}
+
 TEST_F(JailE2E, JailerFailureIsReported) {
   // The jailer refuses a netns path that does not exist; Firecracker never
   // starts, and the error carries the jailer's stderr.
