@@ -2,7 +2,7 @@
 // Firecracker (FCVM_FIRECRACKER_BIN) and the test guest, and prints a table
 // and one JSON line of medians.
 //
-//   FCVM_FIRECRACKER_BIN=/opt/firecracker/firecracker fc_bench [runs]
+//   FCVM_FIRECRACKER_BIN=/path/to/firecracker [FCVM_JAILER_BIN=/path/to/jailer] fc_bench [runs]
 //
 // Each run: launch (process start -> API answers), InstanceStart -> guest
 // READY line, pause, Full snapshot (128 MiB guest), then two fresh processes

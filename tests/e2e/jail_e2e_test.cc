@@ -239,10 +239,16 @@ class JailE2E : public ::testing::Test {
     std::vector<std::string> cgroup_dirs = VmCgroupDirs(cgroups_, vmm->cgroup_plan(), vmm->options().id);
     std::string jail_dir = vmm->jail_paths().jail_dir;
     pid_t pid = vmm->pid();
+    // Held across the kill, so that a reused pid cannot fool the check.
+    int proc_dir = open(absl::StrCat("/proc/", pid).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(proc_dir, 0);
     ASSERT_OK_AND_ASSIGN(ExitStatus exit, vmm->Kill());
     EXPECT_TRUE(exit.signaled && exit.value == SIGKILL) << exit.ToString();
+    int status_fd = openat(proc_dir, "status", O_RDONLY | O_CLOEXEC);
+    EXPECT_LT(status_fd, 0) << "process " << pid << " still there";
+    if (status_fd >= 0) close(status_fd);
+    close(proc_dir);
     struct stat st;
-    EXPECT_NE(stat(absl::StrCat("/proc/", pid).c_str(), &st), 0) << "process " << pid << " still there";
     EXPECT_NE(stat(jail_dir.c_str(), &st), 0) << jail_dir << " still there";
     for (const std::string& d : cgroup_dirs) EXPECT_NE(stat(d.c_str(), &st), 0) << d << " still there";
   }
