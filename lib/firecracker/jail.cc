@@ -245,7 +245,15 @@ absl::StatusOr<std::vector<std::string>> ListJails(const std::string& firecracke
     return ErrnoError(absl::StrCat("opendir ", dir));
   }
   while (dirent* e = readdir(d)) {
-    if (e->d_type != DT_DIR || !ValidJailId(e->d_name)) continue;
+    if (!ValidJailId(e->d_name)) continue;
+    if (e->d_type != DT_DIR) {
+      // Some file systems do not fill d_type.
+      struct stat st;
+      if (e->d_type != DT_UNKNOWN || lstat(absl::StrCat(dir, "/", e->d_name).c_str(), &st) < 0 ||
+          !S_ISDIR(st.st_mode)) {
+        continue;
+      }
+    }
     ids.emplace_back(e->d_name);
   }
   closedir(d);
