@@ -230,11 +230,14 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   int pidfd = -1;
   struct clone_args args;
   std::memset(&args, 0, sizeof(args));
-  args.flags = CLONE_PIDFD;
+  args.flags = CLONE_PIDFD | (options.new_pid_namespace ? CLONE_NEWPID : 0);
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = SIGCHLD;
   long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid < 0) return ErrnoError(absl::StrCat("clone3 for ", options.argv[0]));
+  if (pid < 0) {
+    return ErrnoError(absl::StrCat("clone3 for ", options.argv[0],
+                                   options.new_pid_namespace ? " (new PID namespace)" : ""));
+  }
   if (pid == 0) RunChild(plan);
 
   Process process(static_cast<pid_t>(pid), UniqueFd(pidfd), /*is_child=*/true);

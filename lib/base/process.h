@@ -4,7 +4,8 @@
 //
 // Process::Spawn starts a program with exactly the fds it is told to pass (all
 // others are closed or close-on-exec in the child), optionally inside a network
-// namespace and a private mount namespace with bind mounts, and returns an owner
+// namespace, a private mount namespace with bind mounts and a new PID
+// namespace, and returns an owner
 // that signals, waits for and reaps it through its pidfd. An owner that is
 // destroyed while its child still runs kills it (SIGKILL) and reaps it, so a
 // failed setup never leaves a process behind. Release() hands the process over
@@ -52,6 +53,13 @@ struct SpawnOptions {
   // order before exec.
   bool new_mount_namespace = false;
   std::vector<BindMount> bind_mounts;
+  // When true, the child is created in a new PID namespace (clone3 with
+  // CLONE_NEWPID, needs CAP_SYS_ADMIN), where it is PID 1: it stays our child,
+  // held by the pidfd clone3 returned, and pid() is its pid in our namespace.
+  // As PID 1 it gets no signal from us for which it has no handler, except
+  // SIGKILL and SIGSTOP: SIGTERM does not stop it. When it exits, the kernel
+  // kills everything else in its namespace.
+  bool new_pid_namespace = false;
   // Start a new session, so a terminal's signals (Ctrl-C on fcvmd run by hand)
   // go to the daemon only, which then decides what happens to its VMs.
   bool new_session = true;

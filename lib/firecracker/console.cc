@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -60,9 +61,16 @@ const std::string* LineRing::Get(uint64_t k) const {
 
 // ----------------------------------------------------------- CappedLogFile
 
+namespace {
+// The guest's output may carry secrets: root and the fcvm group only.
+constexpr mode_t kLogMode = 0640;
+}  // namespace
+
 absl::StatusOr<CappedLogFile> CappedLogFile::Open(std::string path, size_t max_bytes) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, kLogMode));
   if (!fd) return ErrnoError(absl::StrCat("open ", path));
+  // A file left by an earlier run keeps its mode through O_CREAT: set it.
+  if (fchmod(fd.get(), kLogMode) < 0) return ErrnoError(absl::StrCat("chmod ", path));
   return CappedLogFile(std::move(path), max_bytes == 0 ? 1 : max_bytes, std::move(fd));
 }
 
@@ -70,8 +78,9 @@ absl::Status CappedLogFile::Rotate() {
   std::string old = absl::StrCat(path_, ".1");
   if (::rename(path_.c_str(), old.c_str()) < 0)
     return ErrnoError(absl::StrCat("rename ", path_, " -> ", old));
-  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, kLogMode));
   if (!fd) return ErrnoError(absl::StrCat("open ", path_));
+  if (fchmod(fd.get(), kLogMode) < 0) return ErrnoError(absl::StrCat("chmod ", path_));
   fd_ = std::move(fd);
   size_ = 0;
   return absl::OkStatus();

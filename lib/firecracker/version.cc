@@ -1,12 +1,22 @@
 #include "lib/firecracker/version.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "lib/base/process.h"
+#include "lib/base/status.h"
+#include "lib/base/unique_fd.h"
 
 namespace fcvm::firecracker {
 namespace {
@@ -67,6 +77,56 @@ absl::Status CheckSupported(const Version& version, absl::string_view what) {
   return absl::FailedPreconditionError(absl::StrCat(what, " is Firecracker ", version.ToString(),
                                                     "; fcvm needs ", kMinimumVersion.ToString(),
                                                     " or later"));
+}
+
+absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view what, absl::Duration timeout,
+                                     std::string* printed) {
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty path"));
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat(what, " ", path));
+  if (!S_ISREG(st.st_mode) || access(path.c_str(), X_OK) < 0) {
+    return absl::PermissionDeniedError(absl::StrCat(what, " ", path, " is not an executable file"));
+  }
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
+  UniqueFd out_r(p[0]);
+  UniqueFd out_w(p[1]);
+  ASSIGN_OR_RETURN(Process proc, Process::Spawn({.argv = {path, "--version"},
+                                                 .fds = {{out_w.get(), 1}, {out_w.get(), 2}}}));
+  out_w.Reset();
+
+  absl::Time deadline = absl::Now() + timeout;
+  std::string output;
+  char buf[4096];
+  while (output.size() < 65536) {
+    int wait_ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    struct pollfd pfd = {out_r.get(), POLLIN, 0};
+    int r = poll(&pfd, 1, wait_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return ErrnoError("poll");
+    if (r == 0) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(path, " --version: no answer within ", absl::FormatDuration(timeout)));
+    }
+    ssize_t n = read(out_r.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    output.append(buf, static_cast<size_t>(n));
+  }
+  absl::StatusOr<ExitStatus> exit = proc.Wait(std::max(absl::ZeroDuration(), deadline - absl::Now()));
+  if (!exit.ok()) return Annotate(exit.status(), absl::StrCat(path, " --version"));
+  std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
+  if (!exit->success()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " --version failed (", exit->ToString(), "): \"", quoted, "\""));
+  }
+  if (printed != nullptr) *printed = output;
+  absl::StatusOr<Version> version = ParseVersion(output);
+  if (!version.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " --version printed no version: \"", quoted, "\""));
+  }
+  return *version;
 }
 
 }  // namespace fcvm::firecracker

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace fcvm::firecracker {
 
@@ -44,5 +45,16 @@ absl::StatusOr<Version> ParseVersion(absl::string_view text);
 // OK for kMinimumVersion and later; FailedPrecondition naming `what` (the
 // binary's path) and both versions otherwise.
 absl::Status CheckSupported(const Version& version, absl::string_view what);
+
+// Runs `path --version` (killed at `timeout`) and parses what it prints.
+// `what` names the binary in errors ("firecracker binary", "jailer binary").
+// Errors: InvalidArgument for an empty path; NotFound when `path` does not
+// exist; PermissionDenied when it is not an executable file;
+// FailedPrecondition when --version fails or prints no version (the message
+// quotes its output); DeadlineExceeded. `output`, when given, receives what
+// it printed.
+absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view what,
+                                     absl::Duration timeout = absl::Seconds(5),
+                                     std::string* output = nullptr);
 
 }  // namespace fcvm::firecracker

@@ -45,10 +45,19 @@ std::vector<std::string> TailLines(const std::string& path, size_t n) {
   return lines;
 }
 
-absl::StatusOr<UniqueFd> CreateFile(const std::string& path, int flags) {
-  UniqueFd fd(::open(path.c_str(), flags | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+// Creates or truncates `path` with `mode` (also when it existed with
+// another mode).
+absl::StatusOr<UniqueFd> CreateFile(const std::string& path, int flags, mode_t mode = 0640) {
+  UniqueFd fd(::open(path.c_str(), flags | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
   if (!fd) return ErrnoError(absl::StrCat("create ", path));
+  if (fchmod(fd.get(), mode) < 0) return ErrnoError(absl::StrCat("chmod ", path));
   return fd;
+}
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 bool ValidId(const std::string& id) {
@@ -71,10 +80,12 @@ absl::Status RemoveStaleSocket(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status CheckSnapshotFile(const std::string& what, const std::string& path) {
+// `open_path` is where fcvm finds the file, `path` what the caller asked for.
+absl::Status CheckSnapshotFile(const std::string& what, const std::string& open_path,
+                               const std::string& path) {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat("snapshot load: no ", what, " path"));
   struct stat st;
-  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("snapshot load: ", what, " ", path));
+  if (stat(open_path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("snapshot load: ", what, " ", path));
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(
         absl::StrCat("snapshot load: ", what, " ", path, " is not a regular file"));
@@ -84,6 +95,8 @@ absl::Status CheckSnapshotFile(const std::string& what, const std::string& path)
   }
   return absl::OkStatus();
 }
+
+absl::Status CheckKernelImageAt(const std::string& open_path, const std::string& path);
 
 off_t FileSize(const std::string& path) {
   struct stat st;
@@ -95,53 +108,9 @@ off_t FileSize(const std::string& path) {
 // ------------------------------------------------------- FirecrackerBinary
 
 absl::StatusOr<FirecrackerBinary> FirecrackerBinary::Probe(const std::string& path, absl::Duration timeout) {
-  if (path.empty()) return absl::InvalidArgumentError("firecracker binary: empty path");
-  struct stat st;
-  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("firecracker binary ", path));
-  if (!S_ISREG(st.st_mode) || access(path.c_str(), X_OK) < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("firecracker binary ", path, " is not an executable file"));
-  }
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
-  UniqueFd out_r(p[0]);
-  UniqueFd out_w(p[1]);
-  ASSIGN_OR_RETURN(Process proc, Process::Spawn({.argv = {path, "--version"},
-                                                 .fds = {{out_w.get(), 1}, {out_w.get(), 2}}}));
-  out_w.Reset();
-
-  absl::Time deadline = absl::Now() + timeout;
-  std::string output;
-  char buf[4096];
-  while (output.size() < 65536) {
-    int wait_ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-    struct pollfd pfd = {out_r.get(), POLLIN, 0};
-    int r = poll(&pfd, 1, wait_ms);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return ErrnoError("poll");
-    if (r == 0) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(path, " --version: no answer within ", absl::FormatDuration(timeout)));
-    }
-    ssize_t n = read(out_r.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    output.append(buf, static_cast<size_t>(n));
-  }
-  absl::StatusOr<ExitStatus> exit = proc.Wait(std::max(absl::ZeroDuration(), deadline - absl::Now()));
-  if (!exit.ok()) return Annotate(exit.status(), absl::StrCat(path, " --version"));
-  std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
-  if (!exit->success()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " --version failed (", exit->ToString(), "): \"", quoted, "\""));
-  }
-  absl::StatusOr<Version> version = ParseVersion(output);
-  if (!version.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " --version printed no version: \"", quoted, "\""));
-  }
-  RETURN_IF_ERROR(CheckSupported(*version, absl::StrCat("firecracker binary ", path)));
-  return FirecrackerBinary(path, *version);
+  ASSIGN_OR_RETURN(Version version, ProbeVersion(path, "firecracker binary", timeout));
+  RETURN_IF_ERROR(CheckSupported(version, absl::StrCat("firecracker binary ", path)));
+  return FirecrackerBinary(path, version);
 }
 
 // ------------------------------------------------------------------- Vmm
@@ -153,38 +122,44 @@ absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary
         absl::StrCat("launch: bad VM id \"", options.id, "\" (1-64 characters of A-Z a-z 0-9 -)"));
   }
   std::unique_ptr<Vmm> vmm(new Vmm());
-  const std::string& dir = options.vm_dir;
-  vmm->api_socket_path_ = absl::StrCat(dir, "/api.sock");
+  vmm->options_ = std::move(options);
+  const VmmOptions& opts = vmm->options_;
+  const std::string& dir = opts.vm_dir;
   vmm->console_log_path_ = absl::StrCat(dir, "/console.log");
   vmm->log_path_ = absl::StrCat(dir, "/firecracker.log");
   vmm->stderr_path_ = absl::StrCat(dir, "/firecracker.stderr");
   vmm->metrics_path_ = absl::StrCat(dir, "/metrics.json");
-  if (vmm->api_socket_path_.size() > kMaxSocketPath) {
-    return absl::InvalidArgumentError(absl::StrCat("launch: API socket path ", vmm->api_socket_path_,
-                                                   " is longer than ", kMaxSocketPath, " bytes"));
-  }
   RETURN_IF_ERROR(MakeDirs(dir, 0750));
-  RETURN_IF_ERROR(RemoveStaleSocket(vmm->api_socket_path_));
-  { ASSIGN_OR_RETURN(UniqueFd log, CreateFile(vmm->log_path_, O_WRONLY)); }
-  { ASSIGN_OR_RETURN(UniqueFd metrics, CreateFile(vmm->metrics_path_, O_WRONLY)); }
   ASSIGN_OR_RETURN(UniqueFd stderr_fd, CreateFile(vmm->stderr_path_, O_WRONLY | O_APPEND));
+
+  SpawnOptions spawn;
+  spawn.env = std::vector<std::string>{};  // Firecracker needs no environment
+  spawn.netns_fd = opts.netns_fd;
+  spawn.parent_death_signal = opts.parent_death_signal;
+  if (opts.jail.has_value()) {
+    RETURN_IF_ERROR(vmm->PrepareJailedSpawn(binary, opts, &spawn));
+  } else {
+    vmm->api_socket_path_ = absl::StrCat(dir, "/api.sock");
+    if (vmm->api_socket_path_.size() > kMaxSocketPath) {
+      return absl::InvalidArgumentError(absl::StrCat("launch: API socket path ", vmm->api_socket_path_,
+                                                     " is longer than ", kMaxSocketPath, " bytes"));
+    }
+    RETURN_IF_ERROR(RemoveStaleSocket(vmm->api_socket_path_));
+    { ASSIGN_OR_RETURN(UniqueFd log, CreateFile(vmm->log_path_, O_WRONLY)); }
+    { ASSIGN_OR_RETURN(UniqueFd metrics, CreateFile(vmm->metrics_path_, O_WRONLY)); }
+    spawn.argv = {binary.path(),  "--api-sock",   vmm->api_socket_path_, "--id",
+                  opts.id,        "--log-path",   vmm->log_path_,        "--level",
+                  opts.log_level, "--show-level", "--metrics-path",      vmm->metrics_path_};
+    spawn.argv.insert(spawn.argv.end(), opts.extra_args.begin(), opts.extra_args.end());
+    spawn.new_mount_namespace = opts.new_mount_namespace || !opts.bind_mounts.empty();
+    spawn.bind_mounts = opts.bind_mounts;
+  }
 
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
   UniqueFd console_r(p[0]);
   UniqueFd console_w(p[1]);
-
-  SpawnOptions spawn;
-  spawn.argv = {binary.path(),     "--api-sock",   vmm->api_socket_path_, "--id",
-                options.id,        "--log-path",   vmm->log_path_,        "--level",
-                options.log_level, "--show-level", "--metrics-path",      vmm->metrics_path_};
-  spawn.argv.insert(spawn.argv.end(), options.extra_args.begin(), options.extra_args.end());
-  spawn.env = std::vector<std::string>{};  // Firecracker needs no environment
   spawn.fds = {{console_w.get(), 1}, {stderr_fd.get(), 2}};
-  spawn.netns_fd = options.netns_fd;
-  spawn.new_mount_namespace = options.new_mount_namespace || !options.bind_mounts.empty();
-  spawn.bind_mounts = options.bind_mounts;
-  spawn.parent_death_signal = options.parent_death_signal;
 
   absl::Time start = absl::Now();
   ASSIGN_OR_RETURN(vmm->process_, Process::Spawn(spawn));
@@ -193,13 +168,112 @@ absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary
   stderr_fd.Reset();
   ASSIGN_OR_RETURN(vmm->console_,
                    ConsoleCapture::Start(std::move(console_r), {.log_path = vmm->console_log_path_,
-                                                                .max_log_bytes = options.console_max_bytes,
-                                                                .ring_lines = options.console_ring_lines}));
-  vmm->api_ = std::make_unique<ApiClient>(vmm->api_socket_path_, options.api_timeout);
-  vmm->options_ = std::move(options);
+                                                                .max_log_bytes = opts.console_max_bytes,
+                                                                .ring_lines = opts.console_ring_lines}));
+  vmm->api_ = std::make_unique<ApiClient>(vmm->api_socket_path_, opts.api_timeout);
   RETURN_IF_ERROR(vmm->WaitForApi(start));
   vmm->startup_time_ = absl::Now() - start;
   return vmm;
+}
+
+absl::Status Vmm::PrepareJailedSpawn(const FirecrackerBinary& binary, const VmmOptions& opts,
+                                     SpawnOptions* spawn) {
+  const JailOptions& jail = *opts.jail;
+  if (!jail.jailer.has_value()) return absl::InvalidArgumentError("launch: jail without a jailer binary");
+  if (jail.uid == 0 || jail.gid == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("launch: jail uid ", jail.uid, " gid ", jail.gid, ": both must be non-zero"));
+  }
+  if (!opts.bind_mounts.empty() || opts.new_mount_namespace) {
+    return absl::InvalidArgumentError("launch: bind_mounts do not apply to a jailed VM (use jail.files)");
+  }
+  if (jail.limits.pids_max != 0 && jail.limits.pids_max < MinPids(1)) {
+    return absl::InvalidArgumentError(absl::StrCat("launch: pids limit ", jail.limits.pids_max,
+                                                   " is below what Firecracker needs: ", MinPids(1)));
+  }
+  ASSIGN_OR_RETURN(jail_paths_, JailPathsFor(binary.path(), jail.chroot_base_dir, opts.id));
+  if (jail.cgroup_host.has_value()) {
+    cgroup_host_ = *jail.cgroup_host;
+  } else {
+    ASSIGN_OR_RETURN(cgroup_host_, CgroupHost::Detect());
+  }
+  ASSIGN_OR_RETURN(cgroup_plan_,
+                   PlanCgroups(cgroup_host_, jail.cgroup_version, jail.limits, jail.parent_cgroup));
+  constexpr char kApiSocket[] = "/run/firecracker.socket";
+  api_socket_path_ = absl::StrCat(jail_paths_.chroot_dir, kApiSocket);
+  if (api_socket_path_.size() > kMaxSocketPath) {
+    return absl::InvalidArgumentError(absl::StrCat("launch: API socket path ", api_socket_path_,
+                                                   " is longer than ", kMaxSocketPath,
+                                                   " bytes (shorten the chroot base dir)"));
+  }
+
+  // Never tear down the jail of a VM that still runs (an id used twice).
+  for (const std::string& cg : VmCgroupDirs(cgroup_host_, cgroup_plan_, opts.id)) {
+    absl::StatusOr<std::string> procs = ReadFile(absl::StrCat(cg, "/cgroup.procs"));
+    if (procs.ok() && !absl::StripAsciiWhitespace(*procs).empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("launch: jail ", opts.id, " is in use: its cgroup ", cg, " holds processes"));
+    }
+  }
+  // From here on the jail is ours: Kill (and so a failed launch) removes it.
+  owns_jail_ = true;
+  RETURN_IF_ERROR(PrepareJail(jail_paths_));
+  // What an earlier jailer left in this chroot makes the next one fail
+  // (mknod and the pid file refuse to replace a file); the caller's files stay.
+  const std::string& root = jail_paths_.chroot_dir;
+  std::string exec_name = DirName(jail_paths_.jail_dir);
+  exec_name = exec_name.substr(exec_name.rfind('/') + 1);
+  for (const std::string& leftover :
+       {absl::StrCat(root, "/dev"), absl::StrCat(root, "/run"), absl::StrCat(root, "/", exec_name),
+        absl::StrCat(root, "/", exec_name, ".pid")}) {
+    RETURN_IF_ERROR(RemoveTree(leftover));
+  }
+
+  // Firecracker's log and metrics stay in vm_dir, owned by the VM's uid (it
+  // opens them by path inside the chroot).
+  std::vector<JailFile> files = jail.files;
+  for (const std::string* path : {&log_path_, &metrics_path_}) {
+    ASSIGN_OR_RETURN(UniqueFd fd, CreateFile(*path, O_WRONLY, 0600));
+    if (fchown(fd.get(), jail.uid, jail.gid) < 0) return ErrnoError(absl::StrCat("chown ", *path));
+  }
+  files.push_back({.host_path = log_path_, .jail_path = "/firecracker.log", .writable = true});
+  files.push_back({.host_path = metrics_path_, .jail_path = "/metrics.json", .writable = true});
+  for (const JailFile& f : files) {
+    ASSIGN_OR_RETURN(std::optional<BindMount> bind,
+                     firecracker::PlaceFile(jail_paths_, jail.uid, jail.gid, f, /*allow_bind=*/true));
+    if (bind.has_value()) spawn->bind_mounts.push_back(std::move(*bind));
+  }
+  // Bind mounts are made in a private mount namespace of the jailer's
+  // process; the jailer's own mount namespace (and its recursive bind of the
+  // chroot) inherits them.
+  spawn->new_mount_namespace = !spawn->bind_mounts.empty();
+  spawn->new_pid_namespace = jail.new_pid_ns;
+
+  spawn->argv = {jail.jailer->path(),
+                 "--id",
+                 opts.id,
+                 "--exec-file",
+                 binary.path(),
+                 "--uid",
+                 absl::StrCat(jail.uid),
+                 "--gid",
+                 absl::StrCat(jail.gid),
+                 "--chroot-base-dir",
+                 jail.chroot_base_dir};
+  if (!jail.netns_path.empty()) {
+    spawn->argv.push_back("--netns");
+    spawn->argv.push_back(jail.netns_path);
+  }
+  for (std::string& a : cgroup_plan_.JailerArgs()) spawn->argv.push_back(std::move(a));
+  spawn->argv.insert(spawn->argv.end(), jail.extra_jailer_args.begin(), jail.extra_jailer_args.end());
+  // The jailer adds --id; the rest is Firecracker's, with jail paths.
+  for (const char* a : {"--", "--api-sock", kApiSocket, "--log-path", "/firecracker.log", "--level"}) {
+    spawn->argv.push_back(a);
+  }
+  spawn->argv.push_back(opts.log_level);
+  for (const char* a : {"--show-level", "--metrics-path", "/metrics.json"}) spawn->argv.push_back(a);
+  spawn->argv.insert(spawn->argv.end(), opts.extra_args.begin(), opts.extra_args.end());
+  return absl::OkStatus();
 }
 
 absl::Status Vmm::WaitForApi(absl::Time start) {
@@ -239,7 +313,9 @@ absl::Status Vmm::WaitForApi(absl::Time start) {
 Vmm::~Vmm() { (void)Kill(); }
 
 std::string Vmm::ExitDescription(const ExitStatus& exit) const {
-  return absl::StrCat("firecracker ", options_.id, " (pid ", process_.pid(), ") exited: ", exit.ToString());
+  // Jailed, the process is the jailer until it execs Firecracker.
+  return absl::StrCat("firecracker ", options_.id, " (", jailed() ? "jailed, " : "", "pid ", process_.pid(),
+                      ") exited: ", exit.ToString());
 }
 
 absl::Status Vmm::CheckRunning() {
@@ -297,6 +373,11 @@ absl::StatusOr<ExitStatus> Vmm::Kill() {
     struct stat st;
     if (lstat(api_socket_path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(api_socket_path_.c_str());
   }
+  if (owns_jail_) {
+    // Firecracker is reaped (or never ran): its cgroups are empty.
+    RETURN_IF_ERROR(RemoveJail(jail_paths_, cgroup_host_, cgroup_plan_.parent, options_.id));
+    owns_jail_ = false;
+  }
   if (!exit_.has_value()) return absl::FailedPreconditionError("kill: no process");
   return *exit_;
 }
@@ -304,24 +385,89 @@ absl::StatusOr<ExitStatus> Vmm::Kill() {
 pid_t Vmm::Detach() {
   if (console_ != nullptr) console_->Stop();
   api_socket_path_.clear();  // not ours to remove any more
+  owns_jail_ = false;
   return process_.Release();
 }
 
+std::string Vmm::SeenByVmm(const std::string& path) const {
+  if (path.empty() || path[0] != '/' || !process_.valid()) return path;
+  return absl::StrCat("/proc/", process_.pid(), "/root", path);
+}
+
+std::string Vmm::Describe(const std::string& path) const {
+  if (!jailed()) return path;
+  absl::StatusOr<std::string> host = jail_paths_.HostPath(path);
+  return host.ok() ? absl::StrCat(path, " (host: ", *host, ")") : path;
+}
+
+absl::StatusOr<std::string> Vmm::HostPath(const std::string& vmm_path) const {
+  if (!jailed()) return vmm_path;
+  return jail_paths_.HostPath(vmm_path);
+}
+
+absl::StatusOr<std::string> Vmm::JailPath(const std::string& host_path) const {
+  if (!jailed()) return host_path;
+  return jail_paths_.JailPath(host_path);
+}
+
+absl::Status Vmm::PlaceFile(const JailFile& file) {
+  if (!jailed()) return absl::FailedPreconditionError("place file: the VM is not jailed");
+  return firecracker::PlaceFile(jail_paths_, options_.jail->uid, options_.jail->gid, file,
+                                /*allow_bind=*/false)
+      .status();
+}
+
+absl::Status Vmm::UpdateCgroupLimits(const CgroupLimits& limits) {
+  if (!jailed()) return absl::FailedPreconditionError("cgroup limits: the VM is not jailed");
+  ASSIGN_OR_RETURN(CgroupPlan plan,
+                   PlanCgroups(cgroup_host_, cgroup_plan_.version, limits, cgroup_plan_.parent));
+  for (const std::string& c : plan.controllers) {
+    if (!cgroup_plan_.controllers.count(c)) {
+      return absl::FailedPreconditionError(absl::StrCat("cgroup limits of ", options_.id,
+                                                        ": its cgroups have no ", c, " controller (set a ", c,
+                                                        " limit at launch)"));
+    }
+  }
+  RETURN_IF_ERROR(Annotate(WriteVmCgroupSettings(cgroup_host_, plan, options_.id), "update cgroup limits"));
+  // The plan now lists every file with its latest value.
+  for (const auto& [file, value] : plan.settings) {
+    auto it = std::find_if(cgroup_plan_.settings.begin(), cgroup_plan_.settings.end(),
+                           [&](const auto& kv) { return kv.first == file; });
+    if (it != cgroup_plan_.settings.end()) {
+      it->second = value;
+    } else {
+      cgroup_plan_.settings.emplace_back(file, value);
+    }
+  }
+  ASSIGN_OR_RETURN(options_.jail->limits, ReadVmCgroupLimits(cgroup_host_, cgroup_plan_, options_.id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CgroupLimits> Vmm::ReadCgroupLimits() const {
+  if (!jailed()) return absl::FailedPreconditionError("cgroup limits: the VM is not jailed");
+  return ReadVmCgroupLimits(cgroup_host_, cgroup_plan_, options_.id);
+}
+
 absl::Status Vmm::Boot(const BootSpec& spec) {
-  RETURN_IF_ERROR(CheckKernelImage(spec.boot_source.kernel_image_path));
+  if (jailed()) {
+    RETURN_IF_ERROR(Annotate(CheckLimitsForGuest(options_.jail->limits, spec.machine.vcpu_count,
+                                                 static_cast<uint64_t>(spec.machine.mem_size_mib)),
+                             "boot"));
+  }
+  const std::string& kernel = spec.boot_source.kernel_image_path;
+  RETURN_IF_ERROR(CheckKernelImageAt(SeenByVmm(kernel), Describe(kernel)));
   if (spec.boot_source.initrd_path.has_value()) {
     struct stat st;
-    if (stat(spec.boot_source.initrd_path->c_str(), &st) < 0) {
-      return ErrnoError(absl::StrCat("initrd ", *spec.boot_source.initrd_path));
+    if (stat(SeenByVmm(*spec.boot_source.initrd_path).c_str(), &st) < 0) {
+      return ErrnoError(absl::StrCat("initrd ", Describe(*spec.boot_source.initrd_path)));
     }
   }
   for (const Drive& d : spec.drives) {
-    // Resolved as Firecracker will see it: inside its mount namespace, where
-    // per-VM bind mounts may put a different file at this path.
+    // Resolved as Firecracker will see it: in its chroot or mount namespace,
+    // where per-VM bind mounts may put a different file at this path.
     struct stat st;
-    std::string seen = absl::StrCat("/proc/", process_.pid(), "/root", d.path_on_host);
-    if (stat(seen.c_str(), &st) < 0) {
-      return ErrnoError(absl::StrCat("drive ", d.drive_id, ": ", d.path_on_host));
+    if (stat(SeenByVmm(d.path_on_host).c_str(), &st) < 0) {
+      return ErrnoError(absl::StrCat("drive ", d.drive_id, ": ", Describe(d.path_on_host)));
     }
   }
   RETURN_IF_ERROR(Explain(api_->PutBootSource(spec.boot_source)));
@@ -333,22 +479,29 @@ absl::Status Vmm::Boot(const BootSpec& spec) {
 }
 
 absl::Status Vmm::LoadSnapshot(const SnapshotLoad& load, absl::Duration timeout) {
-  RETURN_IF_ERROR(CheckSnapshotFile("vmstate", load.snapshot_path));
+  RETURN_IF_ERROR(CheckSnapshotFile("vmstate", SeenByVmm(load.snapshot_path), Describe(load.snapshot_path)));
+  const std::string mem_seen = SeenByVmm(load.backend_path);
+  const std::string mem_name = Describe(load.backend_path);
   if (load.backend == MemBackend::kFile) {
-    RETURN_IF_ERROR(CheckSnapshotFile("memory file", load.backend_path));
-    if (FileSize(load.backend_path) % 4096 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("snapshot load: memory file ", load.backend_path, " (",
-                                                     FileSize(load.backend_path),
+    RETURN_IF_ERROR(CheckSnapshotFile("memory file", mem_seen, mem_name));
+    off_t size = FileSize(mem_seen);
+    if (size % 4096 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot load: memory file ", mem_name, " (", size,
                                                      " bytes) is not a whole number of pages"));
+    }
+    if (jailed()) {
+      RETURN_IF_ERROR(
+          Annotate(CheckLimitsForGuest(options_.jail->limits, 1, static_cast<uint64_t>(size) >> 20),
+                   absl::StrCat("snapshot load: memory file ", mem_name)));
     }
   } else {
     struct stat st;
-    if (stat(load.backend_path.c_str(), &st) < 0) {
-      return ErrnoError(absl::StrCat("snapshot load: page server socket ", load.backend_path));
+    if (stat(mem_seen.c_str(), &st) < 0) {
+      return ErrnoError(absl::StrCat("snapshot load: page server socket ", mem_name));
     }
     if (!S_ISSOCK(st.st_mode)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("snapshot load: page server socket ", load.backend_path, " is not a socket"));
+          absl::StrCat("snapshot load: page server socket ", mem_name, " is not a socket"));
     }
   }
   absl::Status st = api_->LoadSnapshot(load, timeout);
@@ -358,7 +511,7 @@ absl::Status Vmm::LoadSnapshot(const SnapshotLoad& load, absl::Duration timeout)
   if (load.backend == MemBackend::kFile &&
       absl::StrContains(st.message(), "exceeds largest possible file offset")) {
     st = absl::Status(st.code(),
-                      absl::StrCat("memory file ", load.backend_path, " (", FileSize(load.backend_path),
+                      absl::StrCat("memory file ", mem_name, " (", FileSize(mem_seen),
                                    " bytes) is smaller than the snapshot's guest memory: ", st.message()));
   }
   // A failed load always ends the process: wait for it, to report how.
@@ -369,9 +522,13 @@ absl::Status Vmm::CreateSnapshot(const SnapshotCreate& create, absl::Duration ti
   return Explain(api_->CreateSnapshot(create, timeout));
 }
 
-absl::Status CheckKernelImage(const std::string& path) {
-  if (path.empty()) return absl::InvalidArgumentError("kernel: empty path");
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+absl::Status CheckKernelImage(const std::string& path) { return CheckKernelImageAt(path, path); }
+
+namespace {
+
+absl::Status CheckKernelImageAt(const std::string& open_path, const std::string& path) {
+  if (open_path.empty()) return absl::InvalidArgumentError("kernel: empty path");
+  UniqueFd fd(::open(open_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoError(absl::StrCat("kernel ", path));
   unsigned char magic[4] = {0, 0, 0, 0};
   ssize_t n = pread(fd.get(), magic, sizeof(magic), 0);
@@ -384,5 +541,7 @@ absl::Status CheckKernelImage(const std::string& path) {
       absl::StrCat("kernel ", path, n == 0 ? " is empty" : " is not an ELF image",
                    "; Firecracker on x86_64 boots an uncompressed ELF vmlinux"));
 }
+
+}  // namespace
 
 }  // namespace fcvm::firecracker

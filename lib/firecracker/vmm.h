@@ -23,14 +23,26 @@
 // drain and removes the API socket. Log files stay in vm_dir (the caller owns
 // that directory).
 //
+// Jailed mode (VmmOptions::jail, see jail.h): Firecracker is started through
+// the jailer, as its own uid/gid, chrooted in <base>/firecracker/<id>/root,
+// in its own cgroups and (by default) as PID 1 of a new PID namespace. The
+// Vmm then differs only in paths: every path given to the API (BootSpec,
+// SnapshotLoad, SnapshotCreate) is a jail path ("/vmlinux"), mapped to the
+// host by HostPath/JailPath; the API socket is <chroot>/run/firecracker.socket;
+// firecracker.log and metrics.json stay in vm_dir (owned by the VM's uid,
+// 0600) and are linked into the chroot. console.log and firecracker.stderr
+// are written by fcvm as before (root, 0640). Kill also removes the jail: the
+// chroot with everything in it, and the VM's cgroups. Firecracker as PID 1 of
+// its namespace ignores SIGTERM: Kill is SIGKILL, and there is no graceful
+// stop from the host (SendCtrlAltDel needs a guest with an i8042 driver).
+//
 // Thread-safety: a Vmm is driven by one thread at a time (the console may be
 // read from any thread).
-//
-// Jailer mode is not implemented (see docs/firecracker.md).
 
 #include <sys/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,7 +52,9 @@
 #include "lib/base/process.h"
 #include "lib/firecracker/api_client.h"
 #include "lib/firecracker/api_types.h"
+#include "lib/firecracker/cgroup.h"
 #include "lib/firecracker/console.h"
+#include "lib/firecracker/jail.h"
 #include "lib/firecracker/version.h"
 
 namespace fcvm::firecracker {
@@ -83,11 +97,15 @@ struct VmmOptions {
   // Run Firecracker in this network namespace (an fd from /run/netns/x).
   int netns_fd = -1;
   // Private mount namespace with these bind mounts (targets must exist).
+  // Not with `jail` (put the files in the jail instead).
   std::vector<BindMount> bind_mounts;
   bool new_mount_namespace = false;  // implied by bind_mounts
   // Signal Firecracker gets when the launching thread dies; 0 = none.
   int parent_death_signal = 0;
+  // More Firecracker arguments.
   std::vector<std::string> extra_args;
+  // Start Firecracker through the jailer (see jail.h).
+  std::optional<JailOptions> jail;
 };
 
 // What Vmm::Boot configures before InstanceStart.
@@ -124,9 +142,13 @@ class Vmm {
   // Checks the kernel (exists, is ELF), then PUTs boot source, machine
   // config, drives and network interfaces and starts the instance. Errors
   // name the culprit: "kernel /x: not an ELF image ...", "PUT /drives/rootfs: ...".
+  // Jailed: InvalidArgument first when the cgroup limits are below what the
+  // machine config needs (CheckLimitsForGuest).
   absl::Status Boot(const BootSpec& spec);
 
-  // Checks that the snapshot files exist and are not empty, then loads.
+  // Checks that the snapshot files exist and are not empty (as Firecracker
+  // sees them), then loads. Jailed, File backend: InvalidArgument first when
+  // the memory limit is below the memory file's size + Firecracker's own.
   // Firecracker exits after any failed load: the error then also carries its
   // exit status and last output, and this Vmm is finished (Kill it).
   absl::Status LoadSnapshot(const SnapshotLoad& load, absl::Duration timeout = ApiClient::kDefault);
@@ -148,19 +170,50 @@ class Vmm {
   std::string RecentOutput();
 
   // SIGKILL (if still running), reap, stop the console drain, remove the API
-  // socket. Idempotent. Returns how the process ended.
+  // socket; jailed, also remove the jail (RemoveJail: chroot and cgroups).
+  // Idempotent (a failed jail removal is retried by the next call). Returns
+  // how the process ended.
   absl::StatusOr<ExitStatus> Kill();
 
   // Lets Firecracker outlive this Vmm (a daemon restart re-adopts it by pid):
   // stops capturing the console (its pipe closes; Firecracker's later serial
   // output is lost) and gives up the process without killing it. The API
-  // socket stays. Returns the pid. The Vmm is finished afterwards.
+  // socket and the jail stay. Returns the pid. The Vmm is finished afterwards.
   pid_t Detach();
+
+  // ---- jailed mode
+
+  bool jailed() const { return options_.jail.has_value(); }
+  // The jail's paths (empty when not jailed).
+  const JailPaths& jail_paths() const { return jail_paths_; }
+  // Jail path <-> host path (see JailPaths). Not jailed: the path unchanged.
+  absl::StatusOr<std::string> HostPath(const std::string& vmm_path) const;
+  absl::StatusOr<std::string> JailPath(const std::string& host_path) const;
+  // Puts one more file into the running jail (a hard link only: see
+  // PlaceFile with allow_bind = false). FailedPrecondition when not jailed.
+  absl::Status PlaceFile(const JailFile& file);
+  // The VM's cgroup settings and their current values.
+  const CgroupPlan& cgroup_plan() const { return cgroup_plan_; }
+  absl::StatusOr<CgroupLimits> ReadCgroupLimits() const;
+  // Changes the limits of the running VM (a warm-pool entry becoming a VM):
+  // writes the settings `limits` makes into the VM's cgroup files; limits
+  // left 0 keep their current value. FailedPrecondition when not jailed or
+  // when `limits` needs a controller the VM's cgroups were not created with;
+  // InvalidArgument as PlanCgroups; the kernel's errors (a v1 memory limit
+  // below current usage: EBUSY).
+  absl::Status UpdateCgroupLimits(const CgroupLimits& limits);
 
  private:
   Vmm() = default;
   absl::Status WaitForApi(absl::Time start);
   std::string ExitDescription(const ExitStatus& exit) const;
+  absl::Status PrepareJailedSpawn(const FirecrackerBinary& binary, const VmmOptions& options,
+                                  SpawnOptions* spawn);
+  // `path` as Firecracker resolves it (through /proc/<pid>/root: its chroot
+  // or mount namespace), for the checks before API calls.
+  std::string SeenByVmm(const std::string& path) const;
+  // "path" or "path (host: /x/root/path)" for error messages.
+  std::string Describe(const std::string& path) const;
 
   VmmOptions options_;
   std::string api_socket_path_;
@@ -173,6 +226,11 @@ class Vmm {
   std::unique_ptr<ApiClient> api_;
   absl::Duration startup_time_;
   std::optional<ExitStatus> exit_;
+  // Jailed mode.
+  JailPaths jail_paths_;
+  CgroupHost cgroup_host_;
+  CgroupPlan cgroup_plan_;
+  bool owns_jail_ = false;  // Kill removes the jail
 };
 
 // Checks that `path` is a readable ELF file (what Firecracker boots on x86_64).

@@ -58,6 +58,26 @@ std::string MissingPrerequisite() {
   return "";
 }
 
+std::string JailerPath() {
+  const char* p = std::getenv("FCVM_JAILER_BIN");
+  if (p != nullptr) return p;
+  std::string fc = FirecrackerPath();
+  size_t slash = fc.rfind('/');
+  return slash == std::string::npos ? std::string() : fc.substr(0, slash + 1) + "jailer";
+}
+
+std::string MissingJailPrerequisite() {
+  std::string missing = MissingPrerequisite();
+  if (!missing.empty()) return missing;
+  std::string jailer = JailerPath();
+  if (jailer.empty() || access(jailer.c_str(), X_OK) != 0) {
+    return absl::StrCat("no jailer: set FCVM_JAILER_BIN (or put \"jailer\" beside the Firecracker binary)",
+                        jailer.empty() ? "" : absl::StrCat("; ", jailer, " is not executable"));
+  }
+  if (geteuid() != 0) return "the jailed tests need root (chroot, cgroups, uids)";
+  return "";
+}
+
 firecracker::BootSpec GuestBootSpec(const std::string& guest) {
   return {.boot_source = {.kernel_image_path = guest, .boot_args = kGuestBootArgs},
           .machine = {.vcpu_count = 1, .mem_size_mib = kGuestMemMib}};

@@ -30,6 +30,12 @@ std::string GuestPath();
 // Empty when the e2e tests can run; otherwise why not (for GTEST_SKIP).
 std::string MissingPrerequisite();
 
+// The jailer (env FCVM_JAILER_BIN, else "jailer" beside the Firecracker
+// binary), and why the jailed tests cannot run ("" when they can): the
+// e2e prerequisites, the jailer, and root.
+std::string JailerPath();
+std::string MissingJailPrerequisite();
+
 // The tests' one temporary-directory helper (tests/testing/temp_dir.h).
 using ::fcvm::testing::TempDir;
 

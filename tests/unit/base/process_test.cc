@@ -118,6 +118,33 @@ TEST(Process, ReleaseLeavesProcessRunningAndAdoptFindsIt) {
   EXPECT_EQ(kill(pid, 0), -1) << "not reaped";
 }
 
+TEST(Process, NewPidNamespace) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (CLONE_NEWPID)";
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  // The child prints its pid as it sees it, then waits to be killed.
+  absl::StatusOr<Process> child = Process::Spawn(
+      {.argv = {"/bin/sh", "-c", "echo $$; exec sleep 60"}, .fds = {{p[1], 1}}, .new_pid_namespace = true});
+  close(p[1]);
+  ASSERT_OK(child.status());
+  char buf[32] = {};
+  ssize_t n = read(p[0], buf, sizeof(buf) - 1);
+  close(p[0]);
+  EXPECT_EQ(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0), "1\n");
+  char ns_child[64] = {}, ns_self[64] = {};
+  ASSERT_GT(readlink(("/proc/" + std::to_string(child->pid()) + "/ns/pid").c_str(), ns_child, 63), 0);
+  ASSERT_GT(readlink("/proc/self/ns/pid", ns_self, 63), 0);
+  EXPECT_STRNE(ns_child, ns_self);
+  // PID 1 of its namespace ignores SIGTERM from us; SIGKILL works, and as our
+  // own child its exit status is known.
+  ASSERT_OK(child->Signal(SIGTERM));
+  EXPECT_THAT(child->Wait(absl::Milliseconds(200)), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  ASSERT_OK_AND_ASSIGN(ExitStatus st, child->Kill());
+  EXPECT_TRUE(st.known);
+  EXPECT_TRUE(st.signaled);
+  EXPECT_EQ(st.value, SIGKILL);
+}
+
 TEST(Process, AdoptMissingPidIsNotFound) {
   EXPECT_THAT(Process::Adopt(0x3ffffff0), StatusIs(absl::StatusCode::kNotFound));
 }
