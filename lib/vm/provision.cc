@@ -113,8 +113,9 @@ absl::Status Creation::SetupNetwork(const std::vector<PortMapping>& publish) {
     v.network.publish = publish;
     v.timings.network = took;
   });
-  // Recorded at once: a restarted fcvmd must find the network to remove it.
-  return Annotate(core_.registry.Persist(*entry_), "vm record");
+  // Not recorded yet: a restarted fcvmd removes the networks of VMs that are
+  // not running (NetworkService::ReconcileOrphans finds them by name).
+  return absl::OkStatus();
 }
 
 absl::Status Creation::PrepareDrives(const VmConfig& config, const DriveSource& source,
@@ -168,9 +169,10 @@ absl::Status Creation::AttachProcessAndDrives(const VmConfig& config, const Driv
     v.timings.disks = disks;
     if (!v.timings.from_warm_pool) v.timings.process_ready = ready;
   });
-  RETURN_IF_ERROR(drives);
-  // Recorded at once: a restarted fcvmd must find the process.
-  return Annotate(core_.registry.Persist(e), "vm record");
+  // Not recorded yet (the record written at Begin names the VM's directory):
+  // a restarted fcvmd finds the process by its API socket in that directory
+  // (VmmFactory::FindRunning) and kills it, the VM never having run.
+  return drives;
 }
 
 void Creation::SetTimings(const std::function<void(VmTimings&)>& change) {
