@@ -68,14 +68,25 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
 
 absl::Status MakeDirs(const std::string& path, int mode) {
   if (path.empty()) return absl::InvalidArgumentError("mkdir: empty path");
-  for (size_t pos = 1; pos <= path.size(); ++pos) {
-    if (pos != path.size() && path[pos] != '/') continue;
-    std::string prefix = path.substr(0, pos);
-    if (mkdir(prefix.c_str(), mode) < 0 && errno != EEXIST) return ErrnoError(absl::StrCat("mkdir ", prefix));
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  // The common case first: only the last component is missing. Every mkdir
+  // takes its parent's lock, so not trying the existing ancestors again
+  // matters when many VMs are created at once.
+  if (mkdir(p.c_str(), mode) < 0) {
+    if (errno == ENOENT) {
+      size_t slash = p.rfind('/');
+      if (slash == std::string::npos || slash == 0) return ErrnoError(absl::StrCat("mkdir ", p));
+      RETURN_IF_ERROR(MakeDirs(p.substr(0, slash), mode));
+      if (mkdir(p.c_str(), mode) < 0 && errno != EEXIST) return ErrnoError(absl::StrCat("mkdir ", p));
+    } else if (errno != EEXIST) {
+      return ErrnoError(absl::StrCat("mkdir ", p));
+    } else {
+      struct stat st;
+      if (stat(p.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", p));
+      if (!S_ISDIR(st.st_mode)) return absl::FailedPreconditionError(absl::StrCat(p, " is not a directory"));
+    }
   }
-  struct stat st;
-  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
-  if (!S_ISDIR(st.st_mode)) return absl::FailedPreconditionError(absl::StrCat(path, " is not a directory"));
   return absl::OkStatus();
 }
 

@@ -19,9 +19,11 @@
 // down" and waits for them.
 //
 // Persistence: each VM's record (config, pid, state, clone source) lives in
-// <state>/vms/<id>/vm.json, written before the VM's process starts and at
-// each change; a record that cannot be written fails the request that needed
-// it. On Create, the manager reconciles what a previous fcvmd left.
+// <state>/vms/<id>/vm.json, written once the VM first runs and at each
+// change; a record that cannot be written fails the request that needed it.
+// The VM's directory exists before its process starts; on Create, the
+// manager reconciles what a previous fcvmd left, killing any Firecracker
+// that runs from a directory without a record.
 //
 // Drive paths: a snapshot bakes in the paths of its VM's drives and
 // Firecracker cannot override them at load. Every VM therefore runs in its

@@ -30,10 +30,11 @@ absl::Status CheckMemory(Core& core, uint64_t mib, uint32_t count);
 absl::Status CheckDiskForCopies(Core& core, const VmConfig& config, const DriveSource& source, uint32_t count,
                                 absl::string_view what);
 
-// A VM from its first record to its first running (or paused) state. From
-// Begin the VM is in the registry as kCreating with its record written and
-// its operation lock held; Commit makes it kRunning/kPaused, watches its
-// process and lets go of the lock. A Creation destroyed without Commit undoes
+// A VM from its directory to its first running (or paused) state. From
+// Begin the VM is in the registry as kCreating with its operation lock held
+// (its directory, made before any process starts, is its intent: see
+// reconcile.cc); Commit makes it kRunning/kPaused, writes its record (a
+// record that cannot be written fails the creation) and lets go of the lock. A Creation destroyed without Commit undoes
 // everything (process, page-server session, network, directory, registry
 // entry) and publishes the VM's failure with the error given to Fail.
 class Creation {
@@ -55,12 +56,12 @@ class Creation {
   absl::Status SetupNetwork(const std::vector<PortMapping>& publish);
   // Gives the VM a Firecracker and its drives: the pooled process, or a new
   // one (inside the VM's network namespace, if any) launched while the drives
-  // are copied. The VM's record then names the process.
+  // are copied; the supervisor watches the process from here on.
   absl::Status AttachProcessAndDrives(const VmConfig& config, const DriveSource& source,
                                       const CancelToken& cancel);
   void SetTimings(const std::function<void(VmTimings&)>& change);
 
-  // The VM reached `state`: record, event (with `message`), process watched.
+  // The VM reached `state`: record and event (with `message`).
   absl::StatusOr<VmInfo> Commit(VmState state, const std::string& message);
   // Why the creation failed, for the undo's event and record.
   void Fail(const absl::Status& status) { error_ = status; }

@@ -101,7 +101,7 @@ void Registry::Release(uint64_t reservation, const std::vector<std::string>& nam
 
 // ---- VMs --------------------------------------------------------------------
 
-absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation) {
+absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation, bool write_record) {
   const std::string name = Info(*entry).name;
   {
     absl::MutexLock lock(&mu_);
@@ -110,9 +110,9 @@ absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation
       return absl::InternalError(absl::StrCat("vm name '", name, "' was not reserved by this request"));
     }
   }
-  // The record first: a VM that is not recorded must not exist (only this
-  // request can consume its reservation meanwhile).
-  RETURN_IF_ERROR(Persist(*entry));
+  // The record first (only this request can consume its reservation
+  // meanwhile).
+  if (write_record) RETURN_IF_ERROR(Persist(*entry));
   absl::MutexLock lock(&mu_);
   reserved_.erase(name);
   auto& held = reservation.names_;
