@@ -306,6 +306,23 @@ std::string FormatSnapshotDetails(const fcvm::v1::Snapshot& s, absl::Time now) {
   kv.Add("memory sha256", OrDash(s.memory_sha256()));
   kv.Add("vmstate sha256", OrDash(s.vmstate_sha256()));
   std::string out = kv.Render();
+  if (s.has_host()) {
+    const fcvm::v1::SnapshotHost& h = s.host();
+    KeyValues host;
+    host.Add("firecracker", OrDash(h.firecracker_version()));
+    host.Add("snapshot format", OrDash(h.snapshot_format_version()));
+    host.Add("cpu",
+             absl::StrCat(OrDash(h.cpu_vendor()), " family ", h.cpu_family(), " model ", h.cpu_model(),
+                          " stepping ", h.cpu_stepping(),
+                          h.cpu_model_name().empty() ? "" : absl::StrCat(" (", h.cpu_model_name(), ")")));
+    host.Add("cpu flags", h.cpu_flags().empty() ? "-" : absl::StrJoin(h.cpu_flags(), " "));
+    host.Add("cpu template", h.cpu_template().empty() ? "none" : h.cpu_template());
+    host.Add("kernel", OrDash(h.kernel_release()));
+    host.Add("page size", absl::StrCat(h.page_size()));
+    absl::StrAppend(&out, "made on:\n", host.Render("  "));
+  } else {
+    absl::StrAppend(&out, "made on: not recorded (an older snapshot)\n");
+  }
   KeyValues config;
   AddConfig(s.config(), &config);
   absl::StrAppend(&out, "config:\n", config.Render("  "));

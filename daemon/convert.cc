@@ -275,6 +275,21 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   out->set_clone_count(info.clone_count);
   out->set_path(info.path);
   ToProto(info.create_duration, out->mutable_create_duration());
+  if (info.host_recorded) {
+    const firecracker::SnapshotHost& h = info.host;
+    v1::SnapshotHost* host = out->mutable_host();
+    host->set_firecracker_version(h.firecracker_version);
+    host->set_snapshot_format_version(h.snapshot_format);
+    host->set_cpu_vendor(h.cpu.vendor);
+    host->set_cpu_family(static_cast<uint32_t>(h.cpu.family));
+    host->set_cpu_model(static_cast<uint32_t>(h.cpu.model));
+    host->set_cpu_stepping(static_cast<uint32_t>(h.cpu.stepping));
+    host->set_cpu_model_name(h.cpu.model_name);
+    for (const std::string& f : h.cpu.flags) host->add_cpu_flags(f);
+    host->set_cpu_template(h.cpu_template);
+    host->set_kernel_release(h.kernel_release);
+    host->set_page_size(h.page_size);
+  }
 }
 
 void ToProto(const vm::Event& event, v1::Event* out) {

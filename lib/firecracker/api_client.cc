@@ -191,6 +191,22 @@ absl::Status ApiClient::PutMetrics(const MetricsConfig& v, absl::Duration timeou
   return Discard(Call("PUT", "/metrics", ToJson(v), timeout));
 }
 
+absl::Status ApiClient::PutMmdsConfig(const MmdsConfig& v, absl::Duration timeout) {
+  return Discard(Call("PUT", "/mmds/config", ToJson(v), timeout));
+}
+
+absl::Status ApiClient::PutVsock(const VsockDevice& v, absl::Duration timeout) {
+  return Discard(Call("PUT", "/vsock", ToJson(v), timeout));
+}
+
+absl::Status ApiClient::PutMmds(absl::string_view json, absl::Duration timeout) {
+  return Discard(Call("PUT", "/mmds", json, timeout));
+}
+
+absl::StatusOr<std::string> ApiClient::GetMmds(absl::Duration timeout) {
+  return Call("GET", "/mmds", "", timeout);
+}
+
 absl::Status ApiClient::InstanceStart(absl::Duration timeout) {
   return Discard(Call("PUT", "/actions", ActionJson("InstanceStart"), timeout));
 }

@@ -57,6 +57,14 @@ class ApiClient {
   absl::Status PutNetworkInterface(const NetworkInterface& v, absl::Duration timeout = kDefault);
   absl::Status PutLogger(const LoggerConfig& v, absl::Duration timeout = kDefault);
   absl::Status PutMetrics(const MetricsConfig& v, absl::Duration timeout = kDefault);
+  absl::Status PutMmdsConfig(const MmdsConfig& v, absl::Duration timeout = kDefault);
+  absl::Status PutVsock(const VsockDevice& v, absl::Duration timeout = kDefault);
+
+  // The metadata store (MMDS): any time, before or after boot. PUT replaces
+  // it with `json` (an object; Firecracker refuses more than its
+  // --mmds-size-limit, 51200 bytes by default); GET returns it.
+  absl::Status PutMmds(absl::string_view json, absl::Duration timeout = kDefault);
+  absl::StatusOr<std::string> GetMmds(absl::Duration timeout = kDefault);
 
   absl::Status InstanceStart(absl::Duration timeout = kDefault);
   // PATCH /vm.

@@ -77,6 +77,16 @@ std::string ToJson(const LoggerConfig& v) {
 
 std::string ToJson(const MetricsConfig& v) { return Dump(Json{{"metrics_path", v.metrics_path}}); }
 
+std::string ToJson(const MmdsConfig& v) {
+  Json j{{"version", v.version}, {"network_interfaces", v.network_interfaces}};
+  if (v.ipv4_address.has_value()) j["ipv4_address"] = *v.ipv4_address;
+  return Dump(j);
+}
+
+std::string ToJson(const VsockDevice& v) {
+  return Dump(Json{{"guest_cid", v.guest_cid}, {"uds_path", v.uds_path}});
+}
+
 std::string ToJson(const SnapshotCreate& v) {
   return Dump(Json{{"snapshot_type", v.type == SnapshotType::kFull ? "Full" : "Diff"},
                    {"snapshot_path", v.snapshot_path},

@@ -66,6 +66,24 @@ struct MetricsConfig {
   std::string metrics_path;
 };
 
+// PUT /mmds/config, before boot: which interfaces may reach the metadata
+// service (169.254.169.254 by default) and its version. A snapshot keeps
+// this; it does not keep the data (PUT /mmds after each load).
+struct MmdsConfig {
+  std::string version = "V2";  // "V1" or "V2" (session tokens)
+  std::vector<std::string> network_interfaces;
+  std::optional<std::string> ipv4_address;
+};
+
+// PUT /vsock, before boot. Firecracker listens on `uds_path` for
+// host-initiated connections ("CONNECT <port>\n") and connects to
+// "<uds_path>_<port>" for guest-initiated ones; the path is kept in a
+// snapshot.
+struct VsockDevice {
+  uint32_t guest_cid = 3;
+  std::string uds_path;
+};
+
 enum class SnapshotType { kFull, kDiff };
 
 // PUT /snapshot/create, on a paused VM.
@@ -111,6 +129,8 @@ std::string ToJson(const Drive& v);
 std::string ToJson(const NetworkInterface& v);
 std::string ToJson(const LoggerConfig& v);
 std::string ToJson(const MetricsConfig& v);
+std::string ToJson(const MmdsConfig& v);
+std::string ToJson(const VsockDevice& v);
 std::string ToJson(const SnapshotCreate& v);
 std::string ToJson(const SnapshotLoad& v);
 // {"action_type":"InstanceStart"} etc.

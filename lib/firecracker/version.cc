@@ -79,8 +79,12 @@ absl::Status CheckSupported(const Version& version, absl::string_view what) {
                                                     " or later"));
 }
 
-absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view what, absl::Duration timeout,
-                                     std::string* printed) {
+namespace {
+
+// Runs `path flag`, killed at `timeout`, and returns what it printed (stdout
+// and stderr) once it exited successfully.
+absl::StatusOr<std::string> RunForOutput(const std::string& path, const char* flag, absl::string_view what,
+                                         absl::Duration timeout) {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty path"));
   struct stat st;
   if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat(what, " ", path));
@@ -91,8 +95,8 @@ absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view 
   if (pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
   UniqueFd out_r(p[0]);
   UniqueFd out_w(p[1]);
-  ASSIGN_OR_RETURN(Process proc, Process::Spawn({.argv = {path, "--version"},
-                                                 .fds = {{out_w.get(), 1}, {out_w.get(), 2}}}));
+  ASSIGN_OR_RETURN(Process proc,
+                   Process::Spawn({.argv = {path, flag}, .fds = {{out_w.get(), 1}, {out_w.get(), 2}}}));
   out_w.Reset();
 
   absl::Time deadline = absl::Now() + timeout;
@@ -106,7 +110,7 @@ absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view 
     if (r < 0) return ErrnoError("poll");
     if (r == 0) {
       return absl::DeadlineExceededError(
-          absl::StrCat(path, " --version: no answer within ", absl::FormatDuration(timeout)));
+          absl::StrCat(path, " ", flag, ": no answer within ", absl::FormatDuration(timeout)));
     }
     ssize_t n = read(out_r.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
@@ -114,17 +118,38 @@ absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view 
     output.append(buf, static_cast<size_t>(n));
   }
   absl::StatusOr<ExitStatus> exit = proc.Wait(std::max(absl::ZeroDuration(), deadline - absl::Now()));
-  if (!exit.ok()) return Annotate(exit.status(), absl::StrCat(path, " --version"));
-  std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
+  if (!exit.ok()) return Annotate(exit.status(), absl::StrCat(path, " ", flag));
   if (!exit->success()) {
+    std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
     return absl::FailedPreconditionError(
-        absl::StrCat(path, " --version failed (", exit->ToString(), "): \"", quoted, "\""));
+        absl::StrCat(path, " ", flag, " failed (", exit->ToString(), "): \"", quoted, "\""));
   }
+  return output;
+}
+
+}  // namespace
+
+absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view what, absl::Duration timeout,
+                                     std::string* printed) {
+  ASSIGN_OR_RETURN(std::string output, RunForOutput(path, "--version", what, timeout));
   if (printed != nullptr) *printed = output;
   absl::StatusOr<Version> version = ParseVersion(output);
   if (!version.ok()) {
+    std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
     return absl::FailedPreconditionError(
         absl::StrCat(path, " --version printed no version: \"", quoted, "\""));
+  }
+  return *version;
+}
+
+absl::StatusOr<Version> ProbeSnapshotFormat(const std::string& path, absl::Duration timeout) {
+  ASSIGN_OR_RETURN(std::string output,
+                   RunForOutput(path, "--snapshot-version", "firecracker binary", timeout));
+  absl::StatusOr<Version> version = ParseVersion(output);
+  if (!version.ok()) {
+    std::string quoted = absl::CEscape(absl::StripAsciiWhitespace(output).substr(0, 300));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " --snapshot-version printed no version: \"", quoted, "\""));
   }
   return *version;
 }

@@ -57,4 +57,11 @@ absl::StatusOr<Version> ProbeVersion(const std::string& path, absl::string_view 
                                      absl::Duration timeout = absl::Seconds(5),
                                      std::string* output = nullptr);
 
+// Runs `path --snapshot-version` and parses what it prints ("v8.0.0"): the
+// snapshot data format this Firecracker writes, and the newest it loads
+// (Firecracker loads a vmstate whose format has the same major and a minor
+// no greater than its own; see snapshot_compat.h). Errors as ProbeVersion.
+absl::StatusOr<Version> ProbeSnapshotFormat(const std::string& path,
+                                            absl::Duration timeout = absl::Seconds(5));
+
 }  // namespace fcvm::firecracker

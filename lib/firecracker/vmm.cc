@@ -110,7 +110,8 @@ off_t FileSize(const std::string& path) {
 absl::StatusOr<FirecrackerBinary> FirecrackerBinary::Probe(const std::string& path, absl::Duration timeout) {
   ASSIGN_OR_RETURN(Version version, ProbeVersion(path, "firecracker binary", timeout));
   RETURN_IF_ERROR(CheckSupported(version, absl::StrCat("firecracker binary ", path)));
-  return FirecrackerBinary(path, version);
+  absl::StatusOr<Version> format = ProbeSnapshotFormat(path, timeout);
+  return FirecrackerBinary(path, version, format.value_or(Version{}));
 }
 
 // ------------------------------------------------------------------- Vmm
@@ -475,6 +476,9 @@ absl::Status Vmm::Boot(const BootSpec& spec) {
   for (const Drive& d : spec.drives) RETURN_IF_ERROR(Explain(api_->PutDrive(d)));
   for (const NetworkInterface& n : spec.network_interfaces)
     RETURN_IF_ERROR(Explain(api_->PutNetworkInterface(n)));
+  if (spec.mmds_config.has_value()) RETURN_IF_ERROR(Explain(api_->PutMmdsConfig(*spec.mmds_config)));
+  if (spec.mmds_data.has_value()) RETURN_IF_ERROR(Explain(api_->PutMmds(*spec.mmds_data)));
+  if (spec.vsock.has_value()) RETURN_IF_ERROR(Explain(api_->PutVsock(*spec.vsock)));
   return Explain(api_->InstanceStart(), absl::Milliseconds(100));
 }
 

@@ -67,17 +67,22 @@ class FirecrackerBinary {
   // exist; PermissionDenied when it is not an executable file;
   // FailedPrecondition when it is older than 1.12, or when --version fails or
   // prints no version (the message quotes its output); DeadlineExceeded.
+  // Also asks for the snapshot data format (--snapshot-version); a binary
+  // that cannot tell is not refused (snapshot_format() is then 0.0.0).
   static absl::StatusOr<FirecrackerBinary> Probe(const std::string& path,
                                                  absl::Duration timeout = absl::Seconds(5));
 
   const std::string& path() const { return path_; }
   const Version& version() const { return version_; }
+  // The snapshot data format it writes ("8.0.0" for 1.14); 0.0.0 when unknown.
+  const Version& snapshot_format() const { return snapshot_format_; }
 
  private:
-  FirecrackerBinary(std::string path, Version version)
-      : path_(std::move(path)), version_(std::move(version)) {}
+  FirecrackerBinary(std::string path, Version version, Version snapshot_format)
+      : path_(std::move(path)), version_(std::move(version)), snapshot_format_(std::move(snapshot_format)) {}
   std::string path_;
   Version version_;
+  Version snapshot_format_;
 };
 
 struct VmmOptions {
@@ -114,6 +119,11 @@ struct BootSpec {
   MachineConfig machine;
   std::vector<Drive> drives;
   std::vector<NetworkInterface> network_interfaces;
+  // MMDS: which interfaces reach it (needs one of network_interfaces), and
+  // what it holds at the first instruction.
+  std::optional<MmdsConfig> mmds_config;
+  std::optional<std::string> mmds_data;
+  std::optional<VsockDevice> vsock;
 };
 
 class Vmm {

@@ -38,6 +38,10 @@ struct SnapshotRecord {
   // The source VM's configuration, as JSON owned by lib/vm.
   std::string config_json;
   std::string firecracker_version;
+  // Where it was made (Firecracker, snapshot format, CPU, kernel, page
+  // size), as a JSON object owned by lib/firecracker (snapshot_compat.h);
+  // empty for snapshots made before fcvm recorded it.
+  std::string host_json;
   std::vector<std::string> disk_ids;  // files under disks/
   // Filled in by Commit.
   uint64_t memory_bytes = 0;

@@ -148,6 +148,7 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
   ASSIGN_OR_RETURN(src.snap, core.store->Get(found.id));  // still there now that it is held
   ASSIGN_OR_RETURN(src.config, ConfigFromJson(src.snap.config_json));
   src.dir = core.store->Dir(src.snap.id);
+  RETURN_IF_ERROR(core.CheckRestorable(src.snap, src.dir));
 
   const VmConfig& config = src.config;
   if (req.network_enabled.has_value() && *req.network_enabled != config.network.enabled) {

@@ -95,6 +95,10 @@ struct Core {
   std::unique_ptr<Supervisor> supervisor;
   std::unique_ptr<WarmPool> warm;
 
+  // This host as snapshots record it (compat.cc), probed once.
+  absl::Mutex host_mu;
+  std::optional<firecracker::SnapshotHost> host ABSL_GUARDED_BY(host_mu);
+
   // Why the page server ended a clone's session, until its exit is handled.
   absl::Mutex pager_mu;
   std::map<std::string, std::string> pager_errors ABSL_GUARDED_BY(pager_mu);
@@ -110,6 +114,12 @@ struct Core {
   // (its directory stays). Holds entry.op.
   void ReleaseResources(VmEntry& entry);
   void OnPagerEvent(const uffd::SessionEvent& event);
+  // ---- snapshot compatibility (compat.cc) ----
+  // This host and its Firecracker, as a snapshot records them.
+  absl::StatusOr<firecracker::SnapshotHost> ThisHost();
+  // OK when the snapshot (its record, and its vmstate's format header) can
+  // be restored here; FailedPrecondition naming every difference otherwise.
+  absl::Status CheckRestorable(const storage::SnapshotRecord& record, const std::string& dir);
   void Publish(Event event) { events.Publish(std::move(event)); }
 };
 

@@ -29,6 +29,7 @@
 #include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/api_types.h"
+#include "lib/firecracker/snapshot_compat.h"
 #include "lib/firecracker/vmm.h"
 #include "lib/uffd/page_server.h"
 #include "lib/vm/types.h"
@@ -92,6 +93,9 @@ class VmmFactory {
   // have left without a record.
   virtual std::map<pid_t, std::string> FindRunning(const std::string& vms_dir) = 0;
   virtual std::string version() const = 0;
+  // The snapshot data format this Firecracker writes ("8.0.0"); empty when
+  // unknown.
+  virtual std::string snapshot_format() const { return ""; }
 };
 
 // The page server, as the manager uses it.
@@ -158,6 +162,9 @@ class Host {
   // Atomic replace of a small record file (mode 0600). Errors (a full disk)
   // are returned: a record that is not written must fail the request.
   virtual absl::Status WriteRecord(const std::string& path, absl::string_view contents) = 0;
+  // This host as a snapshot records it (CPU, kernel release, page size; the
+  // Firecracker fields empty): see lib/firecracker/snapshot_compat.h.
+  virtual absl::StatusOr<firecracker::SnapshotHost> Describe() { return firecracker::ProbeHost(); }
 };
 
 // Everything the manager reaches, owned by it.

@@ -155,6 +155,10 @@ class RealVmmFactory final : public VmmFactory {
   }
 
   std::string version() const override { return binary_.version().ToString(); }
+  std::string snapshot_format() const override {
+    const firecracker::Version& f = binary_.snapshot_format();
+    return f.major == 0 && f.minor == 0 && f.patch == 0 ? "" : f.ToString();
+  }
 
  private:
   const firecracker::FirecrackerBinary binary_;

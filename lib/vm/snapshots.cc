@@ -33,6 +33,11 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
   s.create_duration = r.create_duration;
   s.path = core.store->Dir(r.id);
   s.clone_count = core.registry.LiveCloneCount(r.id);
+  if (!r.host_json.empty()) {
+    absl::StatusOr<firecracker::SnapshotHost> host = firecracker::SnapshotHostFromJson(r.host_json);
+    s.host_recorded = host.ok();
+    if (host.ok()) s.host = *std::move(host);
+  }
   std::string mem = storage::SnapshotStore::MemoryPath(s.path);
   for (const uffd::SnapshotStats& st : core.env.pager->GetStats().snapshots) {
     if (st.mem_file == mem) s.zero_pages = st.zero_pages;
@@ -106,6 +111,13 @@ absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& r
     record.source_vm_id = info.id;
     record.config_json = ConfigToJson(info.config);
     record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
+    if (absl::StatusOr<firecracker::SnapshotHost> host = core.ThisHost(); host.ok()) {
+      // The format the vmstate really has (the binary may have been replaced
+      // since fcvmd started).
+      absl::StatusOr<firecracker::Version> format = firecracker::ReadVmstateFormat(create.snapshot_path);
+      if (format.ok()) host->snapshot_format = format->ToString();
+      record.host_json = firecracker::SnapshotHostToJson(*host);
+    }
     record.create_duration = took;
     ASSIGN_OR_RETURN(storage::SnapshotRecord done, core.store->Commit(pending, record));
     std::move(abort).Cancel();

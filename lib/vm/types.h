@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "lib/firecracker/snapshot_compat.h"
 #include "lib/uffd/policy.h"
 #include "lib/vm/state.h"
 
@@ -116,6 +117,10 @@ struct SnapshotInfo {
   uint32_t clone_count = 0;
   std::string path;
   absl::Duration create_duration;
+  // Where it was made (Firecracker, snapshot format, CPU, kernel, page size);
+  // host_recorded is false for snapshots made before fcvm recorded it.
+  firecracker::SnapshotHost host;
+  bool host_recorded = false;
 };
 
 enum class EventKind { kVmState, kSnapshotCreated, kSnapshotDeleted, kPageServerDrop, kReconcile };

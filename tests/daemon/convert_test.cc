@@ -243,6 +243,23 @@ TEST(ConvertTest, SnapshotInfoToSnapshot) {
 
   v1::Snapshot s;
   ToProto(info, &s);
+  EXPECT_FALSE(s.has_host()) << "not recorded: left unset";
+  info.host_recorded = true;
+  info.host.firecracker_version = "1.14.2";
+  info.host.snapshot_format = "8.0.0";
+  info.host.cpu.vendor = "AuthenticAMD";
+  info.host.cpu.family = 25;
+  info.host.cpu.model = 1;
+  info.host.cpu.flags = {"avx", "avx2"};
+  info.host.kernel_release = "6.18.44";
+  info.host.page_size = 4096;
+  ToProto(info, &s);
+  EXPECT_EQ(s.host().snapshot_format_version(), "8.0.0");
+  EXPECT_EQ(s.host().cpu_vendor(), "AuthenticAMD");
+  EXPECT_EQ(s.host().cpu_family(), 25u);
+  EXPECT_EQ(s.host().cpu_flags_size(), 2);
+  EXPECT_EQ(s.host().kernel_release(), "6.18.44");
+  EXPECT_EQ(s.host().page_size(), 4096u);
   EXPECT_EQ(s.id(), "snap-0123456789ab");
   EXPECT_EQ(s.name(), "base");
   EXPECT_EQ(s.labels().at("k"), "v");

@@ -199,6 +199,22 @@ TEST(FormatSnapshot, TableAndDetails) {
   const std::string details = FormatSnapshotDetails(*s, absl::UnixEpoch());
   EXPECT_THAT(details, HasSubstr("create time:    840.0 ms\n"));
   EXPECT_THAT(details, HasSubstr("working set:    1200 pages\n"));
+  EXPECT_THAT(details, HasSubstr("made on: not recorded"));
+  v1::SnapshotHost* host = s->mutable_host();
+  host->set_firecracker_version("1.14.2");
+  host->set_snapshot_format_version("8.0.0");
+  host->set_cpu_vendor("AuthenticAMD");
+  host->set_cpu_family(25);
+  host->set_cpu_model(1);
+  host->set_cpu_model_name("AMD EPYC");
+  host->add_cpu_flags("avx");
+  host->add_cpu_flags("avx2");
+  host->set_page_size(4096);
+  const std::string with_host = FormatSnapshotDetails(*s, absl::UnixEpoch());
+  EXPECT_THAT(with_host, HasSubstr("  snapshot format: 8.0.0\n"));
+  EXPECT_THAT(with_host,
+              HasSubstr("  cpu:             AuthenticAMD family 25 model 1 stepping 0 (AMD EPYC)\n"));
+  EXPECT_THAT(with_host, HasSubstr("  cpu flags:       avx avx2\n"));
 
   v1::DeleteSnapshotResponse del;
   del.set_id("snap-00000000000a");

@@ -154,6 +154,7 @@ TEST(SnapshotStore, CommitGetListDelete) {
   rec.labels = {{"app", "web"}};
   rec.source_vm_id = "vm-1";
   rec.config_json = R"({"memory_mib":128})";
+  rec.host_json = R"({"cpu":{"vendor":"X"},"page_size":4096})";
   ASSERT_OK_AND_ASSIGN(SnapshotRecord done, store->Commit(p, rec));
   EXPECT_EQ(done.memory_bytes, 8192u);
   EXPECT_EQ(done.vmstate_bytes, 13u);
@@ -171,6 +172,7 @@ TEST(SnapshotStore, CommitGetListDelete) {
   ASSERT_OK_AND_ASSIGN(SnapshotRecord again, reopened->Get("base"));
   EXPECT_EQ(again.memory_sha256, done.memory_sha256);
   EXPECT_EQ(again.config_json, R"({"memory_mib":128})");
+  EXPECT_EQ(again.host_json, R"({"cpu":{"vendor":"X"},"page_size":4096})");
 
   ASSERT_OK(store->Delete("snap-1"));
   EXPECT_THAT(store->Get("snap-1"), StatusIs(absl::StatusCode::kNotFound));

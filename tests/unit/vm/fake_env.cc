@@ -65,6 +65,18 @@ std::map<pid_t, FakeVmm*>& Processes() {
 }
 std::atomic<pid_t> g_next_pid{100000};
 
+// A vmstate file with Firecracker's x86_64 header: magic, then the format
+// version as a length-prefixed string.
+std::string FakeVmstate(const std::string& format) {
+  std::string out;
+  const uint64_t magic = 0x0710198486640000ull, len = format.size();
+  out.append(reinterpret_cast<const char*>(&magic), 8);
+  out.append(reinterpret_cast<const char*>(&len), 8);
+  out += format;
+  out += "fake vmstate";
+  return out;
+}
+
 class FakeVmm final : public Vmm {
  public:
   FakeVmm(std::shared_ptr<FakeWorld> world, pid_t pid, std::string dir)
@@ -114,7 +126,12 @@ class FakeVmm final : public Vmm {
     return absl::OkStatus();
   }
   absl::Status CreateSnapshot(const firecracker::SnapshotCreate& create, absl::Duration) override {
-    RETURN_IF_ERROR(WriteFileAtomic(create.snapshot_path, "fake vmstate", 0600));
+    std::string format;
+    {
+      absl::MutexLock lock(&world_->mu);
+      format = world_->snapshot_format;
+    }
+    RETURN_IF_ERROR(WriteFileAtomic(create.snapshot_path, FakeVmstate(format), 0600));
     return WriteFileAtomic(create.mem_file_path, std::string(64 << 10, '\0'), 0600);
   }
   absl::Status Pause() override { return CheckRunning(); }
@@ -213,7 +230,14 @@ class FakeVmmFactory final : public VmmFactory {
     return world_->running;
   }
 
-  std::string version() const override { return "1.14.2"; }
+  std::string version() const override {
+    absl::MutexLock lock(&world_->mu);
+    return world_->firecracker_version;
+  }
+  std::string snapshot_format() const override {
+    absl::MutexLock lock(&world_->mu);
+    return world_->snapshot_format;
+  }
 
  private:
   std::shared_ptr<FakeWorld> world_;
@@ -352,6 +376,10 @@ class FakeHost final : public Host {
       }
     }
     return WriteFileAtomic(path, contents, 0600, /*durable=*/false);
+  }
+  absl::StatusOr<firecracker::SnapshotHost> Describe() override {
+    absl::MutexLock lock(&world_->mu);
+    return world_->host;
   }
 
  private:

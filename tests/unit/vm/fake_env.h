@@ -82,6 +82,24 @@ struct FakeWorld {
   uint64_t mem_available_mib ABSL_GUARDED_BY(mu) = 1 << 20;
   bool fail_records ABSL_GUARDED_BY(mu) = false;  // WriteRecord: ENOSPC
   int disk_copies ABSL_GUARDED_BY(mu) = 0;
+  // What Host::Describe and the factory say about this host and its
+  // Firecracker; the fake vmstate files carry `snapshot_format` in a real
+  // Firecracker header.
+  firecracker::SnapshotHost host ABSL_GUARDED_BY(mu) = DefaultFakeHost();
+  std::string firecracker_version ABSL_GUARDED_BY(mu) = "1.14.2";
+  std::string snapshot_format ABSL_GUARDED_BY(mu) = "8.0.0";
+
+  static firecracker::SnapshotHost DefaultFakeHost() {
+    firecracker::SnapshotHost h;
+    h.cpu.vendor = "GenuineIntel";
+    h.cpu.family = 6;
+    h.cpu.model = 85;
+    h.cpu.model_name = "Fake Xeon";
+    h.cpu.flags = {"avx", "avx2", "pni"};
+    h.kernel_release = "6.1.0-fake";
+    h.page_size = 4096;
+    return h;
+  }
 
   // Where the fakes block (open unless a test closes them).
   Gate launch_gate;

@@ -1,0 +1,168 @@
+// Issue 15 against the real Firecracker and the test guest: snapshots that
+// refuse a host they cannot run on. Skips without Firecracker or /dev/kvm.
+
+#include <unistd.h>
+
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "lib/base/file_util.h"
+#include "lib/firecracker/snapshot_compat.h"
+#include "lib/vm/manager.h"
+#include "nlohmann/json.hpp"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/status_matchers.h"
+
+namespace fcvm::vm {
+namespace {
+
+using ::fcvm::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+struct ConsoleTicks {
+  int ok = 0;
+  int bad = 0;
+  uint64_t first = 0;
+  uint64_t last = 0;
+  std::string first_bad;
+};
+
+ConsoleTicks ReadTicks(const std::string& console_log) {
+  static const std::regex kTick("^FCVM-GUEST TICK ([0-9]+) (OK|BAD)( |$)");
+  ConsoleTicks t;
+  std::string text = ReadFile(console_log).value_or("");
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::string l(line);
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    std::smatch m;
+    if (!std::regex_search(l, m, kTick)) continue;
+    uint64_t n = std::stoull(m[1]);
+    if (t.first == 0) t.first = n;
+    t.last = n;
+    if (m[2] == "OK") {
+      ++t.ok;
+    } else if (t.bad++ == 0) {
+      t.first_bad = l;
+    }
+  }
+  return t;
+}
+
+// Waits until the console shows `ok` OK ticks (or a BAD one).
+ConsoleTicks WaitTicks(const std::string& console_log, int ok, absl::Duration timeout = absl::Seconds(40)) {
+  absl::Time deadline = absl::Now() + timeout;
+  ConsoleTicks t;
+  while (absl::Now() < deadline) {
+    t = ReadTicks(console_log);
+    if (t.bad > 0 || t.ok >= ok) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return t;
+}
+
+class IdentityE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string missing = e2e::MissingPrerequisite();
+    if (!missing.empty()) GTEST_SKIP() << missing;
+    options_.state_dir = tmp_.path() + "/state";
+    options_.firecracker_bin = e2e::FirecrackerPath();
+    options_.network_prefix = "fcvi";
+    options_.network_pool = "10.212.0.0/16";
+    options_.warm_pool_size = 0;
+    ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(options_));
+  }
+
+  void TearDown() override {
+    if (manager_ == nullptr) return;
+    for (const VmInfo& v : manager_->List({})) (void)manager_->Delete(v.id, true, absl::ZeroDuration());
+    manager_.reset();
+    std::vector<std::string> left = e2e::Leftovers(tmp_.path(), "fcvi");
+    EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
+  }
+
+  void Restart() {
+    manager_.reset();
+    ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(options_));
+  }
+
+  RunRequest GuestRun(const std::string& name) {
+    RunRequest r;
+    r.name = name;
+    r.config.kernel_path = e2e::GuestPath();
+    r.config.boot_args = e2e::kGuestBootArgs;
+    r.config.memory_mib = e2e::kGuestMemMib;
+    return r;
+  }
+
+  void EditMeta(const std::string& dir, const std::function<void(nlohmann::json&)>& edit) {
+    ASSERT_OK_AND_ASSIGN(std::string text, ReadFile(dir + "/meta.json"));
+    nlohmann::json j = nlohmann::json::parse(text);
+    edit(j);
+    ASSERT_OK(WriteFileAtomic(dir + "/meta.json", j.dump(2), 0600));
+  }
+
+  e2e::TempDir tmp_{"fcvm-ide2e"};
+  ManagerOptions options_;
+  std::unique_ptr<Manager> manager_;
+};
+
+TEST_F(IdentityE2eTest, SnapshotRecordsItsHostAndRefusesAnotherOne) {
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("base")));
+  ASSERT_GE(WaitTicks(vm.console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}));
+  ASSERT_OK_AND_ASSIGN(firecracker::SnapshotHost here, firecracker::ProbeHost());
+  ASSERT_TRUE(snap.host_recorded);
+  EXPECT_EQ(snap.host.firecracker_version, manager_->firecracker_version());
+  // What the real vmstate's header says, and what the binary says it writes.
+  ASSERT_OK_AND_ASSIGN(firecracker::Version format, firecracker::ReadVmstateFormat(snap.path + "/vmstate"));
+  EXPECT_EQ(snap.host.snapshot_format, format.ToString());
+  ASSERT_OK_AND_ASSIGN(firecracker::Version binary_format,
+                       firecracker::ProbeSnapshotFormat(e2e::FirecrackerPath()));
+  EXPECT_EQ(format.ToString(), binary_format.ToString());
+  EXPECT_EQ(snap.host.cpu.vendor, here.cpu.vendor);
+  EXPECT_EQ(snap.host.cpu.model, here.cpu.model);
+  EXPECT_EQ(snap.host.cpu.flags, here.cpu.flags);
+  EXPECT_EQ(snap.host.kernel_release, here.kernel_release);
+  EXPECT_EQ(snap.host.page_size, here.page_size);
+  ASSERT_OK(manager_->Delete("base", true, absl::ZeroDuration()).status());
+
+  // Another CPU vendor in the record: refused before any Firecracker starts.
+  const std::string other = here.cpu.vendor == "GenuineIntel" ? "AuthenticAMD" : "GenuineIntel";
+  EditMeta(snap.path, [&](nlohmann::json& j) { j["host"]["cpu"]["vendor"] = other; });
+  Restart();
+  EXPECT_THAT(manager_->Clone({.snapshot_ref = "golden"}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("cannot be restored on this host"),
+                             HasSubstr("CPU vendor: snapshot " + other + ", this host " + here.cpu.vendor))));
+  EXPECT_TRUE(manager_->List({}).empty());
+  // Another Firecracker minor release.
+  EditMeta(snap.path, [&](nlohmann::json& j) {
+    j["host"]["cpu"]["vendor"] = here.cpu.vendor;
+    j["host"]["firecracker_version"] = "1.13.0";
+  });
+  Restart();
+  EXPECT_THAT(
+      manager_->Clone({.snapshot_ref = "golden"}),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("Firecracker version: snapshot 1.13.0")));
+  EXPECT_TRUE(manager_->List({}).empty());
+
+  // Put back, it clones and the clone runs.
+  EditMeta(snap.path,
+           [&](nlohmann::json& j) { j["host"]["firecracker_version"] = snap.host.firecracker_version; });
+  Restart();
+  ASSERT_OK_AND_ASSIGN(CloneResult ok, manager_->Clone({.snapshot_ref = "golden"}));
+  ASSERT_EQ(ok.succeeded, 1u) << ok.clones[0].error;
+  ConsoleTicks t = WaitTicks(ok.clones[0].console_log_path, 1);
+  EXPECT_EQ(t.bad, 0) << t.first_bad;
+  EXPECT_GE(t.ok, 1);
+}
+
+}  // namespace
+}  // namespace fcvm::vm
