@@ -529,6 +529,22 @@ int CmdStats(Env& env, const Args& args) {
       [](const v1::PageServerStats& s) { return FormatPageServerStats(s); });
 }
 
+// metadata get|set: the VM's MMDS document as fcvmd's answer holds it (its
+// caller's keys and fcvm's "fcvm" object).
+int CmdMetadataGet(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseGetVmMetadata, &v1::VmService::Stub::GetVmMetadata,
+      [](const v1::GetVmMetadataRequest& r) { return "metadata get " + r.ref(); },
+      [](const v1::VmMetadata& m) { return m.json() + "\n"; });
+}
+
+int CmdMetadataSet(Env& env, const Args& args) {
+  return Unary<v1::VmService>(
+      env, args, ParseSetVmMetadata, &v1::VmService::Stub::SetVmMetadata,
+      [](const v1::SetVmMetadataRequest& r) { return "metadata set " + r.ref(); },
+      [](const v1::VmMetadata& m) { return m.json() + "\n"; });
+}
+
 // watch prints events until the stream ends, Ctrl-C (exit 0) or an explicit
 // --timeout runs out (exit 0).
 int CmdWatch(Env& env, const Args& args) {
@@ -567,6 +583,10 @@ const std::vector<Command>& Commands() {
       {"snapshot rm", "snapshot rm REF [--force]", "delete a snapshot", absl::Minutes(2), CmdSnapshotRm},
       {"clone", "clone SNAPSHOT_REF [options]", "start clones of a snapshot, with timings", absl::Minutes(10),
        CmdClone},
+      {"metadata get", "metadata get VM_REF", "print a VM's metadata (its MMDS contents)", kQuick,
+       CmdMetadataGet},
+      {"metadata set", "metadata set VM_REF FILE|-",
+       "replace a VM's metadata with a JSON object (fcvm's own keys stay)", kQuick, CmdMetadataSet},
       {"stats", "stats [VM_REF]", "page server counters per clone session", kQuick, CmdStats},
       {"watch", "watch [REF] [--from-start | --after SEQ]", "print lifecycle events as they happen",
        absl::InfiniteDuration(), CmdWatch},
@@ -616,7 +636,15 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   }
   std::string name = (*rest)[0];
   size_t consumed = 1;
-  if (name == "snapshot") {
+  if (name == "metadata") {
+    if (rest->size() < 2 || IsHelp((*rest)[1])) {
+      (rest->size() < 2 && !global.help_requested() ? err : out)
+          << "usage: fcvmctl [options] metadata <get|set> VM_REF [FILE|-]\n";
+      return rest->size() < 2 && !global.help_requested() ? 2 : 0;
+    }
+    name += " " + (*rest)[1];
+    consumed = 2;
+  } else if (name == "snapshot") {
     if (rest->size() >= 2 && IsHelp((*rest)[1])) {
       out << SnapshotHelp();
       return 0;

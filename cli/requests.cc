@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/time_util.h"
+#include "lib/base/file_util.h"
 #include "lib/base/status.h"
 
 namespace fcvm::cli {
@@ -78,6 +79,14 @@ absl::StatusOr<std::string> ParseRef(FlagParser& flags, const Args& args, absl::
   if (flags.help_requested()) return std::string();
   RETURN_IF_ERROR(CheckPositional(positional, {std::move(placeholder)}, 0, usage));
   return positional[0];
+}
+
+// The metadata of --metadata: a file's contents, or stdin's for "-". Sent
+// as given (fcvmd checks that it is a JSON object).
+absl::StatusOr<std::string> ReadMetadata(const std::string& path, absl::string_view flag) {
+  absl::StatusOr<std::string> text = ReadFile(path == "-" ? "/dev/stdin" : path);
+  if (!text.ok()) return Annotate(text.status(), absl::StrCat(flag, " ", path == "-" ? "stdin" : path));
+  return text;
 }
 
 template <typename Map>
@@ -225,6 +234,11 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   flags.String("mac", &mac, "guest MAC address (with --net)", "MAC");
   flags.List("publish", &publish, "publish a guest port on the host (with --net); repeatable",
              "HOST:GUEST[/udp]");
+  std::string metadata, mmds_version;
+  flags.String("metadata", &metadata, "the VM's metadata (MMDS): a JSON object from a file, or '-' for stdin",
+               "FILE");
+  flags.String("mmds-version", &mmds_version,
+               "MMDS version the guest speaks: V2 (session tokens, default) or V1", "V1|V2");
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::RunVmRequest req;
   if (flags.help_requested()) return req;
@@ -266,6 +280,15 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   req.set_name(name);
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_labels());
+  if (!metadata.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
+    req.set_metadata_json(std::move(text));
+  }
+  if (!mmds_version.empty()) {
+    std::string v = absl::AsciiStrToUpper(mmds_version);
+    if (v != "V1" && v != "V2") return absl::InvalidArgumentError("--mmds-version: want V1 or V2");
+    config->set_mmds_version(v);
+  }
   return req;
 }
 
@@ -413,6 +436,11 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   flags.Bool("stay-paused", &stay_paused, "leave the clones paused");
   flags.Bool("all-or-nothing", &all_or_nothing, "if one clone fails, delete the others and fail");
   flags.Int("parallelism", &parallelism, "clones restored at once (default: fcvmd's)");
+  std::string metadata;
+  flags.String("metadata", &metadata,
+               "metadata (MMDS) for every clone, beside its own fcvm keys: a JSON object from a file, or '-' "
+               "for stdin",
+               "FILE");
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::CloneSnapshotRequest req;
   if (flags.help_requested()) return req;
@@ -443,6 +471,28 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   req.set_all_or_nothing(all_or_nothing);
   ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
   req.set_parallelism(par);
+  if (!metadata.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
+    req.set_metadata_json(std::move(text));
+  }
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::GetVmMetadataRequest> ParseGetVmMetadata(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(std::string ref, ParseRef(flags, args, "metadata get VM_REF", "VM_REF"));
+  fcvm::v1::GetVmMetadataRequest req;
+  req.set_ref(ref);
+  return req;
+}
+
+absl::StatusOr<fcvm::v1::SetVmMetadataRequest> ParseSetVmMetadata(FlagParser& flags, const Args& args) {
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::SetVmMetadataRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF", "FILE"}, 0, "metadata set VM_REF FILE|-"));
+  req.set_ref(positional[0]);
+  ASSIGN_OR_RETURN(std::string text, ReadMetadata(positional[1], "metadata"));
+  req.set_json(std::move(text));
   return req;
 }
 

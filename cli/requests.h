@@ -84,6 +84,10 @@ absl::StatusOr<fcvm::v1::DeleteSnapshotRequest> ParseDeleteSnapshot(FlagParser& 
 //       [--prefetch auto|none|record|prefetch] [--name-prefix P]
 //       [--label K=V]... [--stay-paused] [--all-or-nothing] [--parallelism N]
 absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args);
+// metadata get VM_REF
+absl::StatusOr<fcvm::v1::GetVmMetadataRequest> ParseGetVmMetadata(FlagParser& flags, const Args& args);
+// metadata set VM_REF FILE|- (the file is read here)
+absl::StatusOr<fcvm::v1::SetVmMetadataRequest> ParseSetVmMetadata(FlagParser& flags, const Args& args);
 
 // version
 absl::StatusOr<fcvm::v1::GetVersionRequest> ParseGetVersion(FlagParser& flags, const Args& args);

@@ -170,6 +170,7 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
       FromProto(config.network().publish(), "config.network");
   if (!publish.ok()) return publish.status();
   out.network.publish = *std::move(publish);
+  out.mmds_version = config.mmds_version();
   return out;
 }
 
@@ -217,6 +218,7 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
   out->mutable_network()->set_enabled(config.network.enabled);
   out->mutable_network()->set_guest_mac(config.network.guest_mac);
   ToProto(config.network.publish, out->mutable_network()->mutable_publish());
+  out->set_mmds_version(config.mmds_version);
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -328,6 +330,7 @@ absl::StatusOr<vm::RunRequest> FromProto(const v1::RunVmRequest& request) {
   absl::StatusOr<vm::VmConfig> config = FromProto(request.config());
   if (!config.ok()) return config.status();
   out.config = *std::move(config);
+  out.metadata_json = request.metadata_json();
   return out;
 }
 
@@ -397,6 +400,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   out.stay_paused = request.stay_paused();
   out.all_or_nothing = request.all_or_nothing();
   out.parallelism = request.parallelism();
+  out.metadata_json = request.metadata_json();
   return out;
 }
 

@@ -446,6 +446,43 @@ grpc::ServerUnaryReactor* VmServiceImpl::PauseVm(grpc::CallbackServerContext* co
       });
 }
 
+// Issue 15: a VM's metadata (MMDS), read from and written to its Firecracker.
+grpc::ServerUnaryReactor* VmServiceImpl::GetVmMetadata(grpc::CallbackServerContext* context,
+                                                       const v1::GetVmMetadataRequest* request,
+                                                       v1::VmMetadata* response) {
+  vm::Manager* manager = deps_.manager;
+  return RunOnWorker(deps_, "GetVmMetadata", context, request, response,
+                     [manager](const v1::GetVmMetadataRequest& req, v1::VmMetadata* out,
+                               const CancelToken&) -> absl::Status {
+                       if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
+                       absl::StatusOr<vm::VmInfo> vm = manager->Get(req.ref());
+                       if (!vm.ok()) return vm.status();
+                       absl::StatusOr<std::string> doc = manager->GetMetadata(req.ref());
+                       if (!doc.ok()) return doc.status();
+                       out->set_vm_id(vm->id);
+                       out->set_json(*std::move(doc));
+                       return absl::OkStatus();
+                     });
+}
+
+grpc::ServerUnaryReactor* VmServiceImpl::SetVmMetadata(grpc::CallbackServerContext* context,
+                                                       const v1::SetVmMetadataRequest* request,
+                                                       v1::VmMetadata* response) {
+  vm::Manager* manager = deps_.manager;
+  return RunOnWorker(deps_, "SetVmMetadata", context, request, response,
+                     [manager](const v1::SetVmMetadataRequest& req, v1::VmMetadata* out,
+                               const CancelToken&) -> absl::Status {
+                       if (req.ref().empty()) return absl::InvalidArgumentError("ref is required");
+                       absl::StatusOr<vm::VmInfo> vm = manager->Get(req.ref());
+                       if (!vm.ok()) return vm.status();
+                       absl::StatusOr<std::string> doc = manager->SetMetadata(req.ref(), req.json());
+                       if (!doc.ok()) return doc.status();
+                       out->set_vm_id(vm->id);
+                       out->set_json(*std::move(doc));
+                       return absl::OkStatus();
+                     });
+}
+
 grpc::ServerUnaryReactor* VmServiceImpl::ResumeVm(grpc::CallbackServerContext* context,
                                                   const v1::ResumeVmRequest* request, v1::Vm* response) {
   vm::Manager* manager = deps_.manager;

@@ -98,6 +98,12 @@ class VmServiceImpl final : public fcvm::v1::VmService::CallbackService {
   grpc::ServerUnaryReactor* DeleteVm(grpc::CallbackServerContext* context,
                                      const fcvm::v1::DeleteVmRequest* request,
                                      fcvm::v1::DeleteVmResponse* response) override;
+  grpc::ServerUnaryReactor* GetVmMetadata(grpc::CallbackServerContext* context,
+                                          const fcvm::v1::GetVmMetadataRequest* request,
+                                          fcvm::v1::VmMetadata* response) override;
+  grpc::ServerUnaryReactor* SetVmMetadata(grpc::CallbackServerContext* context,
+                                          const fcvm::v1::SetVmMetadataRequest* request,
+                                          fcvm::v1::VmMetadata* response) override;
 
  private:
   ServiceDeps deps_;

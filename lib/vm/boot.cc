@@ -17,6 +17,7 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   RETURN_IF_ERROR(core.RequireVmms());
   RETURN_IF_ERROR(ValidateConfig(config));
   RETURN_IF_ERROR(ValidateLabels("vm labels", request.labels));
+  RETURN_IF_ERROR(ValidateMetadata(request.metadata_json));
   if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
   RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, 1));
   DriveSource image = [](const DriveConfig& d) { return d.path; };
@@ -60,7 +61,17 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
     nic.host_dev_name = core.registry.Info(vm->entry()).network.tap;
     if (!config.network.guest_mac.empty()) nic.guest_mac = config.network.guest_mac;
     spec.network_interfaces.push_back(nic);
+    // The guest reaches MMDS (169.254.169.254) through its interface.
+    firecracker::MmdsConfig mmds;
+    mmds.version = config.mmds_version.empty() ? "V2" : config.mmds_version;
+    mmds.network_interfaces = {nic.iface_id};
+    spec.mmds_config = mmds;
   }
+  // The VM's metadata is in place before its first instruction.
+  absl::StatusOr<std::string> metadata =
+      ComposeMetadata(core.registry.Info(vm->entry()), request.metadata_json, std::nullopt);
+  if (!metadata.ok()) return fail(metadata.status());
+  spec.mmds_data = *std::move(metadata);
   absl::Time t = absl::Now();
   if (absl::Status st = vm->vmm().Boot(spec); !st.ok()) return fail(st);
   vm->SetTimings([&](VmTimings& timings) { timings.load = absl::Now() - t; });

@@ -34,8 +34,17 @@ struct Source {
   std::string dir;
 };
 
+// The clone's MMDS: the request's metadata and the clone's own fcvm keys
+// (metadata.cc). A snapshot keeps no MMDS data, so without this the clone's
+// store would be empty.
+absl::Status PutCloneMetadata(Core& core, Creation& vm, const CloneRequest& req, uint32_t index) {
+  VmInfo info = core.registry.Info(vm.entry());
+  ASSIGN_OR_RETURN(std::string doc, ComposeMetadata(info, req.metadata_json, index));
+  return Annotate(vm.vmm().PutMmds(doc), "set the clone's metadata (MMDS)");
+}
+
 absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneRequest& req,
-                                Registry::Reservation& names, const std::string& name,
+                                Registry::Reservation& names, const std::string& name, uint32_t index,
                                 const CancelToken& cancel) {
   RETURN_IF_ERROR(cancel.Check());
   core.warm->RestoreBegin();
@@ -101,11 +110,16 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   }
   const bool prefetch_then_resume = resolved == ClonePolicy::kPrefetch;
   core.registry.Update(vm->entry(), [&](VmInfo& v) { v.resolved_policy = resolved; });
-  load.resume_vm = !prefetch_then_resume && !req.stay_paused;
+  // Loaded paused: the clone's own metadata goes in before its vCPUs run.
+  load.resume_vm = false;
 
   absl::Time t = absl::Now();
   if (absl::Status st = vm->vmm().LoadSnapshot(load, core.options.clone_timeout); !st.ok()) return fail(st);
   vm->SetTimings([&](VmTimings& timings) { timings.load = absl::Now() - t; });
+  if (absl::Status st = PutCloneMetadata(core, *vm, req, index); !st.ok()) return fail(st);
+  if (!prefetch_then_resume && !req.stay_paused) {
+    if (absl::Status st = vm->vmm().Resume(); !st.ok()) return fail(Annotate(st, "resume after load"));
+  }
   if (prefetch_then_resume) {
     t = absl::Now();
     absl::Time deadline = std::min(absl::Now() + core.options.clone_timeout, cancel.deadline());
@@ -139,6 +153,7 @@ VmInfo FailedClone(const Source& src, const CloneRequest& req, const std::string
 absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const CancelToken& cancel) {
   RETURN_IF_ERROR(core.RequireVmms());
   RETURN_IF_ERROR(ValidateCloneRequest(req));
+  RETURN_IF_ERROR(ValidateMetadata(req.metadata_json));
 
   // The snapshot, held for the whole request: deleting it is refused until
   // the request ends.
@@ -187,7 +202,7 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
       if (absl::Status st = cancel.Check(); !st.ok()) {
         clone = st;  // cancelled: no new clone starts
       } else {
-        clone = CloneOne(core, src, req, names, name_of[i], cancel);
+        clone = CloneOne(core, src, req, names, name_of[i], i, cancel);
       }
       if (clone.ok()) {
         result.clones[i] = *std::move(clone);

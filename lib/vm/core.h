@@ -133,6 +133,15 @@ absl::StatusOr<DeleteResult> DeleteVm(Core& core, const std::shared_ptr<VmEntry>
                                       absl::Duration grace);
 void HandleExit(Core& core, const std::string& vm_id, uint64_t watch);
 
+// ---- metadata (MMDS, metadata.cc) ----
+// The VM's MMDS document: the caller's object plus fcvm's keys under
+// kMetadataNamespace. InvalidArgument as ValidateMetadata, or when the whole
+// exceeds kMaxMetadataBytes.
+absl::StatusOr<std::string> ComposeMetadata(const VmInfo& info, absl::string_view user_json,
+                                            std::optional<uint32_t> clone_index);
+absl::StatusOr<std::string> GetMetadata(Core& core, const std::string& ref);
+absl::StatusOr<std::string> SetMetadata(Core& core, const std::string& ref, const std::string& user_json);
+
 absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
                                             const CancelToken& cancel);
 SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& record);

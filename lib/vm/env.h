@@ -53,6 +53,9 @@ class Vmm {
   virtual absl::Status CreateSnapshot(const firecracker::SnapshotCreate& create, absl::Duration timeout) = 0;
   virtual absl::Status Pause() = 0;
   virtual absl::Status Resume() = 0;
+  // Its metadata store (MMDS): PUT /mmds replaces it, GET /mmds reads it.
+  virtual absl::Status PutMmds(absl::string_view json) = 0;
+  virtual absl::StatusOr<std::string> GetMmds() = 0;
   // OK while it runs; Unavailable naming how it ended once it has exited.
   virtual absl::Status CheckRunning() = 0;
   // Asks it to stop (SIGTERM) and waits up to `grace`; true when it exited.

@@ -125,6 +125,16 @@ std::vector<VmInfo> Manager::List(const ListFilter& filter) const {
   return core_->registry.List(filter.label_selector, filter.states, snapshot_id);
 }
 
+absl::StatusOr<std::string> Manager::GetMetadata(const std::string& ref) {
+  ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin({}));
+  return vm::GetMetadata(*core_, ref);
+}
+
+absl::StatusOr<std::string> Manager::SetMetadata(const std::string& ref, const std::string& user_json) {
+  ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin({}));
+  return vm::SetMetadata(*core_, ref, user_json);
+}
+
 absl::StatusOr<VmInfo> Manager::Pause(const std::string& ref) {
   ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin({}));
   return SetPaused(*core_, ref, true);

@@ -85,6 +85,12 @@ class Manager {
 
   absl::StatusOr<CloneResult> Clone(const CloneRequest& request, const CancelToken& cancel = {});
 
+  // A VM's metadata (MMDS) as its Firecracker holds it; SetMetadata replaces
+  // the caller's keys (a JSON object, see ValidateMetadata) and keeps fcvm's,
+  // returning the new document. FailedPrecondition unless running or paused.
+  absl::StatusOr<std::string> GetMetadata(const std::string& ref);
+  absl::StatusOr<std::string> SetMetadata(const std::string& ref, const std::string& user_json);
+
   // The page server's counters.
   uffd::ServerStats PageServerStats() const;
 

@@ -64,6 +64,8 @@ class RealVmm final : public Vmm {
   }
   absl::Status Pause() override { return Api().Pause(); }
   absl::Status Resume() override { return Api().Resume(); }
+  absl::Status PutMmds(absl::string_view json) override { return Api().PutMmds(json); }
+  absl::StatusOr<std::string> GetMmds() override { return Api().GetMmds(); }
   absl::Status CheckRunning() override {
     if (vmm_) return vmm_->CheckRunning();
     absl::StatusOr<std::optional<ExitStatus>> st = adopted_.TryWait();

@@ -29,6 +29,7 @@ json ConfigToObject(const VmConfig& c) {
     j["network"]["publish"].push_back(
         {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
   }
+  if (!c.mmds_version.empty()) j["mmds_version"] = c.mmds_version;
   return j;
 }
 
@@ -40,6 +41,7 @@ VmConfig ConfigFromObject(const json& j) {
   c.boot_args = j.value("boot_args", "");
   c.vcpu_count = j.value("vcpu_count", 1u);
   c.memory_mib = j.value("memory_mib", 128u);
+  c.mmds_version = j.value("mmds_version", "");
   if (j.contains("drives")) {
     for (const json& d : j.at("drives")) {
       c.drives.push_back({d.value("drive_id", ""), d.value("path", ""), d.value("is_root_device", false),

@@ -58,6 +58,9 @@ struct VmConfig {
   uint32_t memory_mib = 128;
   std::vector<DriveConfig> drives;
   NetworkConfig network;
+  // MMDS version the guest speaks: "V2" (session tokens; empty means V2) or
+  // "V1". MMDS is reachable through the VM's network interface only.
+  std::string mmds_version;
 };
 
 enum class MemoryBackend { kUffd, kFile };
@@ -144,6 +147,9 @@ struct RunRequest {
   std::string name;  // empty: the VM id
   Labels labels;
   VmConfig config;
+  // The VM's metadata (MMDS): a JSON object, empty = {}; fcvm adds its own
+  // keys under "fcvm" (metadata.cc).
+  std::string metadata_json;
 };
 
 struct ListFilter {
@@ -182,6 +188,9 @@ struct CloneRequest {
   // port can be published once). Clones of a snapshot with a network always
   // get their own namespace and tap; one without cannot gain a network.
   std::vector<PortMapping> publish;
+  // Every clone's metadata (MMDS): a JSON object, empty = {}; each clone
+  // also gets its own keys under "fcvm", before its vCPUs run.
+  std::string metadata_json;
   // Called as each clone finishes (succeeded or failed), from the worker that
   // restored it; for progress reports. May be empty.
   std::function<void(const VmInfo&)> on_clone_done;

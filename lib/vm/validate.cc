@@ -162,6 +162,10 @@ absl::Status ValidateConfig(const VmConfig& c) {
     return absl::InvalidArgumentError("published ports need the network: enable it or publish nothing");
   }
   RETURN_IF_ERROR(ValidatePublish(c.network.publish));
+  if (!c.mmds_version.empty() && c.mmds_version != "V1" && c.mmds_version != "V2") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mmds_version must be V1 or V2 (empty: V2), got '", c.mmds_version.substr(0, 16), "'"));
+  }
   return absl::OkStatus();
 }
 

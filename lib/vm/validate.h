@@ -35,6 +35,12 @@ inline constexpr uint32_t kMaxCloneCount = 1024;
 // within a 64-byte name.
 inline constexpr size_t kMaxClonePrefixBytes = 58;
 
+// Metadata (MMDS): a JSON object without the key kMetadataNamespace (fcvm's
+// keys go there), at most kMaxMetadataBytes with fcvm's keys (Firecracker's
+// default --mmds-size-limit).
+inline constexpr char kMetadataNamespace[] = "fcvm";
+inline constexpr size_t kMaxMetadataBytes = 51200;
+
 // `what` names the object in messages ("vm labels").
 absl::Status ValidateLabels(absl::string_view what, const Labels& labels);
 
@@ -54,5 +60,9 @@ absl::Status ValidateConfig(const VmConfig& config);
 // The request's own fields (count, name prefix, labels, ports, backend and
 // policy); the snapshot-dependent rules are the clone's.
 absl::Status ValidateCloneRequest(const CloneRequest& request);
+
+// Caller's metadata: empty, or a JSON object within the rules above
+// (metadata.cc).
+absl::Status ValidateMetadata(absl::string_view user_json);
 
 }  // namespace fcvm::vm

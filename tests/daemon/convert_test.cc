@@ -409,6 +409,20 @@ TEST(ConvertTest, Requests) {
   EXPECT_EQ(r.labels.at("a"), "b");
   EXPECT_EQ(r.config.kernel_path, "/k");
   EXPECT_EQ(r.config.memory_mib, 64u);
+  EXPECT_EQ(r.metadata_json, "");
+  run.set_metadata_json(R"({"a": 1})");
+  run.mutable_config()->set_mmds_version("V1");
+  ASSERT_OK_AND_ASSIGN(vm::RunRequest with_metadata, FromProto(run));
+  EXPECT_EQ(with_metadata.metadata_json, R"({"a": 1})");
+  EXPECT_EQ(with_metadata.config.mmds_version, "V1");
+  v1::VmConfig back;
+  ToProto(with_metadata.config, &back);
+  EXPECT_EQ(back.mmds_version(), "V1");
+  v1::CloneSnapshotRequest clone_with_metadata;
+  clone_with_metadata.set_count(1);
+  clone_with_metadata.set_metadata_json("{}");
+  ASSERT_OK_AND_ASSIGN(vm::CloneRequest with_md, FromProto(clone_with_metadata));
+  EXPECT_EQ(with_md.metadata_json, "{}");
 
   v1::ListVmsRequest list;
   (*list.mutable_label_selector())["app"] = "x";

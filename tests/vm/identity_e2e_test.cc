@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
+#include "lib/firecracker/api_client.h"
 #include "lib/firecracker/snapshot_compat.h"
 #include "lib/vm/manager.h"
 #include "nlohmann/json.hpp"
@@ -162,6 +163,86 @@ TEST_F(IdentityE2eTest, SnapshotRecordsItsHostAndRefusesAnotherOne) {
   ConsoleTicks t = WaitTicks(ok.clones[0].console_log_path, 1);
   EXPECT_EQ(t.bad, 0) << t.first_bad;
   EXPECT_GE(t.ok, 1);
+}
+
+// What a VM's own Firecracker says its MMDS holds (GET /mmds on its API
+// socket, beside its console log).
+nlohmann::json MmdsOf(const VmInfo& vm) {
+  std::string dir = vm.console_log_path.substr(0, vm.console_log_path.rfind('/'));
+  firecracker::ApiClient api(dir + "/api.sock");
+  absl::StatusOr<std::string> body = api.GetMmds();
+  EXPECT_OK(body.status()) << vm.id;
+  return nlohmann::json::parse(body.value_or("{}"), nullptr, false);
+}
+
+TEST_F(IdentityE2eTest, EachCloneHasItsOwnMetadata) {
+  if (access("/run/netns", F_OK) != 0 && geteuid() != 0) GTEST_SKIP() << "needs root for network namespaces";
+  RunRequest r = GuestRun("mbase");
+  r.config.network.enabled = true;
+  r.metadata_json = R"({"task": "parent-secret", "n": 1})";
+  absl::StatusOr<VmInfo> base = manager_->Run(r);
+  if (base.status().code() == absl::StatusCode::kUnavailable) GTEST_SKIP() << base.status();
+  ASSERT_OK(base.status());
+  nlohmann::json bm = MmdsOf(*base);
+  EXPECT_EQ(bm.value("task", ""), "parent-secret");
+  EXPECT_EQ(bm["fcvm"].value("vm_id", ""), base->id);
+  EXPECT_EQ(bm["fcvm"]["network"].value("host_ip", ""), base->network.host_ip);
+  // MMDS v2 by default: Firecracker reports the version it was configured with.
+  firecracker::ApiClient base_api(base->console_log_path.substr(0, base->console_log_path.rfind('/')) +
+                                  "/api.sock");
+  ASSERT_OK_AND_ASSIGN(std::string vm_config, base_api.Call("GET", "/vm/config", ""));
+  nlohmann::json vc = nlohmann::json::parse(vm_config, nullptr, false);
+  EXPECT_EQ(vc["mmds-config"].value("version", ""), "V2") << vm_config;
+  ASSERT_GE(WaitTicks(base->console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "mbase", .name = "msnap"}));
+
+  CloneRequest c;
+  c.snapshot_ref = "msnap";
+  c.count = 8;
+  c.parallelism = 4;
+  c.metadata_json = R"({"task": "child"})";
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone(c));
+  ASSERT_EQ(clones.succeeded, 8u) << clones.clones[0].error;
+  std::set<std::string> ids, addresses;
+  for (uint32_t i = 0; i < clones.clones.size(); ++i) {
+    const VmInfo& v = clones.clones[i];
+    nlohmann::json m = MmdsOf(v);
+    SCOPED_TRACE(m.dump());
+    EXPECT_EQ(m.value("task", ""), "child");
+    EXPECT_FALSE(m.contains("n")) << "the parent's metadata leaked into clone " << v.name;
+    ASSERT_TRUE(m.contains("fcvm"));
+    EXPECT_EQ(m["fcvm"].value("vm_id", ""), v.id);
+    EXPECT_EQ(m["fcvm"].value("name", ""), v.name);
+    EXPECT_EQ(m["fcvm"].value("snapshot_id", ""), snap.id);
+    EXPECT_EQ(m["fcvm"].value("clone_index", -1), static_cast<int>(i));
+    EXPECT_EQ(m["fcvm"]["network"].value("host_ip", ""), v.network.host_ip);
+    ids.insert(m["fcvm"].value("vm_id", ""));
+    addresses.insert(m["fcvm"]["network"].value("host_ip", ""));
+  }
+  EXPECT_EQ(ids.size(), 8u);
+  EXPECT_EQ(addresses.size(), 8u);
+  // The clones were resumed after their metadata went in, and run.
+  for (const VmInfo& v : clones.clones) {
+    ConsoleTicks t = WaitTicks(v.console_log_path, 1);
+    EXPECT_EQ(t.bad, 0) << t.first_bad;
+    EXPECT_GE(t.ok, 1) << v.name;
+  }
+
+  // metadata set replaces the caller's keys of one clone; fcvm's stay.
+  const VmInfo& first = clones.clones[0];
+  ASSERT_OK_AND_ASSIGN(std::string doc, manager_->SetMetadata(first.name, R"({"task": "changed"})"));
+  nlohmann::json now = MmdsOf(first);
+  EXPECT_EQ(now.value("task", ""), "changed");
+  EXPECT_EQ(now["fcvm"].value("clone_index", -1), 0);
+  EXPECT_EQ(now["fcvm"].value("vm_id", ""), first.id);
+  EXPECT_EQ(nlohmann::json::parse(doc), now);
+  ASSERT_OK_AND_ASSIGN(std::string got, manager_->GetMetadata(first.id));
+  EXPECT_EQ(nlohmann::json::parse(got), now);
+  EXPECT_EQ(MmdsOf(clones.clones[1]).value("task", ""), "child");
+  EXPECT_THAT(manager_->SetMetadata(first.id, R"({"fcvm": 1})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"fcvm\"")));
+  EXPECT_THAT(manager_->SetMetadata(first.id, "[1]"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(MmdsOf(first).value("task", ""), "changed");
 }
 
 }  // namespace

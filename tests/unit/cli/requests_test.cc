@@ -7,6 +7,7 @@
 
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "lib/base/file_util.h"
 #include "tests/testing/status_matchers.h"
 
 namespace fcvm::cli {
@@ -305,6 +306,38 @@ TEST(ParseCloneSnapshot, AllOptions) {
   EXPECT_EQ(defaults.prefetch_policy(), v1::PREFETCH_POLICY_AUTO);
   EXPECT_EQ(defaults.parallelism(), 0u);
   EXPECT_FALSE(defaults.stay_paused());
+}
+
+TEST(ParseMetadata, FilesForRunCloneAndSet) {
+  char dir_template[] = "/tmp/fcvm-cli-md-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string file = std::string(dir_template) + "/m.json";
+  ASSERT_OK(WriteFileAtomic(file, R"({"task": 1})"));
+  Parser r;
+  ASSERT_OK_AND_ASSIGN(v1::RunVmRequest run,
+                       ParseRunVm(r.flags, {"--kernel", "/k", "--metadata", file, "--mmds-version", "v1"}));
+  EXPECT_EQ(run.metadata_json(), R"({"task": 1})");
+  EXPECT_EQ(run.config().mmds_version(), "V1");
+  Parser bad_version;
+  EXPECT_THAT(ParseRunVm(bad_version.flags, {"--kernel", "/k", "--mmds-version", "v3"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--mmds-version")));
+  Parser c;
+  ASSERT_OK_AND_ASSIGN(v1::CloneSnapshotRequest clone,
+                       ParseCloneSnapshot(c.flags, {"base", "--metadata", file}));
+  EXPECT_EQ(clone.metadata_json(), R"({"task": 1})");
+  Parser missing;
+  EXPECT_THAT(ParseCloneSnapshot(missing.flags, {"base", "--metadata", file + ".no"}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("--metadata")));
+  Parser s;
+  ASSERT_OK_AND_ASSIGN(v1::SetVmMetadataRequest set, ParseSetVmMetadata(s.flags, {"vm-1", file}));
+  EXPECT_EQ(set.ref(), "vm-1");
+  EXPECT_EQ(set.json(), R"({"task": 1})");
+  Parser s2;
+  EXPECT_THAT(ParseSetVmMetadata(s2.flags, {"vm-1"}), StatusIs(absl::StatusCode::kInvalidArgument));
+  Parser g;
+  ASSERT_OK_AND_ASSIGN(v1::GetVmMetadataRequest get, ParseGetVmMetadata(g.flags, {"vm-1"}));
+  EXPECT_EQ(get.ref(), "vm-1");
+  (void)RemoveTree(dir_template);
 }
 
 TEST(ParseCloneSnapshot, RejectsBadValuesNamingTheFlag) {

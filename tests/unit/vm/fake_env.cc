@@ -103,10 +103,13 @@ class FakeVmm final : public Vmm {
   std::string console_log_path() const override { return dir_ + "/console.log"; }
   absl::Duration startup_time() const override { return absl::Milliseconds(3); }
 
-  absl::Status Boot(const firecracker::BootSpec&) override {
+  absl::Status Boot(const firecracker::BootSpec& spec) override {
     RETURN_IF_ERROR(world_->boot_gate.Wait());
     absl::MutexLock lock(&world_->mu);
     ++world_->boots;
+    world_->boot_specs.push_back(spec);
+    if (spec.mmds_data.has_value()) world_->mmds[pid_] = *spec.mmds_data;
+    vcpus_running_ = true;
     return absl::OkStatus();
   }
   absl::Status LoadSnapshot(const firecracker::SnapshotLoad& load, absl::Duration) override {
@@ -115,6 +118,7 @@ class FakeVmm final : public Vmm {
       absl::MutexLock lock(&world_->mu);
       n = ++world_->loads;
       world_->loads_resumed.push_back(load.resume_vm);
+      vcpus_running_ = load.resume_vm;
     }
     RETURN_IF_ERROR(world_->load_gate.Wait());
     absl::MutexLock lock(&world_->mu);
@@ -134,12 +138,31 @@ class FakeVmm final : public Vmm {
     RETURN_IF_ERROR(WriteFileAtomic(create.snapshot_path, FakeVmstate(format), 0600));
     return WriteFileAtomic(create.mem_file_path, std::string(64 << 10, '\0'), 0600);
   }
-  absl::Status Pause() override { return CheckRunning(); }
+  absl::Status Pause() override {
+    RETURN_IF_ERROR(CheckRunning());
+    absl::MutexLock lock(&world_->mu);
+    vcpus_running_ = false;
+    return absl::OkStatus();
+  }
   absl::Status Resume() override {
     RETURN_IF_ERROR(CheckRunning());
     absl::MutexLock lock(&world_->mu);
     ++world_->resumes;
+    vcpus_running_ = true;
     return absl::OkStatus();
+  }
+  absl::Status PutMmds(absl::string_view json) override {
+    RETURN_IF_ERROR(CheckRunning());
+    absl::MutexLock lock(&world_->mu);
+    world_->mmds[pid_] = std::string(json);
+    if (vcpus_running_) ++world_->mmds_puts_while_running;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> GetMmds() override {
+    RETURN_IF_ERROR(CheckRunning());
+    absl::MutexLock lock(&world_->mu);
+    auto it = world_->mmds.find(pid_);
+    return it == world_->mmds.end() ? std::string("{}") : it->second;
   }
   absl::Status CheckRunning() override {
     absl::MutexLock lock(&world_->mu);
@@ -187,6 +210,7 @@ class FakeVmm final : public Vmm {
   const std::string dir_;
   UniqueFd exit_fd_;
   bool released_ = false;
+  bool vcpus_running_ = false;  // under world_->mu
   std::optional<ExitStatus> exit_;
 };
 

@@ -88,6 +88,11 @@ struct FakeWorld {
   firecracker::SnapshotHost host ABSL_GUARDED_BY(mu) = DefaultFakeHost();
   std::string firecracker_version ABSL_GUARDED_BY(mu) = "1.14.2";
   std::string snapshot_format ABSL_GUARDED_BY(mu) = "8.0.0";
+  // MMDS: each process's store (by pid), PUTs made while its vCPUs ran, and
+  // every BootSpec booted.
+  std::map<pid_t, std::string> mmds ABSL_GUARDED_BY(mu);
+  int mmds_puts_while_running ABSL_GUARDED_BY(mu) = 0;
+  std::vector<firecracker::BootSpec> boot_specs ABSL_GUARDED_BY(mu);
 
   static firecracker::SnapshotHost DefaultFakeHost() {
     firecracker::SnapshotHost h;

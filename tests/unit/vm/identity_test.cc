@@ -1,16 +1,18 @@
 // Issue 15 with fakes (tests/unit/vm/fake_env.h): snapshot compatibility
 // (what a snapshot records of its host, and clones refused up front on a host
-// that differs where it matters).
+// that differs where it matters), and per-VM metadata (MMDS).
 
 #include <sys/stat.h>
 
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
 #include "lib/vm/manager.h"
+#include "lib/vm/validate.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -155,6 +157,129 @@ TEST_F(IdentityTest, CloneOnAHostThatDiffersIsRefusedUpFront) {
   Start();
   ASSERT_OK_AND_ASSIGN(CloneResult ok, manager_->Clone({.snapshot_ref = "golden"}));
   EXPECT_EQ(ok.succeeded, 1u);
+}
+
+nlohmann::json Mmds(FakeWorld& world, pid_t pid) {
+  absl::MutexLock lock(&world.mu);
+  auto it = world.mmds.find(pid);
+  return it == world.mmds.end() ? nlohmann::json() : nlohmann::json::parse(it->second);
+}
+
+TEST_F(IdentityTest, EachCloneGetsItsOwnMetadataBeforeItRuns) {
+  Start();
+  RunRequest r = Guest("base");
+  r.metadata_json = R"({"secret": "parent's", "k": [1, 2]})";
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(r));
+  nlohmann::json bm = Mmds(*world_, base.pid);
+  EXPECT_EQ(bm["secret"], "parent's");
+  EXPECT_EQ(bm["fcvm"]["vm_id"], base.id);
+  EXPECT_EQ(bm["fcvm"]["name"], "base");
+  EXPECT_FALSE(bm["fcvm"].contains("clone_index"));
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}));
+
+  CloneRequest c;
+  c.snapshot_ref = "golden";
+  c.count = 4;
+  c.labels = {{"team", "a"}};
+  c.metadata_json = R"({"task": "child"})";
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone(c));
+  ASSERT_EQ(clones.succeeded, 4u);
+  for (uint32_t i = 0; i < 4; ++i) {
+    const VmInfo& v = clones.clones[i];
+    EXPECT_EQ(v.state, VmState::kRunning);
+    nlohmann::json m = Mmds(*world_, v.pid);
+    EXPECT_EQ(m["task"], "child");
+    EXPECT_FALSE(m.contains("secret")) << m.dump();
+    EXPECT_EQ(m["fcvm"]["vm_id"], v.id);
+    EXPECT_EQ(m["fcvm"]["name"], v.name);
+    EXPECT_EQ(m["fcvm"]["clone_index"], i);
+    EXPECT_EQ(m["fcvm"]["snapshot_id"], snap.id);
+    EXPECT_EQ(m["fcvm"]["labels"]["team"], "a");
+  }
+  {
+    absl::MutexLock lock(&world_->mu);
+    EXPECT_EQ(world_->mmds_puts_while_running, 0) << "metadata went in after the vCPUs ran";
+    for (bool resumed : world_->loads_resumed) EXPECT_FALSE(resumed);
+  }
+  // A clone asked to stay paused gets its metadata and stays paused.
+  ASSERT_OK_AND_ASSIGN(CloneResult paused, manager_->Clone({.snapshot_ref = "golden", .stay_paused = true}));
+  ASSERT_EQ(paused.succeeded, 1u);
+  EXPECT_EQ(paused.clones[0].state, VmState::kPaused);
+  EXPECT_EQ(Mmds(*world_, paused.clones[0].pid)["fcvm"]["vm_id"], paused.clones[0].id);
+}
+
+TEST_F(IdentityTest, RunConfiguresMmdsOnItsInterface) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(VmInfo plain, manager_->Run(Guest("plain")));
+  RunRequest net = Guest("net");
+  net.config.network.enabled = true;
+  ASSERT_OK_AND_ASSIGN(VmInfo with_net, manager_->Run(net));
+  RunRequest v1 = Guest("v1");
+  v1.config.network.enabled = true;
+  v1.config.mmds_version = "V1";
+  ASSERT_OK(manager_->Run(v1).status());
+  RunRequest bad = Guest("bad");
+  bad.config.mmds_version = "V3";
+  EXPECT_THAT(manager_->Run(bad), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("mmds_version")));
+
+  absl::MutexLock lock(&world_->mu);
+  ASSERT_EQ(world_->boot_specs.size(), 3u);
+  // Without a network the guest cannot reach MMDS: no MMDS config, but the
+  // store holds the VM's document (fcvmctl metadata get reads it).
+  EXPECT_FALSE(world_->boot_specs[0].mmds_config.has_value());
+  ASSERT_TRUE(world_->boot_specs[0].mmds_data.has_value());
+  EXPECT_EQ(nlohmann::json::parse(*world_->boot_specs[0].mmds_data)["fcvm"]["vm_id"], plain.id);
+  ASSERT_TRUE(world_->boot_specs[1].mmds_config.has_value());
+  EXPECT_EQ(world_->boot_specs[1].mmds_config->version, "V2");
+  EXPECT_THAT(world_->boot_specs[1].mmds_config->network_interfaces, ::testing::ElementsAre("eth0"));
+  nlohmann::json m = nlohmann::json::parse(*world_->boot_specs[1].mmds_data);
+  EXPECT_EQ(m["fcvm"]["network"]["host_ip"], with_net.network.host_ip);
+  EXPECT_EQ(world_->boot_specs[2].mmds_config->version, "V1");
+}
+
+TEST_F(IdentityTest, BadMetadataIsRefusedBeforeAnythingStarts) {
+  Start();
+  ASSERT_OK(manager_->Run(Guest("base")).status());
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}).status());
+  int launches = Launches();
+  const std::string too_big = absl::StrCat(R"({"x": ")", std::string(kMaxMetadataBytes, 'a'), R"("})");
+  for (const std::string& bad : {std::string("{"), std::string("[1]"), std::string(R"("s")"),
+                                 std::string(R"({"fcvm": {}})"), too_big}) {
+    RunRequest r = Guest("x");
+    r.metadata_json = bad;
+    EXPECT_THAT(manager_->Run(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata")));
+    CloneRequest c;
+    c.snapshot_ref = "golden";
+    c.metadata_json = bad;
+    EXPECT_THAT(manager_->Clone(c), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata")));
+  }
+  EXPECT_EQ(Launches(), launches);
+}
+
+TEST_F(IdentityTest, MetadataGetAndSet) {
+  Start();
+  ASSERT_OK(manager_->Run(Guest("base")).status());
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}).status());
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "golden", .count = 2}));
+  const VmInfo& second = clones.clones[1];
+  ASSERT_OK_AND_ASSIGN(std::string doc, manager_->SetMetadata(second.name, R"({"task": "new"})"));
+  nlohmann::json m = nlohmann::json::parse(doc);
+  EXPECT_EQ(m["task"], "new");
+  EXPECT_EQ(m["fcvm"]["clone_index"], 1) << "fcvm's keys as the clone got them";
+  EXPECT_EQ(m["fcvm"]["vm_id"], second.id);
+  EXPECT_EQ(Mmds(*world_, second.pid), m);
+  ASSERT_OK_AND_ASSIGN(std::string got, manager_->GetMetadata(second.id));
+  EXPECT_EQ(nlohmann::json::parse(got), m);
+  EXPECT_FALSE(Mmds(*world_, clones.clones[0].pid).contains("task"));
+  // Replaced, not merged.
+  ASSERT_OK(manager_->SetMetadata(second.id, "{}").status());
+  EXPECT_FALSE(Mmds(*world_, second.pid).contains("task"));
+
+  EXPECT_THAT(manager_->SetMetadata(second.id, R"({"fcvm": 1})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fcvm")));
+  EXPECT_THAT(manager_->GetMetadata("nope"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(manager_->Delete(second.id, true, absl::ZeroDuration()).status());
+  EXPECT_THAT(manager_->GetMetadata(second.id), StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace
