@@ -26,6 +26,7 @@
 #include "cli/format.h"
 #include "cli/progress.h"
 #include "cli/requests.h"
+#include "cli/vsock.h"
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
@@ -545,6 +546,37 @@ int CmdMetadataSet(Env& env, const Args& args) {
       [](const v1::VmMetadata& m) { return m.json() + "\n"; });
 }
 
+// vsock: the VM's vsock socket from GetVm, then stdin/stdout to the guest
+// port through Firecracker's CONNECT protocol (cli/vsock.h).
+int CmdVsock(Env& env, const Args& args) {
+  absl::StatusOr<VsockRequest> req = ParseVsock(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::VmService>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  v1::Vm vm;
+  const std::string what = absl::StrCat("vsock ", req->vm.ref(), " ", req->port);
+  grpc::Status st = stub->GetVm(&ctx, req->vm, &vm);
+  if (!st.ok()) return client->Fail(st, what, ctx);
+  if (vm.vsock_uds_path().empty()) {
+    env.err << "fcvmctl: " << what << ": vm " << vm.id() << " has no vsock (run it with --vsock)\n";
+    return 1;
+  }
+  absl::StatusOr<UniqueFd> sock = VsockConnect(vm.vsock_uds_path(), req->port, req->connect_timeout);
+  if (!sock.ok()) {
+    env.err << "fcvmctl: " << what << ": " << sock.status().message() << "\n";
+    return 1;
+  }
+  env.out << std::flush;
+  absl::Status pumped = PumpVsock(sock->get(), STDIN_FILENO, STDOUT_FILENO);
+  if (!pumped.ok()) {
+    env.err << "fcvmctl: " << what << ": " << pumped.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
 // watch prints events until the stream ends, Ctrl-C (exit 0) or an explicit
 // --timeout runs out (exit 0).
 int CmdWatch(Env& env, const Args& args) {
@@ -583,6 +615,8 @@ const std::vector<Command>& Commands() {
       {"snapshot rm", "snapshot rm REF [--force]", "delete a snapshot", absl::Minutes(2), CmdSnapshotRm},
       {"clone", "clone SNAPSHOT_REF [options]", "start clones of a snapshot, with timings", absl::Minutes(10),
        CmdClone},
+      {"vsock", "vsock VM_REF PORT [--connect-timeout D]",
+       "connect stdin/stdout to a guest vsock port (Firecracker's CONNECT protocol)", kQuick, CmdVsock},
       {"metadata get", "metadata get VM_REF", "print a VM's metadata (its MMDS contents)", kQuick,
        CmdMetadataGet},
       {"metadata set", "metadata set VM_REF FILE|-",

@@ -241,6 +241,11 @@ std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now) {
   kv.Add("created",
          absl::StrCat(FormatTime(vm.created_at()), " (", FormatAge(vm.created_at(), now), " ago)"));
   kv.Add("console log", OrDash(vm.console_log_path()));
+  if (!vm.vsock_uds_path().empty()) {
+    kv.Add("vsock",
+           absl::StrCat(vm.vsock_uds_path(), " (guest cid ",
+                        vm.config().vsock().guest_cid() == 0 ? 3 : vm.config().vsock().guest_cid(), ")"));
+  }
   kv.Add("snapshot", OrDash(vm.snapshot_id()));
   if (!vm.snapshot_id().empty()) {
     kv.Add("memory backend", BackendName(vm.memory_backend()));

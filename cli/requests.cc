@@ -235,6 +235,10 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   flags.List("publish", &publish, "publish a guest port on the host (with --net); repeatable",
              "HOST:GUEST[/udp]");
   std::string metadata, mmds_version;
+  bool vsock = false;
+  int64_t vsock_cid = 0;
+  flags.Bool("vsock", &vsock, "add a virtio-vsock device (every clone gets its own host socket)");
+  flags.Int("vsock-cid", &vsock_cid, "the guest's vsock CID, >= 3 (default 3; with --vsock)");
   flags.String("metadata", &metadata, "the VM's metadata (MMDS): a JSON object from a file, or '-' for stdin",
                "FILE");
   flags.String("mmds-version", &mmds_version,
@@ -288,6 +292,12 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
     std::string v = absl::AsciiStrToUpper(mmds_version);
     if (v != "V1" && v != "V2") return absl::InvalidArgumentError("--mmds-version: want V1 or V2");
     config->set_mmds_version(v);
+  }
+  if (vsock_cid != 0 && !vsock) return absl::InvalidArgumentError("--vsock-cid needs --vsock");
+  if (vsock) {
+    config->mutable_vsock()->set_enabled(true);
+    ASSIGN_OR_RETURN(uint32_t cid, InRange(vsock_cid, 0, UINT32_MAX - 1, "--vsock-cid"));
+    config->mutable_vsock()->set_guest_cid(cid);
   }
   return req;
 }
@@ -474,6 +484,25 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   if (!metadata.empty()) {
     ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
     req.set_metadata_json(std::move(text));
+  }
+  return req;
+}
+
+absl::StatusOr<VsockRequest> ParseVsock(FlagParser& flags, const Args& args) {
+  std::string timeout = "5s";
+  flags.String("connect-timeout", &timeout, "how long to wait for the guest to accept (default 5s)",
+               "DURATION");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  VsockRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF", "PORT"}, 0, "vsock VM_REF PORT"));
+  req.vm.set_ref(positional[0]);
+  if (!absl::SimpleAtoi(positional[1], &req.port)) {
+    return absl::InvalidArgumentError(absl::StrCat("PORT: '", positional[1], "' is not a port number"));
+  }
+  if (!absl::ParseDuration(timeout, &req.connect_timeout) || req.connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--connect-timeout: not a positive duration: '", timeout, "'"));
   }
   return req;
 }

@@ -84,6 +84,13 @@ absl::StatusOr<fcvm::v1::DeleteSnapshotRequest> ParseDeleteSnapshot(FlagParser& 
 //       [--prefetch auto|none|record|prefetch] [--name-prefix P]
 //       [--label K=V]... [--stay-paused] [--all-or-nothing] [--parallelism N]
 absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args);
+// vsock VM_REF PORT [--connect-timeout D]
+struct VsockRequest {
+  fcvm::v1::GetVmRequest vm;
+  uint32_t port = 0;
+  absl::Duration connect_timeout = absl::Seconds(5);
+};
+absl::StatusOr<VsockRequest> ParseVsock(FlagParser& flags, const Args& args);
 // metadata get VM_REF
 absl::StatusOr<fcvm::v1::GetVmMetadataRequest> ParseGetVmMetadata(FlagParser& flags, const Args& args);
 // metadata set VM_REF FILE|- (the file is read here)

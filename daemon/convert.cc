@@ -171,6 +171,8 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
   if (!publish.ok()) return publish.status();
   out.network.publish = *std::move(publish);
   out.mmds_version = config.mmds_version();
+  out.vsock.enabled = config.vsock().enabled();
+  out.vsock.guest_cid = config.vsock().guest_cid();
   return out;
 }
 
@@ -219,6 +221,10 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
   out->mutable_network()->set_guest_mac(config.network.guest_mac);
   ToProto(config.network.publish, out->mutable_network()->mutable_publish());
   out->set_mmds_version(config.mmds_version);
+  if (config.vsock.enabled) {
+    out->mutable_vsock()->set_enabled(true);
+    out->mutable_vsock()->set_guest_cid(config.vsock.guest_cid);
+  }
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -236,6 +242,7 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
   }
   out->set_pid(info.pid);
   out->set_console_log_path(info.console_log_path);
+  out->set_vsock_uds_path(info.vsock_path);
   const vm::NetworkStatus& net = info.network;
   if (!net.netns.empty() || !net.tap.empty() || !net.guest_ip.empty() || !net.host_ip.empty() ||
       !net.guest_mac.empty() || !net.publish.empty()) {

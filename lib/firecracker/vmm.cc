@@ -154,6 +154,10 @@ absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary
     spawn.argv.insert(spawn.argv.end(), opts.extra_args.begin(), opts.extra_args.end());
     spawn.new_mount_namespace = opts.new_mount_namespace || !opts.bind_mounts.empty();
     spawn.bind_mounts = opts.bind_mounts;
+    // Relative paths given to Firecracker resolve in the VM's own directory:
+    // a vsock's uds_path, kept in a snapshot, is relative so that every clone
+    // of it listens in its own directory (the jail's chroot does the same).
+    spawn.cwd = dir;
   }
 
   int p[2];

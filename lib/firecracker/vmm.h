@@ -85,6 +85,8 @@ class FirecrackerBinary {
   Version snapshot_format_;
 };
 
+// Firecracker runs with the VM directory (unjailed) or its chroot (jailed)
+// as its working directory, so that a relative path it is given is per VM.
 struct VmmOptions {
   // Holds api.sock, console.log, firecracker.log, firecracker.stderr and
   // metrics.json; created if missing. "<vm_dir>/api.sock" must fit in

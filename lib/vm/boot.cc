@@ -67,6 +67,12 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
     mmds.network_interfaces = {nic.iface_id};
     spec.mmds_config = mmds;
   }
+  if (config.vsock.enabled) {
+    spec.vsock = firecracker::VsockDevice{
+        config.vsock.guest_cid != 0 ? config.vsock.guest_cid : kDefaultGuestCid, kVsockSocketName};
+    const std::string path = vm->entry().dir + "/" + kVsockSocketName;
+    core.registry.Update(vm->entry(), [&](VmInfo& v) { v.vsock_path = path; });
+  }
   // The VM's metadata is in place before its first instruction.
   absl::StatusOr<std::string> metadata =
       ComposeMetadata(core.registry.Info(vm->entry()), request.metadata_json, std::nullopt);

@@ -116,6 +116,11 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   absl::Time t = absl::Now();
   if (absl::Status st = vm->vmm().LoadSnapshot(load, core.options.clone_timeout); !st.ok()) return fail(st);
   vm->SetTimings([&](VmTimings& timings) { timings.load = absl::Now() - t; });
+  if (config.vsock.enabled) {
+    // The snapshot's relative uds_path, resolved in this clone's directory.
+    const std::string path = vm->entry().dir + "/" + kVsockSocketName;
+    core.registry.Update(vm->entry(), [&](VmInfo& v) { v.vsock_path = path; });
+  }
   if (absl::Status st = PutCloneMetadata(core, *vm, req, index); !st.ok()) return fail(st);
   if (!prefetch_then_resume && !req.stay_paused) {
     if (absl::Status st = vm->vmm().Resume(); !st.ok()) return fail(Annotate(st, "resume after load"));

@@ -30,6 +30,7 @@ json ConfigToObject(const VmConfig& c) {
         {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
   }
   if (!c.mmds_version.empty()) j["mmds_version"] = c.mmds_version;
+  if (c.vsock.enabled) j["vsock"] = {{"enabled", true}, {"guest_cid", c.vsock.guest_cid}};
   return j;
 }
 
@@ -42,6 +43,10 @@ VmConfig ConfigFromObject(const json& j) {
   c.vcpu_count = j.value("vcpu_count", 1u);
   c.memory_mib = j.value("memory_mib", 128u);
   c.mmds_version = j.value("mmds_version", "");
+  if (j.contains("vsock")) {
+    c.vsock.enabled = j.at("vsock").value("enabled", false);
+    c.vsock.guest_cid = j.at("vsock").value("guest_cid", 0u);
+  }
   if (j.contains("drives")) {
     for (const json& d : j.at("drives")) {
       c.drives.push_back({d.value("drive_id", ""), d.value("path", ""), d.value("is_root_device", false),
@@ -107,6 +112,7 @@ std::string RecordToJson(const VmInfo& v) {
   j["created_at_unix_ns"] = absl::ToUnixNanos(v.created_at);
   j["from_warm_pool"] = v.timings.from_warm_pool;
   j["error"] = v.error;
+  if (!v.vsock_path.empty()) j["vsock_path"] = v.vsock_path;
   j["network"] = {{"netns", v.network.netns},         {"tap", v.network.tap},
                   {"guest_ip", v.network.guest_ip},   {"host_ip", v.network.host_ip},
                   {"guest_mac", v.network.guest_mac}, {"publish", PortsToArray(v.network.publish)}};
@@ -133,6 +139,7 @@ absl::StatusOr<VmInfo> RecordFromJson(const std::string& text) {
     v.created_at = absl::FromUnixNanos(j.value("created_at_unix_ns", int64_t{0}));
     v.timings.from_warm_pool = j.value("from_warm_pool", false);
     v.error = j.value("error", "");
+    v.vsock_path = j.value("vsock_path", "");
     if (j.contains("network")) {
       const json& n = j.at("network");
       v.network.netns = n.value("netns", "");

@@ -50,6 +50,15 @@ struct NetworkStatus {
   std::vector<PortMapping> publish;
 };
 
+// A virtio-vsock device. Its host-side socket is "vsock.sock" relative to
+// Firecracker's working directory, the VM's own directory (see
+// kVsockSocketName in core.h): a snapshot keeps that relative path, so each
+// clone listens in its own directory.
+struct VsockConfig {
+  bool enabled = false;
+  uint32_t guest_cid = 0;  // 0: kDefaultGuestCid
+};
+
 struct VmConfig {
   std::string kernel_path;
   std::string initrd_path;
@@ -61,6 +70,7 @@ struct VmConfig {
   // MMDS version the guest speaks: "V2" (session tokens; empty means V2) or
   // "V1". MMDS is reachable through the VM's network interface only.
   std::string mmds_version;
+  VsockConfig vsock;
 };
 
 enum class MemoryBackend { kUffd, kFile };
@@ -99,6 +109,9 @@ struct VmInfo {
   // Why the VM is stopped or failed; empty while it is healthy.
   std::string error;
   NetworkStatus network;  // empty without a network
+  // The host side of its vsock (Firecracker's host-initiated CONNECT
+  // protocol), empty without one.
+  std::string vsock_path;
 };
 
 enum class AfterSnapshot { kResume, kStayPaused, kStop };

@@ -162,6 +162,14 @@ absl::Status ValidateConfig(const VmConfig& c) {
     return absl::InvalidArgumentError("published ports need the network: enable it or publish nothing");
   }
   RETURN_IF_ERROR(ValidatePublish(c.network.publish));
+  if (c.vsock.enabled && c.vsock.guest_cid != 0 &&
+      (c.vsock.guest_cid < 3 || c.vsock.guest_cid == UINT32_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vsock.guest_cid must be 3-4294967294 (0: ", kDefaultGuestCid, "), got ", c.vsock.guest_cid));
+  }
+  if (!c.vsock.enabled && c.vsock.guest_cid != 0) {
+    return absl::InvalidArgumentError("vsock.guest_cid needs vsock.enabled");
+  }
   if (!c.mmds_version.empty() && c.mmds_version != "V1" && c.mmds_version != "V2") {
     return absl::InvalidArgumentError(
         absl::StrCat("mmds_version must be V1 or V2 (empty: V2), got '", c.mmds_version.substr(0, 16), "'"));

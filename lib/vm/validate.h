@@ -40,6 +40,11 @@ inline constexpr size_t kMaxClonePrefixBytes = 58;
 // default --mmds-size-limit).
 inline constexpr char kMetadataNamespace[] = "fcvm";
 inline constexpr size_t kMaxMetadataBytes = 51200;
+// vsock: guest CIDs 0-2 are reserved (hypervisor, local, host); each VM has
+// its own Firecracker device, so every VM may use the same CID.
+inline constexpr uint32_t kDefaultGuestCid = 3;
+// The host-side socket, relative to Firecracker's working directory.
+inline constexpr char kVsockSocketName[] = "vsock.sock";
 
 // `what` names the object in messages ("vm labels").
 absl::Status ValidateLabels(absl::string_view what, const Labels& labels);

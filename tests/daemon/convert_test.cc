@@ -118,6 +118,16 @@ TEST(ConvertTest, VmConfigRoundTrip) {
   EXPECT_TRUE(back.drives[0].is_root_device);
   EXPECT_TRUE(back.network.enabled);
   EXPECT_EQ(back.network.guest_mac, "06:00:ac:10:00:02");
+  EXPECT_FALSE(proto.has_vsock()) << "no vsock: left unset";
+
+  vm::VmConfig with_vsock = SampleConfig();
+  with_vsock.vsock = {true, 9};
+  ToProto(with_vsock, &proto);
+  EXPECT_TRUE(proto.vsock().enabled());
+  EXPECT_EQ(proto.vsock().guest_cid(), 9u);
+  ASSERT_OK_AND_ASSIGN(vm::VmConfig vsock_back, FromProto(proto));
+  EXPECT_TRUE(vsock_back.vsock.enabled);
+  EXPECT_EQ(vsock_back.vsock.guest_cid, 9u);
 }
 
 TEST(ConvertTest, PublishedPorts) {
@@ -172,6 +182,7 @@ TEST(ConvertTest, VmInfoToVm) {
                   absl::Milliseconds(5),
                   true};
   info.error = "boom";
+  info.vsock_path = "/var/lib/fcvm/vms/vm-0123456789ab/vsock.sock";
   info.network.netns = "fcvm-0123456789ab";
   info.network.tap = "tap0";
   info.network.guest_ip = "172.16.0.2";
@@ -194,6 +205,7 @@ TEST(ConvertTest, VmInfoToVm) {
   EXPECT_EQ(vm.prefetch_policy(), v1::PREFETCH_POLICY_RECORD);
   EXPECT_EQ(vm.pid(), 4242);
   EXPECT_EQ(vm.console_log_path(), "/var/lib/fcvm/vms/vm-0123456789ab/console.log");
+  EXPECT_EQ(vm.vsock_uds_path(), "/var/lib/fcvm/vms/vm-0123456789ab/vsock.sock");
   EXPECT_EQ(vm.network().netns(), "fcvm-0123456789ab");
   EXPECT_EQ(vm.network().tap(), "tap0");
   EXPECT_EQ(vm.network().guest_ip(), "172.16.0.2");

@@ -1,6 +1,8 @@
 // Issue 15 against the real Firecracker and the test guest: snapshots that
-// refuse a host they cannot run on. Skips without Firecracker or /dev/kvm.
+// refuse a host they cannot run on, per-clone metadata (MMDS) and per-clone
+// vsock sockets. Skips without Firecracker or /dev/kvm.
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <regex>
@@ -10,8 +12,10 @@
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cli/vsock.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
+#include "lib/base/unix_socket.h"
 #include "lib/firecracker/api_client.h"
 #include "lib/firecracker/snapshot_compat.h"
 #include "lib/vm/manager.h"
@@ -243,6 +247,56 @@ TEST_F(IdentityE2eTest, EachCloneHasItsOwnMetadata) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"fcvm\"")));
   EXPECT_THAT(manager_->SetMetadata(first.id, "[1]"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(MmdsOf(first).value("task", ""), "changed");
+}
+
+// The pid of the process listening on the Unix socket at `path`: SO_PEERCRED
+// of a connection gives the listener's credentials as of its listen(). (Not
+// /proc/net/unix: it shows the path as bound, here the relative "vsock.sock".)
+int ListenerPid(const std::string& path) {
+  absl::StatusOr<UniqueFd> sock = ConnectUnix(path);
+  if (!sock.ok()) return -1;
+  absl::StatusOr<PeerCredentials> peer = GetPeerCredentials(sock->get());
+  return peer.ok() ? peer->pid : -1;
+}
+
+TEST_F(IdentityE2eTest, EachCloneHasItsOwnVsockSocket) {
+  RunRequest r = GuestRun("vbase");
+  r.config.vsock.enabled = true;
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(r));
+  const std::string base_dir = base.console_log_path.substr(0, base.console_log_path.rfind('/'));
+  EXPECT_EQ(base.vsock_path, base_dir + "/vsock.sock");
+  EXPECT_EQ(ListenerPid(base.vsock_path), base.pid) << base.vsock_path;
+  ASSERT_GE(WaitTicks(base.console_log_path, 1).ok, 1);
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "vbase", .name = "vsnap"}));
+  EXPECT_TRUE(snap.config.vsock.enabled);
+
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "vsnap", .count = 3}));
+  ASSERT_EQ(clones.succeeded, 3u) << clones.clones[0].error;
+  std::set<std::string> paths;
+  for (const VmInfo& c : clones.clones) {
+    const std::string dir = c.console_log_path.substr(0, c.console_log_path.rfind('/'));
+    EXPECT_EQ(c.vsock_path, dir + "/vsock.sock");
+    ASSERT_OK_AND_ASSIGN(VmInfo got, manager_->Get(c.id));
+    EXPECT_EQ(got.vsock_path, c.vsock_path) << "GetVm reports it";
+    struct stat st;
+    ASSERT_EQ(stat(c.vsock_path.c_str(), &st), 0) << c.vsock_path;
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(ListenerPid(c.vsock_path), c.pid) << c.vsock_path << " is not clone " << c.name << "'s";
+    paths.insert(c.vsock_path);
+    // The connection reaches this clone's Firecracker, which forwards it to
+    // the guest; the test guest has no vsock driver, so no answer comes.
+    absl::Time t = absl::Now();
+    EXPECT_THAT(cli::VsockConnect(c.vsock_path, 52, absl::Milliseconds(500)).status(),
+                StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("no answer from guest port 52")));
+    EXPECT_GE(absl::Now() - t, absl::Milliseconds(450));
+    ConsoleTicks ticks = WaitTicks(c.console_log_path, 1);
+    EXPECT_EQ(ticks.bad, 0) << ticks.first_bad;
+    EXPECT_GE(ticks.ok, 1);
+  }
+  EXPECT_EQ(paths.size(), 3u);
+  EXPECT_FALSE(paths.count(base.vsock_path));
+  EXPECT_THAT(cli::VsockConnect(tmp_.path() + "/nothing.sock", 52, absl::Seconds(1)),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace

@@ -172,6 +172,11 @@ TEST(FormatVm, TableSummaryAndDetails) {
   EXPECT_THAT(details, HasSubstr("timings:\n  total:         87.2 ms\n"));
   EXPECT_THAT(details, HasSubstr("  prefetch:      -\n"));
   EXPECT_THAT(details, Not(HasSubstr("network:\n"))) << "no network status section without a network";
+  EXPECT_THAT(details, Not(HasSubstr("vsock")));
+  vm.set_vsock_uds_path("/var/lib/fcvm/vms/vm-0123456789ab/vsock.sock");
+  vm.mutable_config()->mutable_vsock()->set_enabled(true);
+  EXPECT_THAT(FormatVmDetails(vm, absl::FromUnixSeconds(1090)),
+              HasSubstr("vsock:          /var/lib/fcvm/vms/vm-0123456789ab/vsock.sock (guest cid 3)\n"));
 }
 
 TEST(FormatVm, FailedVmShowsError) {

@@ -340,6 +340,27 @@ TEST(ParseMetadata, FilesForRunCloneAndSet) {
   (void)RemoveTree(dir_template);
 }
 
+TEST(ParseVsock, RunFlagsAndCommand) {
+  Parser r;
+  ASSERT_OK_AND_ASSIGN(v1::RunVmRequest run,
+                       ParseRunVm(r.flags, {"--kernel", "/k", "--vsock", "--vsock-cid", "7"}));
+  EXPECT_TRUE(run.config().vsock().enabled());
+  EXPECT_EQ(run.config().vsock().guest_cid(), 7u);
+  Parser no_vsock;
+  EXPECT_THAT(ParseRunVm(no_vsock.flags, {"--kernel", "/k", "--vsock-cid", "7"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--vsock")));
+  Parser v;
+  ASSERT_OK_AND_ASSIGN(VsockRequest req, ParseVsock(v.flags, {"web", "5000", "--connect-timeout", "2s"}));
+  EXPECT_EQ(req.vm.ref(), "web");
+  EXPECT_EQ(req.port, 5000u);
+  EXPECT_EQ(req.connect_timeout, absl::Seconds(2));
+  Parser bad_port;
+  EXPECT_THAT(ParseVsock(bad_port.flags, {"web", "x"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("PORT")));
+  Parser missing;
+  EXPECT_THAT(ParseVsock(missing.flags, {"web"}), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(ParseCloneSnapshot, RejectsBadValuesNamingTheFlag) {
   struct Case {
     std::vector<std::string> args;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -280,6 +281,47 @@ TEST_F(IdentityTest, MetadataGetAndSet) {
   EXPECT_THAT(manager_->GetMetadata("nope"), StatusIs(absl::StatusCode::kNotFound));
   ASSERT_OK(manager_->Delete(second.id, true, absl::ZeroDuration()).status());
   EXPECT_THAT(manager_->GetMetadata(second.id), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(IdentityTest, VsockSocketIsRelativeSoEachCloneHasItsOwn) {
+  Start();
+  RunRequest r = Guest("base");
+  r.config.vsock.enabled = true;
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(r));
+  const std::string base_dir = base.console_log_path.substr(0, base.console_log_path.rfind('/'));
+  EXPECT_EQ(base.vsock_path, base_dir + "/vsock.sock");
+  {
+    absl::MutexLock lock(&world_->mu);
+    ASSERT_EQ(world_->boot_specs.size(), 1u);
+    ASSERT_TRUE(world_->boot_specs[0].vsock.has_value());
+    EXPECT_EQ(world_->boot_specs[0].vsock->uds_path, "vsock.sock")
+        << "relative: resolved in each VM's directory";
+    EXPECT_EQ(world_->boot_specs[0].vsock->guest_cid, kDefaultGuestCid);
+  }
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}).status());
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "golden", .count = 3}));
+  std::set<std::string> paths;
+  for (const VmInfo& c : clones.clones) {
+    EXPECT_EQ(c.vsock_path, c.console_log_path.substr(0, c.console_log_path.rfind('/')) + "/vsock.sock");
+    EXPECT_TRUE(c.config.vsock.enabled);
+    paths.insert(c.vsock_path);
+  }
+  EXPECT_EQ(paths.size(), 3u);
+  // Kept in the record.
+  Start();
+  ASSERT_OK_AND_ASSIGN(VmInfo again, manager_->Get("base"));
+  EXPECT_EQ(again.vsock_path, base.vsock_path);
+  EXPECT_TRUE(again.config.vsock.enabled);
+
+  RunRequest cid = Guest("cid");
+  cid.config.vsock.enabled = true;
+  cid.config.vsock.guest_cid = 2;
+  EXPECT_THAT(manager_->Run(cid), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("guest_cid")));
+  cid.config.vsock.enabled = false;
+  cid.config.vsock.guest_cid = 7;
+  EXPECT_THAT(manager_->Run(cid), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vsock.enabled")));
+  ASSERT_OK_AND_ASSIGN(VmInfo plain, manager_->Run(Guest("plain")));
+  EXPECT_EQ(plain.vsock_path, "");
 }
 
 }  // namespace
