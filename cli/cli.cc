@@ -319,6 +319,7 @@ int CmdVersion(Env& env, const Args& args) {
   env.out << "fcvmctl " << FCVM_VERSION << "\n";
   if (!st.ok()) return client->Fail(st, "version", ctx);
   env.out << "fcvmd " << resp.version() << " (api " << resp.api_version() << ")\n";
+  env.out << "isolation: " << (resp.isolation().empty() ? "?" : resp.isolation()) << "\n";
   if (resp.firecracker_path().empty()) {
     env.out << "firecracker: not configured\n";
   } else {

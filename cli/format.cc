@@ -264,6 +264,20 @@ std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now) {
     absl::StrAppend(&out, "network:\n", net.Render("  "));
   }
 
+  if (vm.has_jail()) {
+    const fcvm::v1::JailStatus& j = vm.jail();
+    KeyValues jail;
+    jail.Add("uid/gid", absl::StrCat(j.uid(), "/", j.gid()));
+    jail.Add("chroot", OrDash(j.chroot()));
+    jail.Add("cgroup", OrDash(j.cgroup_version()));
+    const fcvm::v1::ResourceLimits& l = j.limits();
+    jail.Add("memory limit", absl::StrCat(l.memory_mib(), " MiB"));
+    jail.Add("cpu limit", absl::StrCat(l.cpu_percent(), "%"));
+    jail.Add("cpu weight", l.cpu_weight() == 0 ? "-" : absl::StrCat(l.cpu_weight()));
+    jail.Add("pids max", absl::StrCat(l.pids_max()));
+    absl::StrAppend(&out, "jail:\n", jail.Render("  "));
+  }
+
   const fcvm::v1::VmTimings& t = vm.timings();
   KeyValues timings;
   timings.Add("total", FormatDuration(t.total(), t.has_total()));

@@ -206,6 +206,32 @@ absl::StatusOr<fcvm::v1::PortMapping> ParsePublish(absl::string_view spec) {
   return p;
 }
 
+// --memory-limit-mib, --cpu-percent, --cpu-weight, --pids-max: the cgroup
+// limits of a jailed VM (0 = fcvmd's default).
+struct LimitFlags {
+  int64_t memory_mib = 0, cpu_percent = 0, cpu_weight = 0, pids_max = 0;
+  void Register(FlagParser& flags) {
+    flags.Int("memory-limit-mib", &memory_mib,
+              "memory limit of the VM's cgroup: guest memory + Firecracker's own (default: guest + 32)");
+    flags.Int("cpu-percent", &cpu_percent, "CPU limit in percent of one CPU (default: 100 per vCPU)");
+    flags.Int("cpu-weight", &cpu_weight, "CPU weight 1-10000 under contention (default: the host's, 100)");
+    flags.Int("pids-max", &pids_max,
+              "tasks the VM may have (default: what Firecracker needs, with a margin)");
+  }
+  bool set() const { return memory_mib != 0 || cpu_percent != 0 || cpu_weight != 0 || pids_max != 0; }
+  absl::Status Fill(fcvm::v1::ResourceLimits* out) const {
+    ASSIGN_OR_RETURN(uint32_t mem, InRange(memory_mib, 0, UINT32_MAX, "--memory-limit-mib"));
+    ASSIGN_OR_RETURN(uint32_t cpu, InRange(cpu_percent, 0, UINT32_MAX, "--cpu-percent"));
+    ASSIGN_OR_RETURN(uint32_t weight, InRange(cpu_weight, 0, 10000, "--cpu-weight"));
+    ASSIGN_OR_RETURN(uint32_t pids, InRange(pids_max, 0, UINT32_MAX, "--pids-max"));
+    out->set_memory_mib(mem);
+    out->set_cpu_percent(cpu);
+    out->set_cpu_weight(weight);
+    out->set_pids_max(pids);
+    return absl::OkStatus();
+  }
+};
+
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args) {
   std::string kernel, initrd, boot_args, name;
   int64_t vcpus = 1, memory_mib = 128;
@@ -225,6 +251,8 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   flags.String("mac", &mac, "guest MAC address (with --net)", "MAC");
   flags.List("publish", &publish, "publish a guest port on the host (with --net); repeatable",
              "HOST:GUEST[/udp]");
+  LimitFlags limits;
+  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::RunVmRequest req;
   if (flags.help_requested()) return req;
@@ -266,6 +294,7 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   req.set_name(name);
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_labels());
+  if (limits.set()) RETURN_IF_ERROR(limits.Fill(config->mutable_limits()));
   return req;
 }
 
@@ -413,6 +442,8 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   flags.Bool("stay-paused", &stay_paused, "leave the clones paused");
   flags.Bool("all-or-nothing", &all_or_nothing, "if one clone fails, delete the others and fail");
   flags.Int("parallelism", &parallelism, "clones restored at once (default: fcvmd's)");
+  LimitFlags limits;
+  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::CloneSnapshotRequest req;
   if (flags.help_requested()) return req;
@@ -435,6 +466,7 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_labels());
   req.set_stay_paused(stay_paused);
+  if (limits.set()) RETURN_IF_ERROR(limits.Fill(req.mutable_limits()));
   for (const std::string& spec : publish) {
     absl::StatusOr<fcvm::v1::PortMapping> p = ParsePublish(spec);
     if (!p.ok()) return ForFlag(p.status(), "--publish");

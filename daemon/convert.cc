@@ -170,7 +170,22 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
       FromProto(config.network().publish(), "config.network");
   if (!publish.ok()) return publish.status();
   out.network.publish = *std::move(publish);
+  out.limits = FromProto(config.limits());
   return out;
+}
+
+vm::ResourceLimits FromProto(const v1::ResourceLimits& limits) {
+  return vm::ResourceLimits{.memory_mib = limits.memory_mib(),
+                            .cpu_percent = limits.cpu_percent(),
+                            .cpu_weight = limits.cpu_weight(),
+                            .pids_max = limits.pids_max()};
+}
+
+void ToProto(const vm::ResourceLimits& limits, v1::ResourceLimits* out) {
+  out->set_memory_mib(limits.memory_mib);
+  out->set_cpu_percent(limits.cpu_percent);
+  out->set_cpu_weight(limits.cpu_weight);
+  out->set_pids_max(limits.pids_max);
 }
 
 absl::StatusOr<std::vector<vm::PortMapping>> FromProto(
@@ -217,6 +232,10 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
   out->mutable_network()->set_enabled(config.network.enabled);
   out->mutable_network()->set_guest_mac(config.network.guest_mac);
   ToProto(config.network.publish, out->mutable_network()->mutable_publish());
+  const vm::ResourceLimits& l = config.limits;
+  if (l.memory_mib != 0 || l.cpu_percent != 0 || l.cpu_weight != 0 || l.pids_max != 0) {
+    ToProto(l, out->mutable_limits());
+  }
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -246,6 +265,14 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
     ToProto(net.publish, n->mutable_publish());
   }
   if (info.created_at != absl::UnixEpoch()) ToProto(info.created_at, out->mutable_created_at());
+  if (info.jailed) {
+    v1::JailStatus* jail = out->mutable_jail();
+    jail->set_uid(info.jail.uid);
+    jail->set_gid(info.jail.gid);
+    jail->set_chroot(info.jail.chroot);
+    jail->set_cgroup_version(info.jail.cgroup_version);
+    ToProto(info.jail.limits, jail->mutable_limits());
+  }
   v1::VmTimings* t = out->mutable_timings();
   ToProto(info.timings.total, t->mutable_total());
   ToProto(info.timings.process_ready, t->mutable_process_ready());
@@ -275,6 +302,7 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   out->set_clone_count(info.clone_count);
   out->set_path(info.path);
   ToProto(info.create_duration, out->mutable_create_duration());
+  out->set_jailed(info.jailed);
 }
 
 void ToProto(const vm::Event& event, v1::Event* out) {
@@ -381,6 +409,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   out.labels = ToMap(request.labels());
   out.stay_paused = request.stay_paused();
   out.all_or_nothing = request.all_or_nothing();
+  if (request.has_limits()) out.limits = FromProto(request.limits());
   out.parallelism = request.parallelism();
   return out;
 }

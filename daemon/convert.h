@@ -50,6 +50,8 @@ fcvm::v1::Event::Kind ToProto(vm::EventKind kind);
 // VmConfig. Ports wider than 16 bits are InvalidArgument; an empty protocol
 // is "tcp". Other checks (ranges, duplicates, files) are the Manager's.
 absl::StatusOr<vm::VmConfig> FromProto(const fcvm::v1::VmConfig& config);
+vm::ResourceLimits FromProto(const fcvm::v1::ResourceLimits& limits);
+void ToProto(const vm::ResourceLimits& limits, fcvm::v1::ResourceLimits* out);
 void ToProto(const vm::VmConfig& config, fcvm::v1::VmConfig* out);
 // `field` prefixes errors ("config.network").
 absl::StatusOr<std::vector<vm::PortMapping>> FromProto(

@@ -56,6 +56,34 @@ absl::Status ClaimSocketPath(const std::string& path) {
   return absl::OkStatus();
 }
 
+// The jailer fcvmd runs every Firecracker under: --jailer, else "jailer"
+// beside the Firecracker binary. None found is an error unless --no-jailer
+// (then "": Firecracker runs as root, which only development should do).
+absl::StatusOr<std::string> ChooseJailer(const DaemonOptions& options) {
+  const std::string& firecracker = options.manager.firecracker_bin;
+  if (options.no_jailer) {
+    if (!options.jailer_bin.empty()) return absl::InvalidArgumentError("--jailer and --no-jailer contradict");
+    if (!firecracker.empty()) {
+      spdlog::warn(
+          "--no-jailer: every Firecracker runs as root in fcvmd's namespaces, confined only by its own "
+          "seccomp "
+          "filter; use it for development only (docs/security.md)");
+    }
+    return std::string();
+  }
+  // A Firecracker that is not there is reported as such by the manager.
+  if (!options.jailer_bin.empty() || firecracker.empty() || access(firecracker.c_str(), X_OK) != 0) {
+    return options.jailer_bin;
+  }
+  std::string beside = DirName(firecracker) + "/jailer";
+  if (access(beside.c_str(), X_OK) == 0) return beside;
+  return absl::FailedPreconditionError(
+      absl::StrCat("no jailer: ", beside,
+                   " is not an executable; put Firecracker's jailer (1.7 or later) there, "
+                   "give it with --jailer PATH, or run with --no-jailer (Firecracker then runs as root: "
+                   "development only)"));
+}
+
 // The Manager wants an absolute state directory; a relative --state-dir is
 // taken relative to fcvmd's working directory.
 absl::StatusOr<std::string> Absolute(const std::string& path) {
@@ -84,11 +112,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return absl::InvalidArgumentError(
         absl::StrCat("--socket must be 1-107 bytes (a Unix socket path), got '", options.socket_path, "'"));
   }
-  if (!options.jailer_bin.empty()) {
-    return absl::UnimplementedError(
-        "--jailer: jailer mode is not implemented yet; VMs run in per-VM mount and network namespaces "
-        "(docs/firecracker.md)");
-  }
+
   if (options.workers < 1 || options.workers > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("--workers must be 1-1024, got ", options.workers));
   }
@@ -114,6 +138,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   std::unique_ptr<Daemon> daemon(new Daemon(options));
   daemon->options_.manager.state_dir = state_dir;
+  ASSIGN_OR_RETURN(daemon->options_.manager.jailer_bin, ChooseJailer(options));
   daemon->started_at_ = absl::Now();
   ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(daemon->options_.manager));
   daemon->firecracker_version_ = daemon->manager_->firecracker_version();
@@ -132,10 +157,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                    daemon->cache_.get(),
                    daemon->calls_.get(),
                    daemon->events_};
-  daemon->services_ =
-      std::make_unique<Services>(SystemInfo{FCVM_VERSION, options.manager.firecracker_bin,
-                                            daemon->firecracker_version_, daemon->started_at_},
-                                 deps);
+  daemon->services_ = std::make_unique<Services>(
+      SystemInfo{FCVM_VERSION, options.manager.firecracker_bin, daemon->firecracker_version_,
+                 daemon->started_at_, manager->isolation()},
+      deps);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -148,12 +173,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(&daemon->services_->system);
   builder.RegisterService(&daemon->services_->vm);
   builder.RegisterService(&daemon->services_->snapshot);
-  // gRPC creates the socket file itself; a umask matching socket_mode makes it
-  // born with the right mode, so no client ever sees a wider one. Start-up is
-  // the only time fcvmd creates files while it changes the umask.
-  mode_t old_umask = umask(static_cast<mode_t>(~options.socket_mode & 0777));
+  // gRPC creates the socket file itself, with fcvmd's umask (027, set by
+  // main before any thread: the manager's threads create files already, so
+  // the umask is not changed here): born without write permission for the
+  // group and others, so no client can connect before the chmod below
+  // widens it to socket_mode.
   daemon->server_ = builder.BuildAndStart();
-  umask(old_umask);
   if (daemon->server_ == nullptr) {
     return absl::UnavailableError(absl::StrCat("cannot serve gRPC on unix:", options.socket_path,
                                                " (see the log above for gRPC's reason)"));

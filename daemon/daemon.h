@@ -35,8 +35,12 @@ struct DaemonOptions {
   // Mode of the socket file: who may talk to fcvmd (root and the socket's
   // group by default). Whoever can is root-equivalent on this host.
   int socket_mode = 0660;
-  // Jailer binary (jailer mode is not implemented yet: refused).
+  // Every Firecracker runs under the jailer (manager.jailer_bin): the one
+  // given here, else "jailer" beside the Firecracker binary. Without one,
+  // Start fails unless `no_jailer` (development only: Firecracker then runs
+  // as root, and fcvmd logs a warning).
   std::string jailer_bin;
+  bool no_jailer = false;
   // Threads running blocking operations (most of their time is spent waiting
   // for Firecracker and disks, hence more than cores).
   int workers = 16;

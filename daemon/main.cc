@@ -2,6 +2,7 @@
 // notification; the daemon itself is daemon/daemon.h.
 
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -10,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "daemon/daemon.h"
 #include "lib/base/flags.h"
 #include "lib/base/logging.h"
@@ -34,8 +37,15 @@ int main(int argc, char** argv) {
                "gRPC Unix socket (env FCVM_SOCKET; default /run/fcvm/fcvmd.sock)", "PATH");
   flags.String("state-dir", &m.state_dir, "state directory (default /var/lib/fcvm)", "DIR");
   flags.String("firecracker", &m.firecracker_bin, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
-  flags.String("jailer", &options.jailer_bin, "jailer binary (jailer mode is not implemented yet: refused)",
-               "PATH");
+  flags.String(
+      "jailer", &options.jailer_bin,
+      "jailer binary every Firecracker runs under (default: \"jailer\" beside the Firecracker binary)",
+      "PATH");
+  flags.Bool("no-jailer", &options.no_jailer,
+             "run Firecracker without the jailer, as root (development only; logs a warning)");
+  std::string uid_range;
+  flags.String("uid-range", &uid_range,
+               "uids (= gids) leased to jailed VMs, one each (default 1879048192:65536)", "BASE:COUNT");
   flags.Int("workers", &workers, "threads running blocking VM operations (default 16)");
   flags.Int("page-server-threads", &page_server_threads,
             "page server loop threads (default 0 = one per core)");
@@ -75,6 +85,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   m.warm_pool_size = static_cast<uint32_t>(warm_pool);
+  if (!uid_range.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(uid_range, ':');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &m.uid_base) ||
+        !absl::SimpleAtoi(parts[1], &m.uid_count)) {
+      std::fprintf(stderr, "fcvmd: --uid-range must be BASE:COUNT, got '%s'\n", uid_range.c_str());
+      return 2;
+    }
+  }
   if (clone_threads < 1 || clone_threads > 1024) {
     std::fprintf(stderr, "fcvmd: --clone-threads must be 1-1024, got %lld\n",
                  static_cast<long long>(clone_threads));
@@ -85,6 +103,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fcvmd: %s\n", std::string(st.message()).c_str());
     return 2;
   }
+
+  // Files fcvmd creates are its own (and root's group's) unless it says
+  // otherwise: set before any thread starts, since umask is per process.
+  umask(027);
 
   // Block the stop signals before any thread starts so that every thread
   // inherits the mask and only sigwait below sees them.

@@ -338,6 +338,7 @@ grpc::ServerUnaryReactor* SystemServiceImpl::GetVersion(grpc::CallbackServerCont
     out->set_firecracker_path(info_.firecracker_path);
     out->set_firecracker_version(info_.firecracker_version);
     out->set_api_version(kApiVersion);
+    out->set_isolation(info_.isolation);
     ToProto(info_.started_at, out->mutable_started_at());
     return absl::OkStatus();
   });

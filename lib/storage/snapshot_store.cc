@@ -59,6 +59,7 @@ std::string RecordToJson(const SnapshotRecord& r) {
   j["source_vm_id"] = r.source_vm_id;
   j["config"] = json::parse(r.config_json.empty() ? "{}" : r.config_json, nullptr, false);
   j["firecracker_version"] = r.firecracker_version;
+  j["jailed"] = r.jailed;
   j["disk_ids"] = r.disk_ids;
   j["memory_bytes"] = r.memory_bytes;
   j["vmstate_bytes"] = r.vmstate_bytes;
@@ -80,6 +81,7 @@ absl::StatusOr<SnapshotRecord> RecordFromJson(const std::string& text) {
     r.source_vm_id = j.value("source_vm_id", "");
     r.config_json = j.contains("config") ? j["config"].dump() : "{}";
     r.firecracker_version = j.value("firecracker_version", "");
+    r.jailed = j.value("jailed", false);
     r.disk_ids = j.value("disk_ids", std::vector<std::string>{});
     r.memory_bytes = j.at("memory_bytes").get<uint64_t>();
     r.vmstate_bytes = j.at("vmstate_bytes").get<uint64_t>();

@@ -39,6 +39,8 @@ struct SnapshotRecord {
   std::string config_json;
   std::string firecracker_version;
   std::vector<std::string> disk_ids;  // files under disks/
+  // Made by a jailed VM: its baked-in paths are jail paths.
+  bool jailed = false;
   // Filled in by Commit.
   uint64_t memory_bytes = 0;
   uint64_t vmstate_bytes = 0;

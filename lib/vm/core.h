@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/base/cancel.h"
+#include "lib/firecracker/uid_pool.h"
 #include "lib/storage/snapshot_store.h"
 #include "lib/vm/env.h"
 #include "lib/vm/events.h"
@@ -94,6 +95,9 @@ struct Core {
   std::unique_ptr<Executor> leaf_executor;
   std::unique_ptr<Supervisor> supervisor;
   std::unique_ptr<WarmPool> warm;
+  // Jailed VMs' uids (null when VMs are not jailed). A VM holds its lease
+  // (owner = VM id) from its creation until its process is gone.
+  std::unique_ptr<firecracker::UidPool> uids;
 
   // Why the page server ended a clone's session, until its exit is handled.
   absl::Mutex pager_mu;
@@ -101,8 +105,18 @@ struct Core {
 
   // ---- shared steps ----
   absl::Status RequireVmms() const;
-  LaunchSpec LaunchSpecFor(const std::string& id, const std::string& dir) const;
+  bool jailed() const { return env.vmms != nullptr && env.vmms->jailed(); }
+  // How VM `id` is started (drive bind mounts, or its jail with `limits`).
+  // Jailed: leases the VM's uid (ResourceExhausted when none is left).
+  absl::StatusOr<LaunchSpec> LaunchSpecFor(const std::string& id, const std::string& dir,
+                                           const firecracker::CgroupLimits& limits) const;
+  // Where Firecracker sees a VM's drive: "/drives/<id>" in its jail, else
+  // "<state>/drives/<id>" in its mount namespace.
+  std::string DrivePath(const std::string& drive_id) const;
   std::vector<firecracker::Drive> FirecrackerDrives(const VmConfig& config) const;
+  // Ends VM `id`'s uid lease and removes what is left of its jail (its
+  // process is gone). No-op when not jailed.
+  void ReleaseJail(const std::string& id);
   // Watches the VM's process; its exit is handled by HandleExit.
   void Watch(const std::shared_ptr<VmEntry>& entry);
   void Unwatch(VmEntry& entry);

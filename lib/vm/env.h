@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,8 @@
 #include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/api_types.h"
+#include "lib/firecracker/cgroup.h"
+#include "lib/firecracker/jail.h"
 #include "lib/firecracker/vmm.h"
 #include "lib/uffd/page_server.h"
 #include "lib/vm/types.h"
@@ -63,6 +66,26 @@ class Vmm {
   virtual void Release() = 0;
   // The last lines of its log and console, for error messages.
   virtual std::string RecentOutput() = 0;
+
+  // ---- jailed processes (FailedPrecondition otherwise) ----
+  // Hard-links one more file into the running jail.
+  virtual absl::Status PlaceFile(const firecracker::JailFile& file) = 0;
+  // Changes / reads the limits of the VM's cgroup.
+  virtual absl::Status UpdateLimits(const firecracker::CgroupLimits& limits) = 0;
+  virtual absl::StatusOr<firecracker::CgroupLimits> ReadLimits() = 0;
+  // "v1" or "v2"; empty when not jailed.
+  virtual std::string cgroup_version() const = 0;
+};
+
+// How a VM's Firecracker is jailed (see lib/firecracker/jail.h).
+struct JailSpec {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  // Put into the chroot before the launch (a hard link, else a bind mount).
+  std::vector<firecracker::JailFile> files;
+  firecracker::CgroupLimits limits;
+  // A network namespace file to join (/run/netns/NAME); empty: the host's.
+  std::string netns_path;
 };
 
 struct LaunchSpec {
@@ -76,6 +99,9 @@ struct LaunchSpec {
   // A warm-pool process: it dies with the launching thread.
   bool pooled = false;
   CancelToken cancel;
+  // Set exactly when the factory jails (VmmFactory::jailed); then
+  // bind_mounts and netns_fd are not used.
+  std::optional<JailSpec> jail;
 };
 
 class VmmFactory {
@@ -92,6 +118,19 @@ class VmmFactory {
   // have left without a record.
   virtual std::map<pid_t, std::string> FindRunning(const std::string& vms_dir) = 0;
   virtual std::string version() const = 0;
+
+  // ---- jailing ----
+  // True when every Firecracker runs under the jailer.
+  virtual bool jailed() const = 0;
+  // "jailer 1.7.0" or "none".
+  virtual std::string isolation() const = 0;
+  // The jail of VM `id` (paths only; nothing is created). FailedPrecondition
+  // when not jailed.
+  virtual absl::StatusOr<firecracker::JailPaths> JailFor(const std::string& id) const = 0;
+  // Removes the jail (chroot and cgroups) of VM `id`, whose process is gone.
+  virtual absl::Status RemoveJail(const std::string& id) = 0;
+  // The VM ids that have a jail.
+  virtual std::vector<std::string> ListJails() = 0;
 };
 
 // The page server, as the manager uses it.
@@ -130,8 +169,10 @@ class NetworkService {
   virtual ~NetworkService() = default;
   // OK when VMs can have networks here; otherwise Unavailable with why.
   virtual absl::Status Available() const = 0;
+  // The tap is owned by `tap_owner` (a jailed VM's uid; 0: root).
   virtual absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
-                                              const std::vector<PortMapping>& publish) = 0;
+                                              const std::vector<PortMapping>& publish,
+                                              uint32_t tap_owner = 0) = 0;
   // Idempotent.
   virtual absl::Status Teardown(const std::string& vm_id) = 0;
   // Removes the networks of VMs not in `live`; returns their ids.

@@ -22,6 +22,8 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   RealEnvOptions real;
   real.state_dir = options.state_dir;
   real.firecracker_bin = options.firecracker_bin;
+  real.jailer_bin = options.jailer_bin;
+  real.jail_dir = options.jail_dir.empty() ? options.state_dir + "/jail" : options.jail_dir;
   real.page_server_threads = options.page_server_threads;
   real.start_timeout = options.clone_timeout;
   real.console_max_bytes = options.console_max_bytes;
@@ -49,12 +51,27 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   c.clone_executor = std::make_unique<Executor>("fcvm-clone", std::max<uint32_t>(options.clone_threads, 1));
   c.leaf_executor = std::make_unique<Executor>("fcvm-leaf", 8);
   ASSIGN_OR_RETURN(c.supervisor, Supervisor::Create(c.leaf_executor.get()));
+  if (c.jailed()) {
+    ASSIGN_OR_RETURN(c.uids,
+                     firecracker::UidPool::Open(options.state_dir + "/jail-uids.json",
+                                                {.base = options.uid_base, .count = options.uid_count}));
+  }
   Core* raw = core.get();
   c.env.pager->SetEventCallback([raw](const uffd::SessionEvent& ev) { raw->OnPagerEvent(ev); });
   if (options.reconcile) Reconcile(c);
+  // A pooled jailed process gets the limits of the VM that takes it later;
+  // until then, room for any (every controller must exist to be set later).
+  firecracker::CgroupLimits pooled;
+  pooled.memory_bytes = uint64_t{kMaxMemoryMib} << 20;
+  pooled.cpu_quota_us = uint64_t{kMaxVcpus} * 100000;
+  pooled.cpu_period_us = 100000;
+  pooled.pids_max = 4096;
   c.warm = std::make_unique<WarmPool>(
       c.env.vmms.get(), c.vms_dir, options.warm_pool_size,
-      [raw](const std::string& id, const std::string& dir) { return raw->LaunchSpecFor(id, dir); });
+      [raw, pooled](const std::string& id, const std::string& dir) {
+        return raw->LaunchSpecFor(id, dir, pooled);
+      },
+      [raw](const std::string& id) { raw->ReleaseJail(id); });
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 
@@ -188,6 +205,10 @@ uint64_t Manager::Subscribe(std::function<void(const Event&)> callback,
 void Manager::Unsubscribe(uint64_t token) { core_->events.Unsubscribe(token); }
 
 const ManagerOptions& Manager::options() const { return core_->options; }
+
+std::string Manager::isolation() const {
+  return core_->env.vmms != nullptr ? core_->env.vmms->isolation() : "none";
+}
 
 std::string Manager::firecracker_version() const {
   return core_->env.vmms != nullptr ? core_->env.vmms->version() : "";

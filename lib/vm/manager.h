@@ -100,6 +100,8 @@ class Manager {
   const ManagerOptions& options() const;
   // Version of the configured Firecracker ("1.14.2"), empty if none.
   std::string firecracker_version() const;
+  // "jailer 1.7.0" when VMs run under the jailer, else "none".
+  std::string isolation() const;
   // Ready warm-pool processes, and takes that found none.
   size_t warm_pool_ready() const;
   uint64_t warm_pool_misses() const;

@@ -15,6 +15,18 @@ struct ManagerOptions {
   // Where VMs, snapshots and networks keep their state; absolute.
   std::string state_dir = "/var/lib/fcvm";
   std::string firecracker_bin;  // empty: VM operations answer Unavailable
+  // The jailer: every Firecracker then runs under it, as its own uid/gid in
+  // its own chroot, PID namespace and cgroup (docs/security.md). Empty runs
+  // Firecracker as root in fcvmd's namespaces (development only).
+  std::string jailer_bin;
+  // Where the chroots go; empty: <state_dir>/jail. Same file system as the
+  // state directory (snapshot files are hard-linked into chroots).
+  std::string jail_dir;
+  // The uids (= gids) leased to jailed VMs, one per VM: [uid_base,
+  // uid_base + uid_count). The default range sits above systemd's
+  // container range.
+  uint32_t uid_base = 0x70000000;
+  uint32_t uid_count = 65536;
   // Page server loop threads; 0 = one per core.
   int page_server_threads = 0;
   // Clones restored at once within one CloneSnapshot request, by default,

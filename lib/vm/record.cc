@@ -9,6 +9,22 @@ namespace {
 
 using json = nlohmann::json;
 
+json LimitsToObject(const ResourceLimits& l) {
+  return {{"memory_mib", l.memory_mib},
+          {"cpu_percent", l.cpu_percent},
+          {"cpu_weight", l.cpu_weight},
+          {"pids_max", l.pids_max}};
+}
+
+ResourceLimits LimitsFromObject(const json& j) {
+  ResourceLimits l;
+  l.memory_mib = j.value("memory_mib", 0u);
+  l.cpu_percent = j.value("cpu_percent", 0u);
+  l.cpu_weight = j.value("cpu_weight", 0u);
+  l.pids_max = j.value("pids_max", 0u);
+  return l;
+}
+
 json ConfigToObject(const VmConfig& c) {
   json j;
   j["kernel_path"] = c.kernel_path;
@@ -29,6 +45,7 @@ json ConfigToObject(const VmConfig& c) {
     j["network"]["publish"].push_back(
         {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
   }
+  j["limits"] = LimitsToObject(c.limits);
   return j;
 }
 
@@ -57,6 +74,7 @@ VmConfig ConfigFromObject(const json& j) {
       }
     }
   }
+  if (j.contains("limits")) c.limits = LimitsFromObject(j.at("limits"));
   return c;
 }
 
@@ -108,6 +126,13 @@ std::string RecordToJson(const VmInfo& v) {
   j["network"] = {{"netns", v.network.netns},         {"tap", v.network.tap},
                   {"guest_ip", v.network.guest_ip},   {"host_ip", v.network.host_ip},
                   {"guest_mac", v.network.guest_mac}, {"publish", PortsToArray(v.network.publish)}};
+  if (v.jailed) {
+    j["jail"] = {{"uid", v.jail.uid},
+                 {"gid", v.jail.gid},
+                 {"chroot", v.jail.chroot},
+                 {"cgroup_version", v.jail.cgroup_version},
+                 {"limits", LimitsToObject(v.jail.limits)}};
+  }
   return j.dump(2);
 }
 
@@ -144,6 +169,15 @@ absl::StatusOr<VmInfo> RecordFromJson(const std::string& text) {
                                        p.value("protocol", "tcp")});
         }
       }
+    }
+    if (j.contains("jail")) {
+      const json& jl = j.at("jail");
+      v.jailed = true;
+      v.jail.uid = jl.value("uid", 0u);
+      v.jail.gid = jl.value("gid", 0u);
+      v.jail.chroot = jl.value("chroot", "");
+      v.jail.cgroup_version = jl.value("cgroup_version", "");
+      if (jl.contains("limits")) v.jail.limits = LimitsFromObject(jl.at("limits"));
     }
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat("vm record: ", e.what()));

@@ -101,7 +101,8 @@ void Registry::Release(uint64_t reservation, const std::vector<std::string>& nam
 
 // ---- VMs --------------------------------------------------------------------
 
-absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation, bool write_record) {
+absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation,
+                              bool write_record) {
   const std::string name = Info(*entry).name;
   {
     absl::MutexLock lock(&mu_);

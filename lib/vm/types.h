@@ -49,6 +49,14 @@ struct NetworkStatus {
   std::vector<PortMapping> publish;
 };
 
+// Cgroup limits of a jailed VM (0 = the default, see EffectiveLimits).
+struct ResourceLimits {
+  uint32_t memory_mib = 0;   // guest memory + Firecracker's own
+  uint32_t cpu_percent = 0;  // of one CPU, per period
+  uint32_t cpu_weight = 0;   // 1-10000
+  uint32_t pids_max = 0;
+};
+
 struct VmConfig {
   std::string kernel_path;
   std::string initrd_path;
@@ -57,6 +65,16 @@ struct VmConfig {
   uint32_t memory_mib = 128;
   std::vector<DriveConfig> drives;
   NetworkConfig network;
+  ResourceLimits limits;
+};
+
+// How a jailed VM is confined.
+struct JailStatus {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::string chroot;
+  ResourceLimits limits;       // in force
+  std::string cgroup_version;  // "v1" or "v2"
 };
 
 enum class MemoryBackend { kUffd, kFile };
@@ -95,6 +113,8 @@ struct VmInfo {
   // Why the VM is stopped or failed; empty while it is healthy.
   std::string error;
   NetworkStatus network;  // empty without a network
+  bool jailed = false;
+  JailStatus jail;  // when jailed
 };
 
 enum class AfterSnapshot { kResume, kStayPaused, kStop };
@@ -116,6 +136,7 @@ struct SnapshotInfo {
   uint32_t clone_count = 0;
   std::string path;
   absl::Duration create_duration;
+  bool jailed = false;  // made by a jailed VM: only a jailing fcvmd can clone it
 };
 
 enum class EventKind { kVmState, kSnapshotCreated, kSnapshotDeleted, kPageServerDrop, kReconcile };
@@ -177,6 +198,8 @@ struct CloneRequest {
   // port can be published once). Clones of a snapshot with a network always
   // get their own namespace and tap; one without cannot gain a network.
   std::vector<PortMapping> publish;
+  // Cgroup limits of each clone (jailed VMs); unset: the snapshot's VM's.
+  std::optional<ResourceLimits> limits;
   // Called as each clone finishes (succeeded or failed), from the worker that
   // restored it; for progress reports. May be empty.
   std::function<void(const VmInfo&)> on_clone_done;

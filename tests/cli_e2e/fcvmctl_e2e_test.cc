@@ -71,6 +71,7 @@ class FcvmctlE2eTest : public ::testing::Test {
                tmp_.path() + "/state",
                "--firecracker",
                e2e::FirecrackerPath()};
+    for (std::string& a : e2e::FcvmdJailArgs()) so.argv.push_back(std::move(a));
     so.argv.insert(so.argv.end(), extra_daemon_args_.begin(), extra_daemon_args_.end());
     so.fds = {{log, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -54,9 +55,12 @@ class DaemonTest : public ::testing::Test {
     opts.fds = {{log_fd, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(opts));
     close(log_fd);
-    // Ready when the socket accepts a connection; no fixed sleep.
+    // Ready when fcvmd says it serves (after it set the socket's mode: the
+    // socket accepts connections a moment before) and the socket accepts a
+    // connection; no fixed sleep.
     absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (!ConnectUnix(socket_).ok()) {
+    while (!absl::StrContains(ReadFile(log_).value_or(""), "serving on unix:") ||
+           !ConnectUnix(socket_).ok()) {
       ASSERT_LT(absl::Now(), deadline) << "fcvmd did not start; log:\n" << ReadFile(log_).value_or("");
       ASSERT_OK_AND_ASSIGN(auto exited, daemon_.TryWait());
       ASSERT_FALSE(exited.has_value()) << "fcvmd exited: " << exited->ToString() << "\n"
@@ -179,6 +183,29 @@ TEST_F(DaemonTest, SecondDaemonOnSameSocketIsRefused) {
   EXPECT_THAT(second.err, HasSubstr("another fcvmd is already serving"));
   // The first one still serves.
   EXPECT_EQ(Ctl({"version"}).code, 0);
+}
+
+// Firecracker found but no jailer beside it: fcvmd refuses to start unjailed
+// unless told to, and says how to fix it; contradicting flags are refused.
+TEST_F(DaemonTest, NoJailerIsRefusedUnlessNoJailerIsGiven) {
+  ASSERT_OK(MakeDirs(dir_ + "/bin"));
+  const std::string fc = dir_ + "/bin/firecracker";
+  ASSERT_OK(WriteFileAtomic(fc, "#!/bin/sh\necho 'Firecracker v1.14.2'\n"));
+  ASSERT_EQ(chmod(fc.c_str(), 0755), 0);
+  Result r =
+      RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--firecracker", fc});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("no jailer: " + dir_ + "/bin/jailer is not an executable"));
+  EXPECT_THAT(r.err, HasSubstr("--jailer PATH"));
+  EXPECT_THAT(r.err, HasSubstr("--no-jailer"));
+  Result both = RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--firecracker",
+                            fc, "--jailer", fc, "--no-jailer"});
+  EXPECT_EQ(both.code, 1);
+  EXPECT_THAT(both.err, HasSubstr("--jailer and --no-jailer contradict"));
+  Result range = RunCommand({FCVMD_PATH, "--socket", socket_, "--uid-range", "12"});
+  EXPECT_EQ(range.code, 2);
+  EXPECT_THAT(range.err, HasSubstr("--uid-range must be BASE:COUNT, got '12'"));
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "nothing listened";
 }
 
 TEST_F(DaemonTest, BadUsageExitsTwo) {

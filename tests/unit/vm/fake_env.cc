@@ -67,10 +67,11 @@ std::atomic<pid_t> g_next_pid{100000};
 
 class FakeVmm final : public Vmm {
  public:
-  FakeVmm(std::shared_ptr<FakeWorld> world, pid_t pid, std::string dir)
+  FakeVmm(std::shared_ptr<FakeWorld> world, pid_t pid, std::string dir, std::string jail_dir = "")
       : world_(std::move(world)),
         pid_(pid),
         dir_(std::move(dir)),
+        jail_dir_(std::move(jail_dir)),
         exit_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
     {
       absl::MutexLock lock(&world_->mu);
@@ -114,8 +115,10 @@ class FakeVmm final : public Vmm {
     return absl::OkStatus();
   }
   absl::Status CreateSnapshot(const firecracker::SnapshotCreate& create, absl::Duration) override {
-    RETURN_IF_ERROR(WriteFileAtomic(create.snapshot_path, "fake vmstate", 0600));
-    return WriteFileAtomic(create.mem_file_path, std::string(64 << 10, '\0'), 0600);
+    // A jailed Firecracker's paths are in its chroot.
+    std::string root = jail_dir_.empty() ? "" : jail_dir_ + "/root";
+    RETURN_IF_ERROR(WriteFileAtomic(root + create.snapshot_path, "fake vmstate", 0600));
+    return WriteFileAtomic(root + create.mem_file_path, std::string(64 << 10, '\0'), 0600);
   }
   absl::Status Pause() override { return CheckRunning(); }
   absl::Status Resume() override {
@@ -139,6 +142,11 @@ class FakeVmm final : public Vmm {
       ++world_->kills;
       ExitLocked(-9);
     }
+    if (!jail_dir_.empty()) {
+      // Like Vmm::Kill: the jail goes with the process.
+      (void)RemoveTree(jail_dir_);
+      world_->jails.erase(jail_dir_.substr(jail_dir_.rfind('/') + 1));
+    }
     return *exit_;
   }
   void Release() override {
@@ -149,6 +157,29 @@ class FakeVmm final : public Vmm {
     --world_->alive;
   }
   std::string RecentOutput() override { return ""; }
+
+  absl::Status PlaceFile(const firecracker::JailFile& file) override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    placed_.push_back(file.jail_path);
+    return absl::OkStatus();
+  }
+  absl::Status UpdateLimits(const firecracker::CgroupLimits& limits) override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    limits_ = limits;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<firecracker::CgroupLimits> ReadLimits() override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    return limits_;
+  }
+  std::string cgroup_version() const override { return jail_dir_.empty() ? "" : "v1"; }
+  void SetLimits(const firecracker::CgroupLimits& limits) {
+    absl::MutexLock lock(&world_->mu);
+    limits_ = limits;
+  }
 
   // Exits on its own (or is killed: code -9).
   void Exit(int code) {
@@ -168,7 +199,10 @@ class FakeVmm final : public Vmm {
   std::shared_ptr<FakeWorld> world_;
   const pid_t pid_;
   const std::string dir_;
+  const std::string jail_dir_;
   UniqueFd exit_fd_;
+  std::vector<std::string> placed_;   // under world_->mu
+  firecracker::CgroupLimits limits_;  // under world_->mu
   bool released_ = false;
   std::optional<ExitStatus> exit_;
 };
@@ -189,11 +223,24 @@ class FakeVmmFactory final : public VmmFactory {
     RETURN_IF_ERROR(MakeDirs(spec.vm_dir, 0700));
     RETURN_IF_ERROR(WriteFileAtomic(spec.vm_dir + "/console.log", "", 0600));
     pid_t pid = g_next_pid.fetch_add(1);
+    std::string jail_dir;
     {
       absl::MutexLock lock(&world_->mu);
       world_->pids.push_back(pid);
+      if (world_->jailed != spec.jail.has_value()) {
+        return absl::InternalError("fake: a launch whose jailing does not match the factory's");
+      }
+      if (spec.jail.has_value()) {
+        if (spec.jail->uid == 0) return absl::InvalidArgumentError("fake: jailed as root");
+        jail_dir = world_->jail_base + "/firecracker/" + spec.id;
+        world_->jails.insert(spec.id);
+        world_->uids[spec.id] = spec.jail->uid;
+      }
     }
-    return std::make_unique<FakeVmm>(world_, pid, spec.vm_dir);
+    if (!jail_dir.empty()) RETURN_IF_ERROR(MakeDirs(jail_dir + "/root", 0700));
+    auto vmm = std::make_unique<FakeVmm>(world_, pid, spec.vm_dir, jail_dir);
+    if (spec.jail.has_value()) vmm->SetLimits(spec.jail->limits);
+    return vmm;
   }
 
   absl::StatusOr<std::unique_ptr<Vmm>> Adopt(pid_t pid, const std::string& vm_dir) override {
@@ -214,6 +261,33 @@ class FakeVmmFactory final : public VmmFactory {
   }
 
   std::string version() const override { return "1.14.2"; }
+
+  bool jailed() const override {
+    absl::MutexLock lock(&world_->mu);
+    return world_->jailed;
+  }
+  std::string isolation() const override { return jailed() ? "jailer 1.7.0" : "none"; }
+  absl::StatusOr<firecracker::JailPaths> JailFor(const std::string& id) const override {
+    absl::MutexLock lock(&world_->mu);
+    if (!world_->jailed) return absl::FailedPreconditionError("not jailed");
+    firecracker::JailPaths p;
+    p.jail_dir = world_->jail_base + "/firecracker/" + id;
+    p.chroot_dir = p.jail_dir + "/root";
+    return p;
+  }
+  absl::Status RemoveJail(const std::string& id) override {
+    std::string dir;
+    {
+      absl::MutexLock lock(&world_->mu);
+      dir = world_->jail_base + "/firecracker/" + id;
+      world_->jails.erase(id);
+    }
+    return RemoveTree(dir);
+  }
+  std::vector<std::string> ListJails() override {
+    absl::MutexLock lock(&world_->mu);
+    return {world_->jails.begin(), world_->jails.end()};
+  }
 
  private:
   std::shared_ptr<FakeWorld> world_;
@@ -285,10 +359,12 @@ class FakeNetwork final : public NetworkService {
     if (world_->network_available) return absl::OkStatus();
     return absl::UnavailableError("VM networking is not available on this host: fake");
   }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>&) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>&,
+                                      uint32_t tap_owner) override {
     RETURN_IF_ERROR(Available());
     absl::MutexLock lock(&world_->mu);
     world_->networks.insert(vm_id);
+    world_->tap_owners[vm_id] = tap_owner;
     VmNetworkInfo n;
     n.netns = UniqueFd(eventfd(0, EFD_CLOEXEC));
     n.netns_name = "fake-" + vm_id;

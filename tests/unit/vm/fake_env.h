@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/vm/env.h"
 
@@ -69,6 +70,14 @@ struct FakeWorld {
   absl::Status load_error ABSL_GUARDED_BY(mu) = absl::InvalidArgumentError("PUT /snapshot/load: bad");
   // Pids that Adopt finds alive, with their VM directory; FindRunning's answer.
   std::map<pid_t, std::string> running ABSL_GUARDED_BY(mu);
+  // Jailing: when `jailed`, every launch must come with a jail spec; jails
+  // live under `jail_base` (created by the fake "jailer", removed by Kill or
+  // RemoveJail). uid of each launched VM id, and the limits it got.
+  bool jailed ABSL_GUARDED_BY(mu) = false;
+  std::string jail_base ABSL_GUARDED_BY(mu);
+  std::set<std::string> jails ABSL_GUARDED_BY(mu);
+  std::map<std::string, uint32_t> uids ABSL_GUARDED_BY(mu);
+  std::map<std::string, uint32_t> tap_owners ABSL_GUARDED_BY(mu);
   // Page server.
   int listeners ABSL_GUARDED_BY(mu) = 0;  // live
   std::set<std::string> pinned ABSL_GUARDED_BY(mu);
