@@ -201,14 +201,20 @@ absl::Status Creation::PrepareDrives(const VmConfig& config, const DriveSource& 
     if (jail_.has_value()) RETURN_IF_ERROR(firecracker::ChownForJail(dst, uid_, uid_, 0600));
     return absl::OkStatus();
   };
+  // A directory of the chroot holding the VM's private copies is the VM's
+  // (fcvmd's umask would otherwise keep its uid out).
+  auto jail_dir = [&](const std::string& host_dir) -> absl::Status {
+    RETURN_IF_ERROR(MakeDirs(host_dir, 0700));
+    return firecracker::ChownForJail(host_dir, uid_, uid_, 0700);
+  };
   if (jail_.has_value()) {
-    if (!config.drives.empty()) RETURN_IF_ERROR(MakeDirs(HostPath("/drives"), 0755));
+    if (!config.drives.empty()) RETURN_IF_ERROR(jail_dir(HostPath("/drives")));
     for (const DriveConfig& d : config.drives) {
       if (d.read_only) continue;
       RETURN_IF_ERROR(copy(source(d), HostPath("/drives/" + d.drive_id), absl::StrCat("drive ", d.drive_id)));
     }
     for (const auto& [src, jail_path] : files.copies) {
-      RETURN_IF_ERROR(MakeDirs(DirOf(HostPath(jail_path)), 0755));
+      RETURN_IF_ERROR(jail_dir(DirOf(HostPath(jail_path))));
       RETURN_IF_ERROR(copy(src, HostPath(jail_path), jail_path));
     }
     return absl::OkStatus();

@@ -77,6 +77,9 @@ class ManagerE2eTest : public ::testing::Test {
   void SetUp() override {
     std::string missing = e2e::MissingPrerequisite();
     if (!missing.empty()) GTEST_SKIP() << missing;
+    // fcvmd's umask (daemon/main.cc): files it makes are not for others
+    // unless it says so, which the jailed VMs' uids depend on.
+    old_umask_ = umask(027);
     ManagerOptions o;
     o.state_dir = tmp_.path() + "/state";
     o.firecracker_bin = e2e::FirecrackerPath();
@@ -95,6 +98,7 @@ class ManagerE2eTest : public ::testing::Test {
     manager_.reset();
     std::vector<std::string> left = e2e::Leftovers(tmp_.path());
     EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
+    umask(old_umask_);
   }
 
   RunRequest GuestRun(const std::string& name) {
@@ -110,6 +114,7 @@ class ManagerE2eTest : public ::testing::Test {
 
   e2e::TempDir tmp_;
   std::unique_ptr<Manager> manager_;
+  mode_t old_umask_ = 022;
 };
 
 TEST_F(ManagerE2eTest, BootSnapshotCloneDelete) {

@@ -35,8 +35,9 @@ class JailTest : public ::testing::Test {
       world_->jailed = true;
       world_->jail_base = tmp_.Sub("jail");
     }
-    ASSERT_OK(WriteFileAtomic(tmp_.Sub("vmlinux"), "\x7f"
-                                                   "ELF fake kernel"));
+    ASSERT_OK(WriteFileAtomic(tmp_.Sub("vmlinux"),
+                              "\x7f"
+                              "ELF fake kernel"));
     ASSERT_OK(WriteFileAtomic(tmp_.Sub("data.img"), std::string(1 << 16, 'd')));
   }
 
@@ -148,8 +149,8 @@ TEST_F(JailTest, ClonesGetTheirOwnJailAndTheSnapshotSaysJailed) {
   }
   EXPECT_EQ(uids.size(), 3u);
   // Per-clone limits.
-  ASSERT_OK_AND_ASSIGN(CloneResult big,
-                       manager_->Clone({.snapshot_ref = "golden", .limits = ResourceLimits{.memory_mib = 512}}));
+  ASSERT_OK_AND_ASSIGN(CloneResult big, manager_->Clone({.snapshot_ref = "golden",
+                                                         .limits = ResourceLimits{.memory_mib = 512}}));
   ASSERT_EQ(big.succeeded, 1u);
   EXPECT_EQ(big.clones[0].jail.limits.memory_mib, 512u);
   ASSERT_OK(manager_->DeleteSnapshot("golden", /*force=*/true).status());
@@ -213,7 +214,8 @@ TEST_F(JailTest, LimitsWithoutTheJailerAreRefused) {
   EXPECT_EQ(manager_->isolation(), "none");
   RunRequest limited = Guest("limited");
   limited.config.limits.pids_max = 64;
-  EXPECT_THAT(manager_->Run(limited), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("--no-jailer")));
+  EXPECT_THAT(manager_->Run(limited),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("--no-jailer")));
   EXPECT_THAT(manager_->List({}), IsEmpty());
   ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(Guest("base")));
   EXPECT_FALSE(base.jailed);
