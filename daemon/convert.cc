@@ -170,6 +170,18 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
       FromProto(config.network().publish(), "config.network");
   if (!publish.ok()) return publish.status();
   out.network.publish = *std::move(publish);
+  switch (config.huge_pages()) {
+    case v1::HUGE_PAGES_UNSPECIFIED:
+    case v1::HUGE_PAGES_NONE:
+      out.huge_pages = vm::HugePages::kNone;
+      break;
+    case v1::HUGE_PAGES_2M:
+      out.huge_pages = vm::HugePages::k2M;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.huge_pages: unknown value ", static_cast<int>(config.huge_pages())));
+  }
   return out;
 }
 
@@ -217,6 +229,7 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
   out->mutable_network()->set_enabled(config.network.enabled);
   out->mutable_network()->set_guest_mac(config.network.guest_mac);
   ToProto(config.network.publish, out->mutable_network()->mutable_publish());
+  out->set_huge_pages(config.huge_pages == vm::HugePages::k2M ? v1::HUGE_PAGES_2M : v1::HUGE_PAGES_NONE);
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -266,6 +279,7 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   ToProto(info.config, out->mutable_config());
   out->set_firecracker_version(info.firecracker_version);
   out->set_memory_bytes(info.memory_bytes);
+  out->set_memory_page_size(info.memory_page_size);
   out->set_vmstate_bytes(info.vmstate_bytes);
   out->set_zero_pages(info.zero_pages);
   out->set_working_set_pages(info.working_set_pages);

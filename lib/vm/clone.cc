@@ -159,7 +159,10 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
     return absl::InvalidArgumentError("the snapshot's VM has no network, so its clones cannot publish ports");
   }
   if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
-  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, req.count));
+  // Huge-page snapshots (issue 14): Firecracker restores hugetlbfs memory only
+  // through a page server, and exits on a File load of it.
+  RETURN_IF_ERROR(ValidateCloneBackend(src.snap.name, SnapshotPageSize(src.snap, config), req.backend));
+  RETURN_IF_ERROR(CheckGuestMemory(core, config, req.count));
   RETURN_IF_ERROR(CheckDiskForCopies(
       core, config,
       [&src](const DriveConfig& d) { return storage::SnapshotStore::DiskPath(src.dir, d.drive_id); },

@@ -86,6 +86,7 @@ LaunchSpec Core::LaunchSpecFor(const std::string& id, const std::string& dir) co
   spec.id = id;
   spec.vm_dir = dir;
   spec.bind_mounts = {{dir + "/drives", drives_dir, false}};
+  spec.memory_merge = options.memory_merge;
   return spec;
 }
 

@@ -29,6 +29,7 @@ json ConfigToObject(const VmConfig& c) {
     j["network"]["publish"].push_back(
         {{"host_port", p.host_port}, {"guest_port", p.guest_port}, {"protocol", p.protocol}});
   }
+  j["huge_pages"] = HugePagesName(c.huge_pages);
   return j;
 }
 
@@ -56,6 +57,12 @@ VmConfig ConfigFromObject(const json& j) {
                                      p.value("protocol", "tcp")});
       }
     }
+  }
+  // Absent in records written before huge pages: none. An unknown value
+  // (from a newer fcvmd) is kept as a huge-page guest rather than guessed
+  // small: its snapshot's File clones would fail in Firecracker anyway.
+  if (j.contains("huge_pages") && !ParseHugePages(j.value("huge_pages", ""), &c.huge_pages)) {
+    c.huge_pages = HugePages::k2M;
   }
   return c;
 }
@@ -87,6 +94,10 @@ absl::StatusOr<VmConfig> ConfigFromJson(const std::string& text) {
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat("vm config: ", e.what()));
   }
+}
+
+uint64_t SnapshotPageSize(const storage::SnapshotRecord& record, const VmConfig& config) {
+  return record.memory_page_size != 0 ? record.memory_page_size : GuestPageSize(config.huge_pages);
 }
 
 std::string RecordToJson(const VmInfo& v) {
