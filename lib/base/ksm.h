@@ -75,7 +75,8 @@ class KsmControl {
     uint64_t before = 0;
     uint64_t after = 0;
   };
-  KsmControl(std::string dir, std::vector<Change> changes) : dir_(std::move(dir)), changes_(std::move(changes)) {}
+  KsmControl(std::string dir, std::vector<Change> changes)
+      : dir_(std::move(dir)), changes_(std::move(changes)) {}
 
   std::string dir_;
   std::vector<Change> changes_;  // in the order applied; restored in reverse

@@ -90,7 +90,12 @@ class FcvmctlHugePagesE2eTest : public ::testing::Test {
     socket_ = tmp_.path() + "/fcvmd.sock";
     int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     SpawnOptions so;
-    so.argv = {FCVMD_PATH, "--socket", socket_, "--state-dir", tmp_.path() + "/state", "--firecracker",
+    so.argv = {FCVMD_PATH,
+               "--socket",
+               socket_,
+               "--state-dir",
+               tmp_.path() + "/state",
+               "--firecracker",
                e2e::FirecrackerPath()};
     so.fds = {{log, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));

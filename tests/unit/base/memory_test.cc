@@ -61,7 +61,8 @@ TEST(HugePagePoolOf, ReadsThePoolOfThatSize) {
 }
 
 TEST(HugePagePoolOf, AvailableNeverUnderflows) {
-  HugePagePool pool{.page_size = 2 << 20, .total = 4, .free = 1, .reserved = 3, .surplus = 5, .overcommit = 2};
+  HugePagePool pool{
+      .page_size = 2 << 20, .total = 4, .free = 1, .reserved = 3, .surplus = 5, .overcommit = 2};
   EXPECT_EQ(pool.available(), 0u);
 }
 

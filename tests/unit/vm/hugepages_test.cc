@@ -22,9 +22,9 @@ namespace fcvm::vm {
 namespace {
 
 using ::fcvm::testing::StatusIs;
-using testing::FakeWorld;
 using ::testing::Each;
 using ::testing::ElementsAre;
+using testing::FakeWorld;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
@@ -187,9 +187,10 @@ TEST_F(HugePagesTest, CloneChecksCountTimesGuestMemory) {
   ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "huge", .name = "golden"}).status());
   Pool(128);  // two clones' worth
   int launches = Launches();
-  EXPECT_THAT(manager_->Clone({.snapshot_ref = "golden", .count = 3}),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       ::testing::AllOf(HasSubstr("3 x 128 MiB need 192 pages"), HasSubstr("128 available"))));
+  EXPECT_THAT(
+      manager_->Clone({.snapshot_ref = "golden", .count = 3}),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               ::testing::AllOf(HasSubstr("3 x 128 MiB need 192 pages"), HasSubstr("128 available"))));
   EXPECT_EQ(Launches(), launches);
   EXPECT_EQ(manager_->List({.snapshot_ref = "golden"}).size(), 0u) << "no clone, no reserved name left";
   ASSERT_OK_AND_ASSIGN(CloneResult two, manager_->Clone({.snapshot_ref = "golden", .count = 2}));
