@@ -108,7 +108,7 @@ absl::StatusOr<std::unique_ptr<Fcvmd>> Fcvmd::Start(const Options& o, std::vecto
 absl::Status Fcvmd::Launch(const std::vector<std::string>& args) {
   int log = open((dir_ + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   SpawnOptions so;
-  so.argv = {options_.fcvmd, "--socket",    socket_,   "--state-dir", dir_ + "/state",
+  so.argv = {options_.fcvmd,  "--socket",           socket_,       "--state-dir", dir_ + "/state",
              "--firecracker", options_.firecracker, "--log-level", "warn"};
   so.argv.insert(so.argv.end(), args.begin(), args.end());
   so.fds = {{log, 2}};
@@ -119,8 +119,8 @@ absl::Status Fcvmd::Launch(const std::vector<std::string>& args) {
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (!ConnectUnix(socket_).ok()) {
     if (absl::StatusOr<std::optional<ExitStatus>> ex = process_.TryWait(); ex.ok() && ex->has_value()) {
-      return absl::UnavailableError(absl::StrCat("fcvmd exited: ", (*ex)->ToString(), "; its log: ",
-                                                 ReadFile(dir_ + "/fcvmd.log").value_or("")));
+      return absl::UnavailableError(absl::StrCat("fcvmd exited: ", (*ex)->ToString(),
+                                                 "; its log: ", ReadFile(dir_ + "/fcvmd.log").value_or("")));
     }
     if (absl::Now() > deadline) return absl::DeadlineExceededError("fcvmd did not start");
     absl::SleepFor(absl::Milliseconds(10));

@@ -12,8 +12,8 @@
 // drift (others build on it) spreads over all of them.
 
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <iostream>
@@ -38,13 +38,14 @@ namespace {
 struct Batch {
   std::string guests;  // idle, active
   int n = 0;
-  std::string config;  // bare-file, fcvmd-file, fcvmd-uffd, fcvmd-uffd-2m
-  std::vector<double> walls;           // ms, one per run
-  std::vector<double> cpu_per_clone;   // ms: fcvmd's (bare: the driver's own)
-  std::vector<double> clone_p50;       // ms: each clone's own request -> running (bare: launch + load)
-  std::vector<double> load_p50;        // ms: /snapshot/load
-  int failed = 0;                      // over all runs
-  int not_running = 0;                 // reported running but no live process
+  std::string config;                 // bare-file, fcvmd-file, fcvmd-uffd, fcvmd-uffd-2m
+  std::vector<double> walls;          // ms, one per run
+  std::vector<double> cpu_per_clone;  // ms: fcvmd's (bare: the driver's own)
+  std::vector<double> clone_p50;      // ms: each clone's own request -> running (bare: launch + load)
+  std::vector<double> load_p50;       // ms: /snapshot/load
+  std::vector<double> start_p50;      // ms: process start -> API ready
+  int failed = 0;                     // over all runs
+  int not_running = 0;                // reported running but no live process
 };
 
 double SelfCpuMs() {
@@ -69,7 +70,7 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
   const std::string work = tmpl;
   std::vector<std::unique_ptr<firecracker::Vmm>> vmms(n);
   std::vector<absl::Status> errors(n);
-  std::vector<double> per_clone(n), loads(n);
+  std::vector<double> per_clone(n), loads(n), starts(n);
   std::atomic<int> next{0};
   firecracker::SnapshotLoad load;
   load.snapshot_path = snap_dir + "/vmstate";
@@ -79,8 +80,8 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
   auto worker = [&] {
     for (int i; (i = next.fetch_add(1)) < n;) {
       absl::Time t0 = absl::Now();
-      absl::StatusOr<std::unique_ptr<firecracker::Vmm>> vmm =
-          firecracker::Vmm::Launch(binary, {.vm_dir = absl::StrCat(work, "/", i), .id = absl::StrCat("bare-", i)});
+      absl::StatusOr<std::unique_ptr<firecracker::Vmm>> vmm = firecracker::Vmm::Launch(
+          binary, {.vm_dir = absl::StrCat(work, "/", i), .id = absl::StrCat("bare-", i)});
       if (!vmm.ok()) {
         errors[i] = vmm.status();
         continue;
@@ -90,6 +91,7 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
       absl::Time t2 = absl::Now();
       per_clone[i] = absl::ToDoubleMilliseconds(t2 - t0);
       loads[i] = absl::ToDoubleMilliseconds(t2 - t1);
+      starts[i] = absl::ToDoubleMilliseconds((*vmm)->startup_time());
       vmms[i] = *std::move(vmm);
     }
   };
@@ -101,7 +103,7 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
   for (std::thread& t : threads) t.join();
   double wall = absl::ToDoubleMilliseconds(absl::Now() - t0);
   double cpu = SelfCpuMs() - cpu0;
-  std::vector<double> ok_clone, ok_load;
+  std::vector<double> ok_clone, ok_load, ok_start;
   for (int i = 0; i < n; ++i) {
     if (!errors[i].ok()) {
       ++out->failed;
@@ -111,11 +113,13 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
     if (!vmms[i]->CheckRunning().ok()) ++out->not_running;
     ok_clone.push_back(per_clone[i]);
     ok_load.push_back(loads[i]);
+    ok_start.push_back(starts[i]);
   }
   out->walls.push_back(wall);
   out->cpu_per_clone.push_back(cpu / n);
   out->clone_p50.push_back(Median(ok_clone));
   out->load_p50.push_back(Median(ok_load));
+  out->start_p50.push_back(Median(ok_start));
   vmms.clear();  // kills them
   return RemoveTree(work);
 }
@@ -134,7 +138,7 @@ absl::Status FcvmdRun(Fcvmd& d, const std::string& snap, int n, int p, fcvm::v1:
   double wall = absl::ToDoubleMilliseconds(absl::Now() - t0);
   double cpu = CpuMs(d.pid()) - cpu0;
   RETURN_IF_ERROR(Check(st, "clone"));
-  std::vector<double> totals, loads;
+  std::vector<double> totals, loads, starts;
   for (const auto& c : resp.clones()) {
     if (c.state() != fcvm::v1::VM_STATE_RUNNING) {
       ++out->failed;
@@ -144,11 +148,13 @@ absl::Status FcvmdRun(Fcvmd& d, const std::string& snap, int n, int p, fcvm::v1:
     if (!Alive(c.pid())) ++out->not_running;
     totals.push_back(Ms(c.timings().total()));
     loads.push_back(Ms(c.timings().load()));
+    starts.push_back(Ms(c.timings().process_ready()));
   }
   out->walls.push_back(wall);
   out->cpu_per_clone.push_back(cpu / n);
   out->clone_p50.push_back(Median(totals));
   out->load_p50.push_back(Median(loads));
+  out->start_p50.push_back(Median(starts));
   return DeleteClones(d, resp);
 }
 
@@ -173,7 +179,8 @@ absl::StatusOr<HugePageReservation> ReserveHugePages(uint64_t pages) {
 
 absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   const int p = static_cast<int>(o.parallelism);
-  ASSIGN_OR_RETURN(firecracker::FirecrackerBinary binary, firecracker::FirecrackerBinary::Probe(o.firecracker));
+  ASSIGN_OR_RETURN(firecracker::FirecrackerBinary binary,
+                   firecracker::FirecrackerBinary::Probe(o.firecracker));
   std::string load_before = LoadAverage();
 
   int max_huge = 0;
@@ -197,7 +204,8 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   ASSIGN_OR_RETURN(fcvm::v1::Snapshot idle, PrepareSnapshot(*d, o, {.name = "idle", .tick_ms = 600000}));
   std::optional<fcvm::v1::Snapshot> huge;
   if (max_huge > 0) {
-    ASSIGN_OR_RETURN(huge, PrepareSnapshot(*d, o, {.name = "idle-2m", .tick_ms = 600000, .huge_pages = true}));
+    ASSIGN_OR_RETURN(huge,
+                     PrepareSnapshot(*d, o, {.name = "idle-2m", .tick_ms = 600000, .huge_pages = true}));
   }
   std::optional<fcvm::v1::Snapshot> active;
   if (!o.active_n.empty()) {
@@ -221,13 +229,15 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
                      const fcvm::v1::Snapshot* huge_snap) -> absl::Status {
     RETURN_IF_ERROR(BareRun(binary, snap.path(), n, p, &batch(guests, n, "bare-file")));
     absl::SleepFor(absl::Milliseconds(500));  // let the kills and reaps settle (untimed)
-    RETURN_IF_ERROR(FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_FILE, &batch(guests, n, "fcvmd-file")));
+    RETURN_IF_ERROR(
+        FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_FILE, &batch(guests, n, "fcvmd-file")));
     absl::SleepFor(absl::Milliseconds(500));
-    RETURN_IF_ERROR(FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD, &batch(guests, n, "fcvmd-uffd")));
+    RETURN_IF_ERROR(
+        FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD, &batch(guests, n, "fcvmd-uffd")));
     absl::SleepFor(absl::Milliseconds(500));
     if (huge_snap != nullptr) {
-      RETURN_IF_ERROR(
-          FcvmdRun(*d, huge_snap->id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD, &batch(guests, n, "fcvmd-uffd-2m")));
+      RETURN_IF_ERROR(FcvmdRun(*d, huge_snap->id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD,
+                               &batch(guests, n, "fcvmd-uffd-2m")));
       absl::SleepFor(absl::Milliseconds(500));
     }
     if (!o.json) std::cerr << "." << std::flush;
@@ -247,46 +257,53 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   pool.reset();
 
   // Ratios against the bare driver of the same guests and N.
-  auto bare_of = [&](const Batch& b) { return Median(batches[std::make_tuple(b.guests, b.n, "bare-file")].walls); };
+  auto bare_of = [&](const Batch& b) {
+    return Median(batches[std::make_tuple(b.guests, b.n, "bare-file")].walls);
+  };
   if (o.json) {
-    absl::StrAppend(json, "\"fanout\": {\"load_before\": \"", load_before, "\", \"load_after\": \"", load_after,
-                    "\", \"parallelism\": ", p, ", \"runs\": ", o.fanout_runs, ", \"rows\": [\n");
+    absl::StrAppend(json, "\"fanout\": {\"load_before\": \"", load_before, "\", \"load_after\": \"",
+                    load_after, "\", \"parallelism\": ", p, ", \"runs\": ", o.fanout_runs, ", \"rows\": [\n");
     for (size_t i = 0; i < order.size(); ++i) {
       const Batch& b = batches[order[i]];
       double wall = Median(b.walls);
       absl::StrAppend(
           json,
-          absl::StrFormat("  {\"guests\": \"%s\", \"n\": %d, \"config\": \"%s\", \"wall_ms_median\": %.1f, "
-                          "\"walls_ms\": [%s], \"vs_bare\": %.3f, \"cpu_per_clone_ms\": %.2f, "
-                          "\"clone_p50_ms\": %.2f, \"load_p50_ms\": %.2f, \"failed\": %d, \"not_running\": %d}%s\n",
-                          b.guests, b.n, b.config, wall,
-                          absl::StrJoin(b.walls, ", ",
-                                        [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.1f", v)); }),
-                          wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.load_p50),
-                          b.failed, b.not_running, i + 1 < order.size() ? "," : ""));
+          absl::StrFormat(
+              "  {\"guests\": \"%s\", \"n\": %d, \"config\": \"%s\", \"wall_ms_median\": %.1f, "
+              "\"walls_ms\": [%s], \"vs_bare\": %.3f, \"cpu_per_clone_ms\": %.2f, "
+              "\"clone_p50_ms\": %.2f, \"start_p50_ms\": %.2f, \"load_p50_ms\": %.2f, \"failed\": %d, "
+              "\"not_running\": %d}%s\n",
+              b.guests, b.n, b.config, wall,
+              absl::StrJoin(b.walls, ", ",
+                            [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.1f", v)); }),
+              wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.start_p50),
+              Median(b.load_p50), b.failed, b.not_running, i + 1 < order.size() ? "," : ""));
     }
     absl::StrAppend(json, "]}");
     return absl::OkStatus();
   }
-  std::cout << "\nfan-out: one request of N clones (fcvmd) vs N Firecrackers restored by a bare driver, "
-            << p << " at a time; medians of " << o.fanout_runs << " runs (load " << load_before << " -> "
+  std::cout << "\nfan-out: one request of N clones (fcvmd) vs N Firecrackers restored by a bare driver, " << p
+            << " at a time; medians of " << o.fanout_runs << " runs (load " << load_before << " -> "
             << load_after << ")\n"
-            << absl::StrFormat("%-6s %4s %-14s %9s %-26s %7s %10s %10s %9s %6s %7s\n", "guests", "N", "config",
-                               "wall ms", "(runs)", "vs bare", "cpu/clone", "clone p50", "load p50", "failed",
-                               "stopped");
+            << absl::StrFormat("%-6s %4s %-14s %9s %-26s %7s %10s %10s %9s %9s %6s %7s\n", "guests", "N",
+                               "config", "wall ms", "(runs)", "vs bare", "cpu/clone", "clone p50",
+                               "start p50", "load p50", "failed", "stopped");
   for (const auto& key : order) {
     const Batch& b = batches[key];
     double wall = Median(b.walls);
     std::cout << absl::StrFormat(
-        "%-6s %4d %-14s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %6d %7d\n", b.guests, b.n, b.config, wall,
-        absl::StrJoin(b.walls, " ", [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.0f", v)); }),
-        wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.load_p50), b.failed,
-        b.not_running);
+        "%-6s %4d %-14s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %9.2f %6d %7d\n", b.guests, b.n, b.config,
+        wall,
+        absl::StrJoin(b.walls, " ",
+                      [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.0f", v)); }),
+        wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.start_p50),
+        Median(b.load_p50), b.failed, b.not_running);
   }
-  std::cout << "\nwall = request sent -> reply (fcvmd) or first launch -> last load done (bare); cpu/clone =\n"
-               "fcvmd's own CPU time (its threads, the page server's included) per clone, or the bare driver's;\n"
-               "clone p50 = each clone's own start -> running; stopped = reported running without a live process.\n"
-               "Targets: idle fcvmd-file <= 1.2x bare, fcvmd-uffd <= 1.3x bare at every N; 0 failed.\n";
+  std::cout
+      << "\nwall = request sent -> reply (fcvmd) or first launch -> last load done (bare); cpu/clone =\n"
+         "fcvmd's own CPU time (its threads, the page server's included) per clone, or the bare driver's;\n"
+         "clone p50 = each clone's own start -> running; stopped = reported running without a live process.\n"
+         "Targets: idle fcvmd-file <= 1.2x bare, fcvmd-uffd <= 1.3x bare at every N; 0 failed.\n";
   return absl::OkStatus();
 }
 

@@ -27,9 +27,9 @@ namespace {
 struct Row {
   std::string config;  // file, uffd, uffd+ksm <rate>
   double pss_mib = 0;
-  double pss_before_mib = 0;  // ksm: right after the batch
-  double settle_s = 0;        // ksm: batch reply -> settled (-1: did not settle)
-  double ksmd_cpu_s = 0;      // ksm: over the settling
+  double pss_before_mib = 0;   // ksm: right after the batch
+  double settle_s = 0;         // ksm: batch reply -> settled (-1: did not settle)
+  double ksmd_cpu_s = 0;       // ksm: over the settling
   double ksmd_steady_pct = 0;  // ksm: % of one CPU in the 10 s after
   uint64_t pages_sharing = 0;
   uint64_t pages_shared = 0;
@@ -59,7 +59,8 @@ void CountTicks(const fcvm::v1::CloneSnapshotResponse& resp, Row* row) {
   }
 }
 
-absl::StatusOr<fcvm::v1::CloneSnapshotResponse> CloneBatch(Fcvmd& d, const Options& o, const std::string& snap,
+absl::StatusOr<fcvm::v1::CloneSnapshotResponse> CloneBatch(Fcvmd& d, const Options& o,
+                                                           const std::string& snap,
                                                            fcvm::v1::MemoryBackend backend, Row* row) {
   fcvm::v1::CloneSnapshotRequest req;
   req.set_snapshot_ref(snap);
@@ -73,7 +74,8 @@ absl::StatusOr<fcvm::v1::CloneSnapshotResponse> CloneBatch(Fcvmd& d, const Optio
 }
 
 // PSS once the guests' first ticks have touched their memory.
-absl::StatusOr<Row> Plain(Fcvmd& d, const Options& o, const std::string& snap, fcvm::v1::MemoryBackend backend) {
+absl::StatusOr<Row> Plain(Fcvmd& d, const Options& o, const std::string& snap,
+                          fcvm::v1::MemoryBackend backend) {
   Row row;
   row.config = backend == fcvm::v1::MEMORY_BACKEND_FILE ? "file" : "uffd";
   ASSIGN_OR_RETURN(fcvm::v1::CloneSnapshotResponse resp, CloneBatch(d, o, snap, backend, &row));
@@ -133,16 +135,18 @@ absl::Status RunKsmSuite(const Options& o, std::string* json) {
   std::string load_before = LoadAverage();
   std::vector<Row> rows;
   ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d, Fcvmd::Start(o, {"--warm-pool", "0", "--ksm", "off"}));
-  ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap, PrepareSnapshot(*d, o, {.name = "dense", .tick_ms = o.ksm_tick_ms}));
+  ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap,
+                   PrepareSnapshot(*d, o, {.name = "dense", .tick_ms = o.ksm_tick_ms}));
   ASSIGN_OR_RETURN(Row file, Plain(*d, o, snap.id(), fcvm::v1::MEMORY_BACKEND_FILE));
   rows.push_back(file);
   ASSIGN_OR_RETURN(Row uffd, Plain(*d, o, snap.id(), fcvm::v1::MEMORY_BACKEND_UFFD));
   rows.push_back(uffd);
   for (const std::string& rate : o.ksm_rates) {
     std::vector<std::string> pr = absl::StrSplit(rate, '/');
-    if (pr.size() != 2) return absl::InvalidArgumentError(absl::StrCat("--ksm-rates: '", rate, "' is not N/MS"));
-    RETURN_IF_ERROR(d->Restart({"--warm-pool", "0", "--ksm", "manage", "--ksm-pages-to-scan", pr[0],
-                                "--ksm-sleep-ms", pr[1]}));
+    if (pr.size() != 2)
+      return absl::InvalidArgumentError(absl::StrCat("--ksm-rates: '", rate, "' is not N/MS"));
+    RETURN_IF_ERROR(d->Restart(
+        {"--warm-pool", "0", "--ksm", "manage", "--ksm-pages-to-scan", pr[0], "--ksm-sleep-ms", pr[1]}));
     ASSIGN_OR_RETURN(Row merged, Merged(*d, o, snap.id(), rate));
     rows.push_back(merged);
     if (!o.json) std::cerr << "." << std::flush;
@@ -157,38 +161,40 @@ absl::Status RunKsmSuite(const Options& o, std::string* json) {
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       absl::StrAppend(
-          json, absl::StrFormat(
-                    "  {\"config\": \"%s\", \"pss_mib\": %.1f, \"vs_file\": %.3f, \"pss_before_mib\": %.1f, "
-                    "\"settle_s\": %.1f, \"ksmd_cpu_s\": %.2f, \"ksmd_steady_pct\": %.1f, \"pages_sharing\": %d, "
-                    "\"pages_shared\": %d, \"full_scans\": %d, \"ok_ticks\": %d, \"bad_ticks\": %d, "
-                    "\"failed\": %d}%s\n",
-                    r.config, r.pss_mib, r.pss_mib / file_pss, r.pss_before_mib, r.settle_s, r.ksmd_cpu_s,
-                    r.ksmd_steady_pct, r.pages_sharing, r.pages_shared, r.full_scans, r.ok_ticks, r.bad_ticks,
-                    r.failed, i + 1 < rows.size() ? "," : ""));
+          json,
+          absl::StrFormat(
+              "  {\"config\": \"%s\", \"pss_mib\": %.1f, \"vs_file\": %.3f, \"pss_before_mib\": %.1f, "
+              "\"settle_s\": %.1f, \"ksmd_cpu_s\": %.2f, \"ksmd_steady_pct\": %.1f, \"pages_sharing\": %d, "
+              "\"pages_shared\": %d, \"full_scans\": %d, \"ok_ticks\": %d, \"bad_ticks\": %d, "
+              "\"failed\": %d}%s\n",
+              r.config, r.pss_mib, r.pss_mib / file_pss, r.pss_before_mib, r.settle_s, r.ksmd_cpu_s,
+              r.ksmd_steady_pct, r.pages_sharing, r.pages_shared, r.full_scans, r.ok_ticks, r.bad_ticks,
+              r.failed, i + 1 < rows.size() ? "," : ""));
     }
     absl::StrAppend(json, "]}");
     return absl::OkStatus();
   }
-  std::cout << "\ndensity: " << o.ksm_n << " clones, guest tick " << o.ksm_tick_ms << " ms (load " << load_before
-            << " -> " << load_after << ")\n"
+  std::cout << "\ndensity: " << o.ksm_n << " clones, guest tick " << o.ksm_tick_ms << " ms (load "
+            << load_before << " -> " << load_after << ")\n"
             << absl::StrFormat("%-20s %8s %7s %10s %9s %10s %9s %9s %8s %6s %9s %6s\n", "config", "PSS MiB",
-                               "vs file", "before MiB", "settle s", "ksmd cpu s", "ksmd %", "steady %", "sharing",
-                               "scans", "ticks ok", "bad");
+                               "vs file", "before MiB", "settle s", "ksmd cpu s", "ksmd %", "steady %",
+                               "sharing", "scans", "ticks ok", "bad");
   for (const Row& r : rows) {
     bool ksm = r.config.rfind("uffd+ksm", 0) == 0;
     double cpu_pct = r.settle_s > 0 ? r.ksmd_cpu_s / r.settle_s * 100 : 0;
     std::cout << absl::StrFormat(
-        "%-20s %8.1f %6.2fx %10s %9s %10s %9s %9s %8s %6s %9d %6d\n", r.config, r.pss_mib, r.pss_mib / file_pss,
-        ksm ? absl::StrFormat("%.1f", r.pss_before_mib) : "-",
+        "%-20s %8.1f %6.2fx %10s %9s %10s %9s %9s %8s %6s %9d %6d\n", r.config, r.pss_mib,
+        r.pss_mib / file_pss, ksm ? absl::StrFormat("%.1f", r.pss_before_mib) : "-",
         ksm ? (r.settle_s < 0 ? std::string("no") : absl::StrFormat("%.0f", r.settle_s)) : "-",
         ksm ? absl::StrFormat("%.2f", r.ksmd_cpu_s) : "-", ksm ? absl::StrFormat("%.1f", cpu_pct) : "-",
         ksm ? absl::StrFormat("%.1f", r.ksmd_steady_pct) : "-", ksm ? absl::StrCat(r.pages_sharing) : "-",
         ksm ? absl::StrCat(r.full_scans) : "-", r.ok_ticks, r.bad_ticks);
   }
-  std::cout << "\nPSS summed over the clones' Firecracker processes; before = the first sample after the batch;\n"
-               "settle = batch reply -> PSS within 2% over 5 s after two full ksmd passes; ksmd cpu = its CPU\n"
-               "time over that, ksmd % = the same per second of settling, steady % = in the 10 s after.\n"
-               "Target: uffd+ksm PSS <= 1.5x file.\n";
+  std::cout
+      << "\nPSS summed over the clones' Firecracker processes; before = the first sample after the batch;\n"
+         "settle = batch reply -> PSS within 2% over 5 s after two full ksmd passes; ksmd cpu = its CPU\n"
+         "time over that, ksmd % = the same per second of settling, steady % = in the 10 s after.\n"
+         "Target: uffd+ksm PSS <= 1.5x file.\n";
   return absl::OkStatus();
 }
 

@@ -26,8 +26,8 @@ struct Row {
   int pooled = 0;
 };
 
-absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap, fcvm::v1::MemoryBackend backend,
-                            bool warm, bool batch) {
+absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap,
+                            fcvm::v1::MemoryBackend backend, bool warm, bool batch) {
   Row row;
   row.backend = backend == fcvm::v1::MEMORY_BACKEND_FILE ? "file" : "uffd";
   row.warm = warm;
@@ -87,7 +87,8 @@ absl::Status RunLatencySuite(const Options& o, std::string* json) {
   for (bool warm : {false, true}) {
     ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d,
                      Fcvmd::Start(o, {"--warm-pool", absl::StrCat(warm ? o.warm_pool : 0)}));
-    ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap, PrepareSnapshot(*d, o, {.name = "bench-base", .tick_ms = 1000}));
+    ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap,
+                     PrepareSnapshot(*d, o, {.name = "bench-base", .tick_ms = 1000}));
     for (auto backend : {fcvm::v1::MEMORY_BACKEND_UFFD, fcvm::v1::MEMORY_BACKEND_FILE}) {
       for (bool batch : {false, true}) {
         ASSIGN_OR_RETURN(Row row, Measure(*d, o, snap.id(), backend, warm, batch));
@@ -98,18 +99,19 @@ absl::Status RunLatencySuite(const Options& o, std::string* json) {
   }
   std::string load_after = LoadAverage();
   if (o.json) {
-    absl::StrAppend(json, "\"latency\": {\"load_before\": \"", load_before, "\", \"load_after\": \"", load_after,
-                    "\", \"rows\": [\n");
+    absl::StrAppend(json, "\"latency\": {\"load_before\": \"", load_before, "\", \"load_after\": \"",
+                    load_after, "\", \"rows\": [\n");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       absl::StrAppend(
-          json, absl::StrFormat(
-                    "  {\"backend\": \"%s\", \"warm_pool\": %s, \"kind\": \"%s\", \"n\": %d, \"p50_ms\": %.2f, "
-                    "\"p99_ms\": %.2f, \"batch_wall_ms\": %.1f, \"server_p50_ms\": %.2f, \"load_p50_ms\": %.2f, "
-                    "\"prefetch_p50_ms\": %.2f, \"pss_mib\": %d, \"pooled\": %d, \"failed\": %d}%s\n",
-                    r.backend, r.warm ? "true" : "false", r.kind, r.n, r.p50_ms, r.p99_ms, r.total_ms,
-                    r.server_p50_ms, r.load_p50_ms, r.prefetch_p50_ms, r.pss_mib, r.pooled, r.failed,
-                    i + 1 < rows.size() ? "," : ""));
+          json,
+          absl::StrFormat(
+              "  {\"backend\": \"%s\", \"warm_pool\": %s, \"kind\": \"%s\", \"n\": %d, \"p50_ms\": %.2f, "
+              "\"p99_ms\": %.2f, \"batch_wall_ms\": %.1f, \"server_p50_ms\": %.2f, \"load_p50_ms\": %.2f, "
+              "\"prefetch_p50_ms\": %.2f, \"pss_mib\": %d, \"pooled\": %d, \"failed\": %d}%s\n",
+              r.backend, r.warm ? "true" : "false", r.kind, r.n, r.p50_ms, r.p99_ms, r.total_ms,
+              r.server_p50_ms, r.load_p50_ms, r.prefetch_p50_ms, r.pss_mib, r.pooled, r.failed,
+              i + 1 < rows.size() ? "," : ""));
     }
     absl::StrAppend(json, "]}");
     return absl::OkStatus();
