@@ -90,11 +90,14 @@ absl::StatusOr<Row> Merged(Fcvmd& d, const Options& o, const std::string& snap, 
   Row row;
   row.config = absl::StrCat("uffd+ksm ", rate);
   pid_t ksmd = KsmdPid();
-  ASSIGN_OR_RETURN(KsmStatus k0, ReadKsm());
   double cpu0 = CpuMs(ksmd);
   ASSIGN_OR_RETURN(fcvm::v1::CloneSnapshotResponse resp,
                    CloneBatch(d, o, snap, fcvm::v1::MEMORY_BACKEND_UFFD, &row));
   absl::Time done = absl::Now();
+  // Full passes counted from here: with no mergeable process (before the
+  // batch) ksmd counts a full scan at every wake-up, and a pass that began
+  // before the last clone registered did not see all of them.
+  ASSIGN_OR_RETURN(KsmStatus k0, ReadKsm());
   // Sampled every second; settled once ksmd made two full passes since the
   // batch and the total stayed within 2% over the last 5 s.
   std::vector<double> pss;
@@ -105,7 +108,8 @@ absl::StatusOr<Row> Merged(Fcvmd& d, const Options& o, const std::string& snap, 
     pss.push_back(PssMib(resp));
     if (pss.size() == 1) row.pss_before_mib = pss[0];
     ASSIGN_OR_RETURN(KsmStatus k, ReadKsm());
-    if (pss.size() < 6 || k.full_scans < k0.full_scans + 2) continue;
+    // Two passes begun after the batch: three counted from k0.
+    if (pss.size() < 6 || k.full_scans < k0.full_scans + 3) continue;
     auto [lo, hi] = std::minmax_element(pss.end() - 6, pss.end());
     if (*hi - *lo <= 0.02 * pss.back()) {
       row.settle_s = absl::ToDoubleSeconds(absl::Now() - done);
