@@ -53,6 +53,8 @@ int Main(int argc, char** argv) {
   flags.String("fcvmd", &o.fcvmd, "fcvmd binary", "PATH");
   flags.String("guest", &o.guest, "test guest ELF", "PATH");
   flags.String("firecracker", &o.firecracker, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
+  flags.String("work-dir", &o.work_dir,
+               "where fcvmd's state directory and the bare driver's VM directories go (default /tmp)", "DIR");
   flags.String("suite", &suites, "suites to run: latency, fanout, ksm (default latency)", "LIST");
   flags.Int("runs", &o.runs, "latency: single-clone requests per configuration (default 10)");
   flags.Int("batch", &o.batch, "latency: clones in the batch request (default 32)");

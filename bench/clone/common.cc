@@ -97,9 +97,9 @@ std::string LoadAverage() {
 
 absl::StatusOr<std::unique_ptr<Fcvmd>> Fcvmd::Start(const Options& o, std::vector<std::string> args) {
   auto d = std::unique_ptr<Fcvmd>(new Fcvmd(o));
-  char dir[] = "/tmp/fcvm-bench-XXXXXX";
-  if (mkdtemp(dir) == nullptr) return absl::InternalError("mkdtemp");
-  d->dir_ = dir;
+  std::string tmpl = o.work_dir + "/fcvm-bench-XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) return ErrnoError(absl::StrCat("mkdtemp ", tmpl));
+  d->dir_ = tmpl;
   d->socket_ = d->dir_ + "/fcvmd.sock";
   RETURN_IF_ERROR(d->Launch(args));
   return d;

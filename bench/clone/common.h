@@ -25,6 +25,8 @@ struct Options {
   std::string fcvmd = FCVMD_PATH;
   std::string guest = FCVM_TEST_GUEST_PATH;
   std::string firecracker;
+  // Where fcvmd's state directory and the bare driver's VM directories go.
+  std::string work_dir = "/tmp";
   std::vector<std::string> suites = {"latency"};
   // latency
   int64_t runs = 10;

@@ -63,10 +63,10 @@ bool Alive(pid_t pid) {
 }
 
 // N Firecrackers restoring `snap_dir`'s files with the File backend.
-absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::string& snap_dir, int n, int p,
-                     Batch* out) {
-  char tmpl[] = "/tmp/fcvm-bare-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp");
+absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::string& work_dir,
+                     const std::string& snap_dir, int n, int p, Batch* out) {
+  std::string tmpl = work_dir + "/fcvm-bare-XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) return ErrnoError(absl::StrCat("mkdtemp ", tmpl));
   const std::string work = tmpl;
   std::vector<std::unique_ptr<firecracker::Vmm>> vmms(n);
   std::vector<absl::Status> errors(n);
@@ -227,7 +227,7 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   };
   auto one_set = [&](const std::string& guests, const fcvm::v1::Snapshot& snap, int n,
                      const fcvm::v1::Snapshot* huge_snap) -> absl::Status {
-    RETURN_IF_ERROR(BareRun(binary, snap.path(), n, p, &batch(guests, n, "bare-file")));
+    RETURN_IF_ERROR(BareRun(binary, o.work_dir, snap.path(), n, p, &batch(guests, n, "bare-file")));
     absl::SleepFor(absl::Milliseconds(500));  // let the kills and reaps settle (untimed)
     RETURN_IF_ERROR(
         FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_FILE, &batch(guests, n, "fcvmd-file")));
