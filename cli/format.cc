@@ -69,6 +69,7 @@ void AddConfig(const fcvm::v1::VmConfig& c, KeyValues* kv) {
   kv->Add("boot args", OrDash(c.boot_args()));
   kv->Add("vcpus", absl::StrCat(c.vcpu_count()));
   kv->Add("memory", absl::StrCat(c.memory_mib(), " MiB"));
+  kv->Add("page size", c.huge_pages() == fcvm::v1::HUGE_PAGES_2M ? "2 MiB (huge pages)" : "4 KiB");
   kv->Add("drives", Drives(c));
   kv->Add("network", c.network().enabled() ? "enabled" : "none");
 }
@@ -313,6 +314,10 @@ std::string FormatSnapshotDetails(const fcvm::v1::Snapshot& s, absl::Time now) {
   kv.Add("path", OrDash(s.path()));
   kv.Add("firecracker", OrDash(s.firecracker_version()));
   kv.Add("memory", absl::StrCat(FormatBytes(s.memory_bytes()), " (", s.zero_pages(), " zero pages)"));
+  kv.Add("page size", s.memory_page_size() == 0 ? "-"
+                      : s.memory_page_size() > 4096
+                          ? absl::StrCat(FormatBytes(s.memory_page_size()), " (huge pages: UFFD clones only)")
+                          : FormatBytes(s.memory_page_size()));
   kv.Add("vmstate", FormatBytes(s.vmstate_bytes()));
   kv.Add("working set",
          s.working_set_pages() > 0 ? absl::StrCat(s.working_set_pages(), " pages") : "not recorded");

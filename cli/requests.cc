@@ -153,6 +153,14 @@ absl::StatusOr<fcvm::v1::MemoryBackend> ParseMemoryBackend(absl::string_view nam
   return LookUp(kBackends, name, "memory backend");
 }
 
+absl::StatusOr<fcvm::v1::HugePages> ParseHugePages(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::HugePages> kSizes[] = {
+      {"none", fcvm::v1::HUGE_PAGES_NONE},
+      {"2m", fcvm::v1::HUGE_PAGES_2M},
+  };
+  return LookUp(kSizes, name, "huge page size");
+}
+
 absl::StatusOr<fcvm::v1::PrefetchPolicy> ParsePrefetchPolicy(absl::string_view name) {
   static constexpr EnumName<fcvm::v1::PrefetchPolicy> kPolicies[] = {
       {"auto", fcvm::v1::PREFETCH_POLICY_AUTO},
@@ -233,7 +241,7 @@ struct LimitFlags {
 };
 
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args) {
-  std::string kernel, initrd, boot_args, name;
+  std::string kernel, initrd, boot_args, name, huge_pages = "none";
   int64_t vcpus = 1, memory_mib = 128;
   std::vector<std::string> drives, labels;
   bool net = false;
@@ -244,6 +252,10 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   flags.String("boot-args", &boot_args, "kernel command line (default: fcvmd's)", "ARGS");
   flags.Int("vcpus", &vcpus, "vCPUs, 1-32 (default 1)");
   flags.Int("memory-mib", &memory_mib, "guest memory in MiB, >= 16 (default 128)");
+  flags.String("huge-pages", &huge_pages,
+               "guest memory page size: none (4 KiB, default) or 2M (from the host's huge page pool; "
+               "clones of its snapshots use the page server)",
+               "none|2M");
   flags.List("drive", &drives, "attach a block device; repeatable", "ID=PATH[,ro][,root]");
   flags.String("name", &name, "VM name (default: generated)", "NAME");
   flags.List("label", &labels, "label the VM; repeatable", "KEY=VALUE");
@@ -266,6 +278,9 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   config->set_vcpu_count(vcpu_count);
   ASSIGN_OR_RETURN(uint32_t mib, InRange(memory_mib, 16, UINT32_MAX, "--memory-mib"));
   config->set_memory_mib(mib);
+  absl::StatusOr<fcvm::v1::HugePages> huge = ParseHugePages(huge_pages);
+  if (!huge.ok()) return ForFlag(huge.status(), "--huge-pages");
+  config->set_huge_pages(*huge);
   std::set<std::string> drive_ids;
   bool have_root = false;
   for (const std::string& spec : drives) {

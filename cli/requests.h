@@ -46,6 +46,8 @@ absl::StatusOr<fcvm::v1::PortMapping> ParsePublish(absl::string_view spec);
 absl::StatusOr<fcvm::v1::VmState> ParseVmState(absl::string_view name);
 // "uffd" | "file".
 absl::StatusOr<fcvm::v1::MemoryBackend> ParseMemoryBackend(absl::string_view name);
+// "none" | "2M" (case-insensitive).
+absl::StatusOr<fcvm::v1::HugePages> ParseHugePages(absl::string_view name);
 // "auto" | "none" | "record" | "prefetch".
 absl::StatusOr<fcvm::v1::PrefetchPolicy> ParsePrefetchPolicy(absl::string_view name);
 // "resume" | "pause" | "stop".
@@ -58,7 +60,7 @@ std::string AbsolutePath(const std::string& path);
 // One function per command.
 
 // run --kernel PATH [--initrd PATH] [--boot-args S] [--vcpus N]
-//     [--memory-mib N] [--drive ID=PATH[,ro][,root]]... [--name N]
+//     [--memory-mib N] [--huge-pages none|2M] [--drive ID=PATH[,ro][,root]]... [--name N]
 //     [--label K=V]... [--net]
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args);
 // get REF

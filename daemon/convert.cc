@@ -171,6 +171,18 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
   if (!publish.ok()) return publish.status();
   out.network.publish = *std::move(publish);
   out.limits = FromProto(config.limits());
+  switch (config.huge_pages()) {
+    case v1::HUGE_PAGES_UNSPECIFIED:
+    case v1::HUGE_PAGES_NONE:
+      out.huge_pages = vm::HugePages::kNone;
+      break;
+    case v1::HUGE_PAGES_2M:
+      out.huge_pages = vm::HugePages::k2M;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.huge_pages: unknown value ", static_cast<int>(config.huge_pages())));
+  }
   return out;
 }
 
@@ -236,6 +248,7 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
   if (l.memory_mib != 0 || l.cpu_percent != 0 || l.cpu_weight != 0 || l.pids_max != 0) {
     ToProto(l, out->mutable_limits());
   }
+  out->set_huge_pages(config.huge_pages == vm::HugePages::k2M ? v1::HUGE_PAGES_2M : v1::HUGE_PAGES_NONE);
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -293,6 +306,7 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   ToProto(info.config, out->mutable_config());
   out->set_firecracker_version(info.firecracker_version);
   out->set_memory_bytes(info.memory_bytes);
+  out->set_memory_page_size(info.memory_page_size);
   out->set_vmstate_bytes(info.vmstate_bytes);
   out->set_zero_pages(info.zero_pages);
   out->set_working_set_pages(info.working_set_pages);

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/calls.h"
 #include "daemon/event_hub.h"
 #include "daemon/request_cache.h"
@@ -19,6 +20,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
+#include "lib/base/process.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
 #include "lib/vm/manager.h"
@@ -136,9 +138,32 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   // happen under a live fcvmd's feet.
   RETURN_IF_ERROR(ClaimSocketPath(options.socket_path));
 
+  if (options.ksm != KsmMode::kOff) {
+    // Checked here: otherwise every Firecracker launch would fail on it.
+    if (absl::Status st = MemoryMergeSupported(); !st.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("--ksm: ", st.message()));
+    }
+  }
+  if (options.ksm == KsmMode::kManage &&
+      (options.ksm_pages_to_scan < 1 || options.ksm_pages_to_scan > 1000000 ||
+       options.ksm_sleep_millisecs < 1 || options.ksm_sleep_millisecs > 60000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ksm-pages-to-scan must be 1-1000000 and --ksm-sleep-ms 1-60000, got ",
+                     options.ksm_pages_to_scan, " and ", options.ksm_sleep_millisecs));
+  }
+
   std::unique_ptr<Daemon> daemon(new Daemon(options));
   daemon->options_.manager.state_dir = state_dir;
   ASSIGN_OR_RETURN(daemon->options_.manager.jailer_bin, ChooseJailer(options));
+  daemon->options_.manager.memory_merge = options.ksm != KsmMode::kOff;
+  if (options.ksm == KsmMode::kManage) {
+    ASSIGN_OR_RETURN(daemon->ksm_, KsmControl::Apply({.run = 1,
+                                                      .pages_to_scan = options.ksm_pages_to_scan,
+                                                      .sleep_millisecs = options.ksm_sleep_millisecs}));
+    std::vector<std::string> changed = daemon->ksm_.Describe();
+    spdlog::info("ksm: {}",
+                 changed.empty() ? std::string("already set as asked") : absl::StrJoin(changed, ", "));
+  }
   daemon->started_at_ = absl::Now();
   ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(daemon->options_.manager));
   daemon->firecracker_version_ = daemon->manager_->firecracker_version();
@@ -227,6 +252,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   shutdown_.Cancel(absl::UnavailableError("fcvmd is shutting down"));
   if (events_ != nullptr) events_->Detach();  // the services may still hold the hub
   manager_.reset();
+  // After the VMs: ksmd's old settings back (merged pages stay merged).
+  if (absl::Status st = ksm_.Restore(); !st.ok()) spdlog::warn("{}", st);
   if (server_ != nullptr) spdlog::info("fcvmd stopped");
 }
 

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "lib/base/cancel.h"
+#include "lib/base/ksm.h"
 #include "lib/vm/manager_options.h"
 
 namespace grpc {
@@ -29,6 +30,14 @@ class EventHub;
 class RequestCache;
 class WorkerPool;
 
+// What fcvmd does about KSM (kernel samepage merging) for its VMs; see
+// docs/operations.md, "Memory merging".
+enum class KsmMode {
+  kOff,     // nothing
+  kMerge,   // every Firecracker it starts has its memory mergeable; ksmd is the host's business
+  kManage,  // kMerge, and fcvmd runs ksmd with its own rates while it runs, then puts them back
+};
+
 struct DaemonOptions {
   // gRPC endpoint: a Unix socket path. Its directory is created if missing.
   std::string socket_path = "/run/fcvm/fcvmd.sock";
@@ -44,6 +53,12 @@ struct DaemonOptions {
   // Threads running blocking operations (most of their time is spent waiting
   // for Firecracker and disks, hence more than cores).
   int workers = 16;
+  // KSM. kManage writes /sys/kernel/mm/ksm/{run,pages_to_scan,
+  // sleep_millisecs} (run 1 and these rates) at Start and puts back the
+  // values it found at Shutdown (each unless somebody changed it meanwhile).
+  KsmMode ksm = KsmMode::kOff;
+  uint64_t ksm_pages_to_scan = 1000;
+  uint64_t ksm_sleep_millisecs = 20;
   // VMs, snapshots, clones, the page server, networks (state_dir relative to
   // fcvmd's working directory is made absolute by Start).
   vm::ManagerOptions manager;
@@ -88,6 +103,8 @@ class Daemon {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
+  // KSM settings fcvmd changed (--ksm=manage), put back at Shutdown.
+  KsmControl ksm_;
   bool shut_down_ = false;
 };
 

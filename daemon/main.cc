@@ -61,6 +61,16 @@ int main(int argc, char** argv) {
                "IFACE");
   flags.String("network-prefix", &m.network_prefix,
                "prefix of the namespaces, devices and nft tables fcvmd creates (default fcvm)", "PREFIX");
+  std::string ksm = "off";
+  int64_t ksm_pages = static_cast<int64_t>(options.ksm_pages_to_scan);
+  int64_t ksm_sleep = static_cast<int64_t>(options.ksm_sleep_millisecs);
+  flags.String("ksm", &ksm,
+               "KSM memory merging: off (default); merge (every Firecracker started with its memory "
+               "mergeable, ksmd left as the host has it); manage (merge, and run ksmd while fcvmd runs, "
+               "putting its settings back on exit)",
+               "off|merge|manage");
+  flags.Int("ksm-pages-to-scan", &ksm_pages, "with --ksm=manage: ksmd's pages_to_scan (default 1000)");
+  flags.Int("ksm-sleep-ms", &ksm_sleep, "with --ksm=manage: ksmd's sleep_millisecs (default 20)");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(args);
@@ -99,6 +109,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   m.clone_threads = static_cast<uint32_t>(clone_threads);
+  if (ksm == "off") {
+    options.ksm = fcvm::daemon::KsmMode::kOff;
+  } else if (ksm == "merge") {
+    options.ksm = fcvm::daemon::KsmMode::kMerge;
+  } else if (ksm == "manage") {
+    options.ksm = fcvm::daemon::KsmMode::kManage;
+  } else {
+    std::fprintf(stderr, "fcvmd: --ksm must be off, merge or manage, got '%s'\n", ksm.c_str());
+    return 2;
+  }
+  options.ksm_pages_to_scan = static_cast<uint64_t>(std::clamp<int64_t>(ksm_pages, 0, 1 << 30));
+  options.ksm_sleep_millisecs = static_cast<uint64_t>(std::clamp<int64_t>(ksm_sleep, 0, 1 << 30));
   if (absl::Status st = fcvm::InitLogging(log_level, "fcvmd"); !st.ok()) {
     std::fprintf(stderr, "fcvmd: %s\n", std::string(st.message()).c_str());
     return 2;

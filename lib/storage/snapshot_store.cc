@@ -62,6 +62,7 @@ std::string RecordToJson(const SnapshotRecord& r) {
   j["jailed"] = r.jailed;
   j["disk_ids"] = r.disk_ids;
   j["memory_bytes"] = r.memory_bytes;
+  if (r.memory_page_size != 0) j["memory_page_size"] = r.memory_page_size;
   j["vmstate_bytes"] = r.vmstate_bytes;
   j["memory_sha256"] = r.memory_sha256;
   j["vmstate_sha256"] = r.vmstate_sha256;
@@ -85,6 +86,7 @@ absl::StatusOr<SnapshotRecord> RecordFromJson(const std::string& text) {
     r.disk_ids = j.value("disk_ids", std::vector<std::string>{});
     r.memory_bytes = j.at("memory_bytes").get<uint64_t>();
     r.vmstate_bytes = j.at("vmstate_bytes").get<uint64_t>();
+    r.memory_page_size = j.value("memory_page_size", uint64_t{0});
     r.memory_sha256 = j.value("memory_sha256", "");
     r.vmstate_sha256 = j.value("vmstate_sha256", "");
     r.created_at = absl::FromUnixNanos(j.value("created_at_unix_ns", int64_t{0}));

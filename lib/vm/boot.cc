@@ -22,7 +22,7 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   RETURN_IF_ERROR(firecracker::CheckKernelImage(config.kernel_path));
   RETURN_IF_ERROR(ValidateLabels("vm labels", request.labels));
   if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
-  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, 1));
+  RETURN_IF_ERROR(CheckGuestMemory(core, config, 1));
   DriveSource image = [](const DriveConfig& d) { return d.path; };
   RETURN_IF_ERROR(CheckDiskForCopies(core, config, image, 1, "the VM's private disk copies"));
   RETURN_IF_ERROR(CheckLimitsEnforceable(core, config.limits));
@@ -66,6 +66,7 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   if (!config.initrd_path.empty()) spec.boot_source.initrd_path = vm->VmmPath("/initrd", config.initrd_path);
   spec.machine.vcpu_count = static_cast<int>(config.vcpu_count);
   spec.machine.mem_size_mib = config.memory_mib;
+  if (config.huge_pages == HugePages::k2M) spec.machine.huge_pages = "2M";
   spec.drives = core.FirecrackerDrives(config);
   if (config.network.enabled) {
     firecracker::NetworkInterface nic;

@@ -210,7 +210,10 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
     // Every File clone maps the memory file itself: its uid must read it.
     RETURN_IF_ERROR(MakeReadableByVms(storage::SnapshotStore::MemoryPath(src.dir)));
   }
-  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, req.count));
+  // Huge-page snapshots (issue 14): Firecracker restores hugetlbfs memory only
+  // through a page server, and exits on a File load of it.
+  RETURN_IF_ERROR(ValidateCloneBackend(src.snap.name, SnapshotPageSize(src.snap, config), req.backend));
+  RETURN_IF_ERROR(CheckGuestMemory(core, config, req.count));
   RETURN_IF_ERROR(CheckDiskForCopies(
       core, config,
       [&src](const DriveConfig& d) { return storage::SnapshotStore::DiskPath(src.dir, d.drive_id); },

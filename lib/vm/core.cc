@@ -93,6 +93,7 @@ absl::StatusOr<LaunchSpec> Core::LaunchSpecFor(const std::string& id, const std:
   } else {
     spec.bind_mounts = {{dir + "/drives", drives_dir, false}};
   }
+  spec.memory_merge = options.memory_merge;
   return spec;
 }
 

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "lib/base/cancel.h"
+#include "lib/base/hugetlb.h"
 #include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/api_types.h"
@@ -98,6 +99,8 @@ struct LaunchSpec {
   std::vector<BindMount> bind_mounts;
   // A warm-pool process: it dies with the launching thread.
   bool pooled = false;
+  // Its anonymous memory mergeable by KSM (ManagerOptions::memory_merge).
+  bool memory_merge = false;
   CancelToken cancel;
   // Set exactly when the factory jails (VmmFactory::jailed); then
   // bind_mounts and netns_fd are not used.
@@ -187,6 +190,9 @@ class Host {
  public:
   virtual ~Host() = default;
   virtual absl::StatusOr<uint64_t> MemAvailableMib() = 0;
+  // The host's pool of `page_size`-byte huge pages (lib/base/hugetlb.h
+  // ReadHugePagePoolOf): NotFound when the host has none of that size.
+  virtual absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) = 0;
   // What a sparse copy of `path` needs.
   virtual absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) = 0;
   // ResourceExhausted naming `what` when `dir`'s file system lacks `need`.

@@ -44,6 +44,15 @@ struct ManagerOptions {
   // processes die with fcvmd (PR_SET_PDEATHSIG), and so do the VMs made from
   // them: see docs/operations.md.
   uint32_t warm_pool_size = 2;
+  // Every Firecracker process started (warm pool, boots, clones of either
+  // backend) gets PR_SET_MEMORY_MERGE before exec, so that KSM can merge the
+  // identical pages of UFFD clones, which the page server copies into each
+  // clone's private memory (File clones share the page cache already; for
+  // them only their written pages are candidates). Merging needs ksmd
+  // running: fcvmd --ksm=manage starts it, --ksm=merge leaves it to the
+  // host (docs/operations.md, "Memory merging"). Hugetlbfs memory is never
+  // merged.
+  bool memory_merge = false;
   // Events kept for WatchEvents subscribers that start from the backlog.
   size_t event_backlog = 4096;
   // Per-VM networks (lib/net): one namespace per VM with its tap, a veth to

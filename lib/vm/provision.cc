@@ -33,6 +33,38 @@ absl::Status CheckMemory(Core& core, uint64_t mib, uint32_t count) {
   return absl::OkStatus();
 }
 
+absl::Status CheckGuestMemory(Core& core, const VmConfig& config, uint32_t count) {
+  if (config.huge_pages == HugePages::kNone) return CheckMemory(core, config.memory_mib, count);
+  // Huge pages come from the pool, not from MemAvailable (which does not
+  // count the pool). Firecracker maps them MAP_NORESERVE: nothing is taken
+  // at start, every page when first touched (for clones: installed by the
+  // page server), so a pool that runs dry later kills the clone that
+  // faulted (docs/operations.md). This check counts whole guests.
+  const uint64_t page_size = GuestPageSize(config.huge_pages);
+  absl::StatusOr<HugePagePool> pool = core.env.host->HugePagePoolOf(page_size);
+  if (absl::IsNotFound(pool.status())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("huge pages ", HugePagesName(config.huge_pages), ": ", pool.status().message()));
+  }
+  if (!pool.ok()) {
+    spdlog::warn("cannot read the huge page pool, not checking it: {}", pool.status());
+    return absl::OkStatus();
+  }
+  const uint64_t per_vm = ((uint64_t{config.memory_mib} << 20) + page_size - 1) / page_size;
+  const uint64_t need = per_vm * count;
+  if (need > pool->available()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "not enough huge pages: ", count, " x ", config.memory_mib, " MiB need ", need, " pages of ",
+        page_size >> 10, " KiB, the host's pool has ", pool->available(), " available (", pool->free,
+        " free, ", pool->reserved, " of them reserved, ", pool->total, " in all",
+        pool->overcommit > 0
+            ? absl::StrCat(", overcommit ", pool->overcommit, " with ", pool->surplus, " in use")
+            : "",
+        "); add pages with sysctl vm.nr_hugepages (docs/operations.md, \"Huge pages\")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckDiskForCopies(Core& core, const VmConfig& config, const DriveSource& source, uint32_t count,
                                 absl::string_view what) {
   if (core.env.host->reflinks()) return absl::OkStatus();

@@ -37,6 +37,12 @@ struct VmFiles {
 // ResourceExhausted when `count` VMs of `mib` MiB do not fit in the host's
 // available memory (OK when it cannot tell).
 absl::Status CheckMemory(Core& core, uint64_t mib, uint32_t count);
+// The guest memory of `count` VMs of `config`: MemAvailable (CheckMemory),
+// or for huge-page guests the host's pool of that page size:
+// ResourceExhausted with the pages needed (count x memory: a clone may come
+// to touch all of its memory) and what the pool has; FailedPrecondition
+// when the host has no pool of that size. OK when it cannot tell.
+absl::Status CheckGuestMemory(Core& core, const VmConfig& config, uint32_t count);
 // ResourceExhausted, up front, when `count` VMs' private disk copies would
 // not fit in the state directory (nothing is needed where copies reflink).
 absl::Status CheckDiskForCopies(Core& core, const VmConfig& config, const DriveSource& source, uint32_t count,

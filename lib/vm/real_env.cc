@@ -166,6 +166,7 @@ class RealVmmFactory final : public VmmFactory {
       o.new_mount_namespace = !spec.bind_mounts.empty();
       o.netns_fd = spec.netns_fd;
     }
+    o.memory_merge = spec.memory_merge;
     ASSIGN_OR_RETURN(std::unique_ptr<firecracker::Vmm> vmm, firecracker::Vmm::Launch(binary_, o));
     return std::make_unique<RealVmm>(std::move(vmm));
   }
@@ -402,6 +403,9 @@ class RealHost final : public Host {
       if (key == "MemAvailable:") return kib / 1024;
     }
     return absl::UnavailableError("cannot read MemAvailable from /proc/meminfo");
+  }
+  absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) override {
+    return ReadHugePagePoolOf(page_size);
   }
   absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) override {
     return storage::AllocatedBytes(path);

@@ -29,6 +29,7 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
   s.config = ConfigFromJson(r.config_json).value_or(VmConfig{});
   s.firecracker_version = r.firecracker_version;
   s.memory_bytes = r.memory_bytes;
+  s.memory_page_size = SnapshotPageSize(r, s.config);
   s.vmstate_bytes = r.vmstate_bytes;
   s.vmstate_sha256 = r.vmstate_sha256;
   s.memory_sha256 = r.memory_sha256;
@@ -144,6 +145,7 @@ absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& r
     record.labels = request.labels;
     record.source_vm_id = info.id;
     record.config_json = ConfigToJson(info.config);
+    record.memory_page_size = GuestPageSize(info.config.huge_pages);
     record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
     record.create_duration = took;
     ASSIGN_OR_RETURN(storage::SnapshotRecord done, core.store->Commit(pending, record));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "lib/uffd/policy.h"
 #include "lib/vm/state.h"
@@ -57,6 +58,15 @@ struct ResourceLimits {
   uint32_t pids_max = 0;
 };
 
+// Page size of a VM's guest memory. k2M: 2 MiB hugetlbfs pages from the
+// host's huge page pool ("huge_pages": "2M" in Firecracker's machine-config);
+// its snapshots can be cloned only through the page server (UFFD).
+enum class HugePages { kNone, k2M };
+const char* HugePagesName(HugePages huge_pages);  // "none", "2M"
+bool ParseHugePages(absl::string_view name, HugePages* out);
+// Bytes: 4096 or 2 MiB.
+uint64_t GuestPageSize(HugePages huge_pages);
+
 struct VmConfig {
   std::string kernel_path;
   std::string initrd_path;
@@ -66,6 +76,7 @@ struct VmConfig {
   std::vector<DriveConfig> drives;
   NetworkConfig network;
   ResourceLimits limits;
+  HugePages huge_pages = HugePages::kNone;
 };
 
 // How a jailed VM is confined.
@@ -127,6 +138,9 @@ struct SnapshotInfo {
   VmConfig config;
   std::string firecracker_version;
   uint64_t memory_bytes = 0;
+  // Page size of the guest memory in bytes: 4096, or 2 MiB for a snapshot of
+  // a huge-page VM (clones of it need the UFFD backend).
+  uint64_t memory_page_size = 4096;
   uint64_t vmstate_bytes = 0;
   uint64_t zero_pages = 0;
   uint64_t working_set_pages = 0;

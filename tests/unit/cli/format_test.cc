@@ -212,6 +212,21 @@ TEST(FormatSnapshot, TableAndDetails) {
   EXPECT_EQ(FormatDeleteVm(vdel), "deleted vm-1 (forced)\n");
 }
 
+// Issue 14: the page size of a snapshot and of a VM's config.
+TEST(FormatSnapshot, PageSize) {
+  v1::Snapshot s;
+  s.set_memory_page_size(2 << 20);
+  s.mutable_config()->set_huge_pages(v1::HUGE_PAGES_2M);
+  std::string details = FormatSnapshotDetails(s, absl::UnixEpoch());
+  EXPECT_THAT(details, HasSubstr("page size:      2 MiB (huge pages: UFFD clones only)\n"));
+  EXPECT_THAT(details, HasSubstr("  page size: 2 MiB (huge pages)\n"));
+  s.set_memory_page_size(4096);
+  s.mutable_config()->set_huge_pages(v1::HUGE_PAGES_NONE);
+  details = FormatSnapshotDetails(s, absl::UnixEpoch());
+  EXPECT_THAT(details, HasSubstr("page size:      4 KiB\n"));
+  EXPECT_THAT(details, HasSubstr("  page size: 4 KiB\n"));
+}
+
 TEST(FormatPageServerStats, SessionsAndTotals) {
   v1::PageServerStats stats;
   stats.set_loop_threads(2);

@@ -92,10 +92,11 @@ class FakeVmm final : public Vmm {
   std::string console_log_path() const override { return dir_ + "/console.log"; }
   absl::Duration startup_time() const override { return absl::Milliseconds(3); }
 
-  absl::Status Boot(const firecracker::BootSpec&) override {
+  absl::Status Boot(const firecracker::BootSpec& spec) override {
     RETURN_IF_ERROR(world_->boot_gate.Wait());
     absl::MutexLock lock(&world_->mu);
     ++world_->boots;
+    world_->boot_huge_pages.push_back(spec.machine.huge_pages.value_or(""));
     return absl::OkStatus();
   }
   absl::Status LoadSnapshot(const firecracker::SnapshotLoad& load, absl::Duration) override {
@@ -104,6 +105,7 @@ class FakeVmm final : public Vmm {
       absl::MutexLock lock(&world_->mu);
       n = ++world_->loads;
       world_->loads_resumed.push_back(load.resume_vm);
+      world_->load_backends.push_back(load.backend);
     }
     RETURN_IF_ERROR(world_->load_gate.Wait());
     absl::MutexLock lock(&world_->mu);
@@ -218,6 +220,7 @@ class FakeVmmFactory final : public VmmFactory {
       absl::MutexLock lock(&world_->mu);
       int n = ++world_->launches;
       if (spec.pooled) ++world_->pooled_launches;
+      world_->launches_merged.push_back(spec.memory_merge);
       if (world_->fail_launch_at == n) return absl::UnavailableError("fake firecracker exited at start");
     }
     RETURN_IF_ERROR(MakeDirs(spec.vm_dir, 0700));
@@ -404,6 +407,13 @@ class FakeHost final : public Host {
   absl::StatusOr<uint64_t> MemAvailableMib() override {
     absl::MutexLock lock(&world_->mu);
     return world_->mem_available_mib;
+  }
+  absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) override {
+    absl::MutexLock lock(&world_->mu);
+    if (!world_->huge_pool.has_value() || world_->huge_pool->page_size != page_size) {
+      return absl::NotFoundError(absl::StrCat("no hugetlb pool of ", page_size >> 10, " KiB pages"));
+    }
+    return *world_->huge_pool;
   }
   absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) override {
     return storage::AllocatedBytes(path);

@@ -64,6 +64,11 @@ struct FakeWorld {
   int boots ABSL_GUARDED_BY(mu) = 0;
   int resumes ABSL_GUARDED_BY(mu) = 0;
   std::vector<bool> loads_resumed ABSL_GUARDED_BY(mu);  // resume_vm of each load
+  // machine.huge_pages of each boot ("" when unset), memory_merge of each
+  // launch (pooled ones included), backend of each load.
+  std::vector<std::string> boot_huge_pages ABSL_GUARDED_BY(mu);
+  std::vector<bool> launches_merged ABSL_GUARDED_BY(mu);
+  std::vector<firecracker::MemBackend> load_backends ABSL_GUARDED_BY(mu);
   // Fail the n-th (1-based) launch / load / boot; 0 = never.
   int fail_launch_at ABSL_GUARDED_BY(mu) = 0;
   int fail_load_at ABSL_GUARDED_BY(mu) = 0;
@@ -89,6 +94,8 @@ struct FakeWorld {
   std::set<std::string> networks ABSL_GUARDED_BY(mu);  // vm ids with a network
   // Host.
   uint64_t mem_available_mib ABSL_GUARDED_BY(mu) = 1 << 20;
+  // The host's 2 MiB huge page pool; nullopt: the host has none (NotFound).
+  std::optional<HugePagePool> huge_pool ABSL_GUARDED_BY(mu);
   bool fail_records ABSL_GUARDED_BY(mu) = false;  // WriteRecord: ENOSPC
   int disk_copies ABSL_GUARDED_BY(mu) = 0;
 
