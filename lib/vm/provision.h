@@ -34,9 +34,9 @@ absl::Status CheckDiskForCopies(Core& core, const VmConfig& config, const DriveS
 // Begin the VM is in the registry as kCreating with its operation lock held
 // (its directory, made before any process starts, is its intent: see
 // reconcile.cc); Commit makes it kRunning/kPaused, writes its record (a
-// record that cannot be written fails the creation) and lets go of the lock. A Creation destroyed without
-// Commit undoes everything (process, page-server session, network, directory, registry entry) and publishes
-// the VM's failure with the error given to Fail.
+// record that cannot be written fails the creation) and lets go of the lock. A Creation destroyed without Commit undoes
+// everything (process, page-server session, network, directory, registry
+// entry) and publishes the VM's failure with the error given to Fail.
 class Creation {
  public:
   // `info` has everything but the id (assigned here). `names` holds its
