@@ -51,6 +51,12 @@ int main(int argc, char** argv) {
                "IFACE");
   flags.String("network-prefix", &m.network_prefix,
                "prefix of the namespaces, devices and nft tables fcvmd creates (default fcvm)", "PREFIX");
+  flags.String("metrics-address", &options.metrics_address,
+               "serve Prometheus metrics at GET /metrics on this loopback TCP address (127.0.0.1:9810) or "
+               "Unix socket (unix:/run/fcvm/metrics.sock); default off",
+               "ADDR");
+  flags.Bool("metrics-allow-non-loopback", &options.metrics_allow_non_loopback,
+             "accept a --metrics-address that is not loopback (no authentication, no TLS: firewall it)");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(args);

@@ -65,7 +65,8 @@ class VmMetrics::MeteredNetwork final : public NetworkService {
  public:
   MeteredNetwork(std::unique_ptr<NetworkService> inner, VmMetrics* m) : inner_(std::move(inner)), m_(m) {}
   absl::Status Available() const override { return inner_->Available(); }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>& publish) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
+                                      const std::vector<PortMapping>& publish) override {
     absl::Time t = absl::Now();
     absl::StatusOr<VmNetworkInfo> out = inner_->Setup(vm_id, publish);
     if (out.ok()) {
@@ -123,10 +124,11 @@ absl::Status VmMetrics::Register() {
                    r.AddCounterFamily({.name = "fcvm_clones_started_total",
                                        .help = "Clones whose restore began, by memory backend.",
                                        .labels = {"backend"}}));
-  ASSIGN_OR_RETURN(clones_failed_,
-                   r.AddCounterFamily({.name = "fcvm_clones_failed_total",
-                                       .help = "Clones whose restore failed, by memory backend and status code.",
-                                       .labels = {"backend", "code"}}));
+  ASSIGN_OR_RETURN(
+      clones_failed_,
+      r.AddCounterFamily({.name = "fcvm_clones_failed_total",
+                          .help = "Clones whose restore failed, by memory backend and status code.",
+                          .labels = {"backend", "code"}}));
   ASSIGN_OR_RETURN(metrics::HistogramFamily * duration,
                    r.AddHistogramFamily({.name = "fcvm_clone_duration_seconds",
                                          .help = "Time from a clone's creation to it running, clones that "
@@ -147,11 +149,12 @@ absl::Status VmMetrics::Register() {
       clone_phase_->WithLabels({name, phase});
     }
   }
-  ASSIGN_OR_RETURN(snapshot_duration_,
-                   r.AddHistogram({.name = "fcvm_snapshot_create_duration_seconds",
-                                   .help = "Time to create a snapshot (pause, memory and vmstate files, drive "
-                                           "copies), snapshots that succeeded."},
-                                  kSnapshotBounds));
+  ASSIGN_OR_RETURN(
+      snapshot_duration_,
+      r.AddHistogram({.name = "fcvm_snapshot_create_duration_seconds",
+                      .help = "Time to create a snapshot (pause, memory and vmstate files, drive "
+                              "copies), snapshots that succeeded."},
+                     kSnapshotBounds));
   ASSIGN_OR_RETURN(snapshot_bytes_,
                    r.AddCounter({.name = "fcvm_snapshot_written_bytes_total",
                                  .help = "Bytes of memory and vmstate files written by snapshots created."}));
@@ -159,13 +162,14 @@ absl::Status VmMetrics::Register() {
                    r.AddCounterFamily({.name = "fcvm_snapshot_create_failures_total",
                                        .help = "Snapshot creations that failed, by status code.",
                                        .labels = {"code"}}));
-  ASSIGN_OR_RETURN(metrics::CounterFamily * deleted,
-                   r.AddCounterFamily({.name = "fcvm_vm_deletions_total",
-                                       .help = "VMs deleted (on request, or undone by fcvmd: all_or_nothing, a "
-                                               "cancelled clone request, a forced snapshot deletion), by how "
-                                               "their process ended (graceful: exited on SIGTERM; forced: "
-                                               "SIGKILL).",
-                                       .labels = {"mode"}}));
+  ASSIGN_OR_RETURN(
+      metrics::CounterFamily * deleted,
+      r.AddCounterFamily({.name = "fcvm_vm_deletions_total",
+                          .help = "VMs deleted (on request, or undone by fcvmd: all_or_nothing, a "
+                                  "cancelled clone request, a forced snapshot deletion), by how "
+                                  "their process ended (graceful: exited on SIGTERM; forced: "
+                                  "SIGKILL).",
+                          .labels = {"mode"}}));
   deleted_[0] = &deleted->WithLabels({"graceful"});
   deleted_[1] = &deleted->WithLabels({"forced"});
   ASSIGN_OR_RETURN(metrics::CounterFamily * exits,
@@ -232,7 +236,9 @@ void VmMetrics::SnapshotCreated(const absl::Status& status, absl::Duration took,
 
 void VmMetrics::VmDeleted(bool forced) { deleted_[forced ? 1 : 0]->Increment(); }
 
-void VmMetrics::VmExited(VmState to) { (to == VmState::kFailed ? exited_failed_ : exited_stopped_)->Increment(); }
+void VmMetrics::VmExited(VmState to) {
+  (to == VmState::kFailed ? exited_failed_ : exited_stopped_)->Increment();
+}
 
 void VmMetrics::SessionDropped(uffd::SessionEventKind kind) {
   if (kind == uffd::SessionEventKind::kFailed) dropped_failed_->Increment();
@@ -261,21 +267,22 @@ absl::Status VmMetrics::AddCallbacks(Core* core) {
   };
   auto one = [](double v) { return std::vector<Sample>{{{}, v}}; };
 
-  RETURN_IF_ERROR(add(MetricType::kGauge, {.name = "fcvm_vms", .help = "VMs by state.", .labels = {"state"}},
-                      [core] {
-                        std::vector<Sample> out;
-                        for (const auto& [state, n] : core->registry.CountByState()) {
-                          out.push_back({{std::string(StateName(state))}, static_cast<double>(n)});
-                        }
-                        return out;
-                      }));
+  RETURN_IF_ERROR(
+      add(MetricType::kGauge, {.name = "fcvm_vms", .help = "VMs by state.", .labels = {"state"}}, [core] {
+        std::vector<Sample> out;
+        for (const auto& [state, n] : core->registry.CountByState()) {
+          out.push_back({{std::string(StateName(state))}, static_cast<double>(n)});
+        }
+        return out;
+      }));
   RETURN_IF_ERROR(add(MetricType::kGauge,
                       {.name = "fcvm_warm_pool_ready", .help = "Warm-pool Firecracker processes ready."},
                       [core, one] { return one(static_cast<double>(core->warm->ready())); }));
-  RETURN_IF_ERROR(add(MetricType::kGauge,
-                      {.name = "fcvm_warm_pool_target",
-                       .help = "Warm-pool processes fcvmd keeps ready (--warm-pool; 0 = off)."},
-                      [core, one] { return one(core->env.vmms == nullptr ? 0 : core->options.warm_pool_size); }));
+  RETURN_IF_ERROR(
+      add(MetricType::kGauge,
+          {.name = "fcvm_warm_pool_target",
+           .help = "Warm-pool processes fcvmd keeps ready (--warm-pool; 0 = off)."},
+          [core, one] { return one(core->env.vmms == nullptr ? 0 : core->options.warm_pool_size); }));
   RETURN_IF_ERROR(add(MetricType::kCounter,
                       {.name = "fcvm_warm_pool_misses_total",
                        .help = "Clones and boots that could use a warm-pool process but found none ready."},
@@ -294,8 +301,8 @@ absl::Status VmMetrics::AddCallbacks(Core* core) {
       {"fcvm_page_server_pages_copied_total",
        "4 KiB pages installed with data (UFFDIO_COPY): faults, fault-around and prefetch.",
        &uffd::PageStats::pages_copied},
-      {"fcvm_page_server_zero_pages_total", "4 KiB pages installed as zero pages (all-zero or removed ranges).",
-       &uffd::PageStats::zero_pages},
+      {"fcvm_page_server_zero_pages_total",
+       "4 KiB pages installed as zero pages (all-zero or removed ranges).", &uffd::PageStats::zero_pages},
       {"fcvm_page_server_prefetched_pages_total", "4 KiB pages installed by working-set prefetch.",
        &uffd::PageStats::prefetched_pages},
       {"fcvm_page_server_copied_bytes_total", "Bytes copied into guests.", &uffd::PageStats::bytes_copied},
@@ -310,23 +317,25 @@ absl::Status VmMetrics::AddCallbacks(Core* core) {
       return one(static_cast<double>(PagerStats(core).total.*(c.field)));
     }));
   }
-  RETURN_IF_ERROR(add(MetricType::kGauge,
-                      {.name = "fcvm_page_server_sessions", .help = "Clone sessions the page server serves now."},
-                      [this, core, one] {
-                        uint64_t n = 0;
-                        for (const uffd::ListenerStats& l : PagerStats(core).listeners) n += l.sessions_active;
-                        return one(static_cast<double>(n));
-                      }));
+  RETURN_IF_ERROR(
+      add(MetricType::kGauge,
+          {.name = "fcvm_page_server_sessions", .help = "Clone sessions the page server serves now."},
+          [this, core, one] {
+            uint64_t n = 0;
+            for (const uffd::ListenerStats& l : PagerStats(core).listeners) n += l.sessions_active;
+            return one(static_cast<double>(n));
+          }));
   ASSIGN_OR_RETURN(
       metrics::CallbackHandle faults,
-      r.AddHistogramCallback({.name = "fcvm_page_server_fault_duration_seconds",
-                              .help = "Time to resolve a guest page fault, from reading the event to the "
-                                      "page installed."},
-                             FaultLatencyBounds(), [this, core] {
-                               uffd::ServerStats s = PagerStats(core);
-                               return std::vector<metrics::HistogramSample>{
-                                   {{}, FoldFaultLatency(s.total.latency), static_cast<double>(s.total.latency_sum_ns) / 1e9}};
-                             }));
+      r.AddHistogramCallback(
+          {.name = "fcvm_page_server_fault_duration_seconds",
+           .help = "Time to resolve a guest page fault, from reading the event to the "
+                   "page installed."},
+          FaultLatencyBounds(), [this, core] {
+            uffd::ServerStats s = PagerStats(core);
+            return std::vector<metrics::HistogramSample>{
+                {{}, FoldFaultLatency(s.total.latency), static_cast<double>(s.total.latency_sum_ns) / 1e9}};
+          }));
   handles.push_back(std::move(faults));
 
   absl::MutexLock lock(&callbacks_mu_);

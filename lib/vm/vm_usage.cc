@@ -64,7 +64,8 @@ absl::StatusOr<ProcessUsage> ReadProcProcessUsage(pid_t pid, bool pss) {
   ProcessUsage u;
   u.cpu_time = absl::Seconds(static_cast<double>(stat.utime_ticks + stat.stime_ticks) /
                              static_cast<double>(kTicksPerSecond));
-  u.rss_bytes = stat.rss_pages > 0 ? static_cast<uint64_t>(stat.rss_pages) * static_cast<uint64_t>(kPageSize) : 0;
+  u.rss_bytes =
+      stat.rss_pages > 0 ? static_cast<uint64_t>(stat.rss_pages) * static_cast<uint64_t>(kPageSize) : 0;
   if (pss) {
     RETURN_IF_ERROR(ReadProc(dir + "/smaps_rollup", &buf));
     ASSIGN_OR_RETURN(u.pss_bytes, ParseSmapsRollupPss(buf));

@@ -50,7 +50,9 @@ class VmMetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     world_ = std::make_shared<FakeWorld>();
-    ASSERT_OK(WriteFileAtomic(tmp_.Sub("vmlinux"), "\x7f" "ELF fake kernel"));
+    ASSERT_OK(WriteFileAtomic(tmp_.Sub("vmlinux"),
+                              "\x7f"
+                              "ELF fake kernel"));
     ASSERT_OK(WriteFileAtomic(tmp_.Sub("data.img"), std::string(1 << 20, 'd')));
   }
 
@@ -119,13 +121,15 @@ TEST_F(VmMetricsTest, ClonesAreCountedByBackendAndCode) {
   EXPECT_EQ(Value(text, "fcvm_clones_started_total{backend=\"uffd\"}"), 6);
   EXPECT_EQ(Value(text, "fcvm_clones_started_total{backend=\"file\"}"), 2);
   EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"uffd\",code=\"INVALID_ARGUMENT\"}"), 1);
-  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"file\",code=\"INVALID_ARGUMENT\"}"), std::nullopt);
+  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"file\",code=\"INVALID_ARGUMENT\"}"),
+            std::nullopt);
   EXPECT_EQ(Value(text, "fcvm_clone_duration_seconds_count{backend=\"uffd\"}"), 5);
   EXPECT_EQ(Value(text, "fcvm_clone_duration_seconds_count{backend=\"file\"}"), 2);
   // Phases of the clones that succeeded: no warm pool, so every one started
   // its process; no network and no prefetch (the fake resolves AUTO to
   // RECORD for the first clone and NONE after it).
-  EXPECT_EQ(Value(text, "fcvm_clone_phase_duration_seconds_count{backend=\"uffd\",phase=\"process_ready\"}"), 5);
+  EXPECT_EQ(Value(text, "fcvm_clone_phase_duration_seconds_count{backend=\"uffd\",phase=\"process_ready\"}"),
+            5);
   EXPECT_EQ(Value(text, "fcvm_clone_phase_duration_seconds_count{backend=\"uffd\",phase=\"load\"}"), 5);
   EXPECT_EQ(Value(text, "fcvm_clone_phase_duration_seconds_count{backend=\"uffd\",phase=\"disks\"}"), 5);
   EXPECT_EQ(Value(text, "fcvm_clone_phase_duration_seconds_count{backend=\"uffd\",phase=\"network\"}"), 0);
@@ -199,7 +203,8 @@ class BrokenNetwork final : public NetworkService {
     return absl::ResourceExhaustedError("address pool exhausted");
   }
   absl::Status Teardown(const std::string&) override { return absl::InternalError("netlink: busy"); }
-  absl::StatusOr<std::vector<std::string>> ReconcileOrphans(const absl::flat_hash_set<std::string>&) override {
+  absl::StatusOr<std::vector<std::string>> ReconcileOrphans(
+      const absl::flat_hash_set<std::string>&) override {
     return std::vector<std::string>{};
   }
   absl::Status RemoveHostRules() override { return absl::OkStatus(); }
@@ -229,11 +234,11 @@ TEST_F(VmMetricsTest, WarmPoolAndPageServer) {
   total.bytes_copied = 40 * 4096;
   total.eagain = 2;
   total.remove_events = 1;
-  total.latency.Add(1000);    // <= 1.024 us
-  total.latency.Add(1023);    // <= 1.024 us
-  total.latency.Add(1024);    // the next bucket: 2.048 us
-  total.latency.Add(30000);   // <= 32.768 us
-  total.latency.Add(1 << 30); // above the last bound
+  total.latency.Add(1000);     // <= 1.024 us
+  total.latency.Add(1023);     // <= 1.024 us
+  total.latency.Add(1024);     // the next bucket: 2.048 us
+  total.latency.Add(30000);    // <= 32.768 us
+  total.latency.Add(1 << 30);  // above the last bound
   total.latency_sum_ns = 1000 + 1023 + 1024 + 30000 + (1 << 30);
   {
     absl::MutexLock lock(&world_->mu);
@@ -306,9 +311,9 @@ TEST(FaultLatencyTest, FoldingIsExactAtEveryEdge) {
   EXPECT_DOUBLE_EQ(bounds.back(), 134217728e-9);
   // Every value lands in the first bound >= it, except exact powers of two,
   // which the page server buckets above their edge.
-  for (uint64_t ns : {uint64_t{0}, uint64_t{3}, uint64_t{511}, uint64_t{512}, uint64_t{513}, uint64_t{1023},
-                      uint64_t{5000}, uint64_t{65535}, uint64_t{65536}, uint64_t{134217727},
-                      uint64_t{134217728}, uint64_t{1} << 40}) {
+  for (uint64_t ns :
+       {uint64_t{0}, uint64_t{3}, uint64_t{511}, uint64_t{512}, uint64_t{513}, uint64_t{1023}, uint64_t{5000},
+        uint64_t{65535}, uint64_t{65536}, uint64_t{134217727}, uint64_t{134217728}, uint64_t{1} << 40}) {
     uffd::LatencyHistogram h;
     h.Add(ns);
     std::vector<uint64_t> folded = FoldFaultLatency(h);
