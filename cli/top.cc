@@ -42,7 +42,9 @@ google::protobuf::Value Number(std::optional<double> v) {
   return out;
 }
 
-std::string Percent(const std::optional<double>& v) { return v.has_value() ? absl::StrFormat("%.1f", *v) : "-"; }
+std::string Percent(const std::optional<double>& v) {
+  return v.has_value() ? absl::StrFormat("%.1f", *v) : "-";
+}
 
 }  // namespace
 
@@ -59,7 +61,8 @@ absl::StatusOr<TopSort> ParseTopSort(absl::string_view name) {
       absl::StrCat("unknown sort key '", name, "' (want cpu, rss, pss, faults, uptime or name)"));
 }
 
-std::vector<TopRow> ComputeTop(const v1::ListVmsResponse& before, const v1::ListVmsResponse& now, TopSort sort) {
+std::vector<TopRow> ComputeTop(const v1::ListVmsResponse& before, const v1::ListVmsResponse& now,
+                               TopSort sort) {
   std::map<std::string, const v1::Vm*> earlier;
   for (const v1::Vm& vm : before.vms()) {
     if (vm.has_usage()) earlier[vm.id()] = &vm;
@@ -84,7 +87,8 @@ std::vector<TopRow> ComputeTop(const v1::ListVmsResponse& before, const v1::List
         double dt = absl::ToDoubleSeconds(ToTime(u.sampled_at()) - ToTime(b.sampled_at()));
         if (dt > 0) {
           r.cpu_percent = std::max(0.0, (r.cpu_seconds - Seconds(b.cpu_time())) / dt * 100.0);
-          double faults = static_cast<double>(u.page_faults_served()) - static_cast<double>(b.page_faults_served());
+          double faults =
+              static_cast<double>(u.page_faults_served()) - static_cast<double>(b.page_faults_served());
           r.faults_per_second = std::max(0.0, faults / dt);
         }
       }
@@ -99,10 +103,12 @@ std::vector<TopRow> ComputeTop(const v1::ListVmsResponse& before, const v1::List
       case TopSort::kRss:
         return static_cast<double>(r.rss_bytes);
       case TopSort::kPss:
-        return r.pss_bytes.has_value() ? std::optional<double>(static_cast<double>(*r.pss_bytes)) : std::nullopt;
+        return r.pss_bytes.has_value() ? std::optional<double>(static_cast<double>(*r.pss_bytes))
+                                       : std::nullopt;
       case TopSort::kFaults:
-        return r.faults_per_second.has_value() ? r.faults_per_second
-                                               : std::optional<double>(static_cast<double>(r.page_faults_served));
+        return r.faults_per_second.has_value()
+                   ? r.faults_per_second
+                   : std::optional<double>(static_cast<double>(r.page_faults_served));
       case TopSort::kUptime:
         return r.uptime_seconds;
       case TopSort::kName:
@@ -145,10 +151,10 @@ std::string FormatTop(const std::vector<TopRow>& rows, absl::Time now, bool pss)
     cpu += r.cpu_percent.value_or(0);
     rss += r.rss_bytes;
   }
-  std::string out = absl::StrCat("fcvm top - ", absl::FormatTime("%H:%M:%S", now, absl::LocalTimeZone()), ", ",
-                                 rows.size(), rows.size() == 1 ? " VM: " : " VMs: ", running, " running, ",
-                                 paused, " paused, ", other, " other; CPU ", absl::StrFormat("%.1f", cpu),
-                                 " %, RSS ", FormatBytes(rss), "\n\n");
+  std::string out =
+      absl::StrCat("fcvm top - ", absl::FormatTime("%H:%M:%S", now, absl::LocalTimeZone()), ", ", rows.size(),
+                   rows.size() == 1 ? " VM: " : " VMs: ", running, " running, ", paused, " paused, ", other,
+                   " other; CPU ", absl::StrFormat("%.1f", cpu), " %, RSS ", FormatBytes(rss), "\n\n");
   std::vector<std::string> headers = {"ID", "NAME", "STATE", "CPU%", "CPU-TIME", "RSS"};
   if (pss) headers.push_back("PSS");
   for (const char* h : {"FAULTS", "FAULTS/S", "UPTIME"}) headers.push_back(h);
@@ -188,8 +194,8 @@ std::string TopJson(const std::vector<TopRow>& rows, absl::Time sampled_at, absl
     v["cpu_percent"] = Number(r.cpu_percent);
     v["cpu_seconds"] = Number(known(r.cpu_seconds));
     v["rss_bytes"] = Number(known(static_cast<double>(r.rss_bytes)));
-    v["pss_bytes"] =
-        Number(r.pss_bytes.has_value() ? std::optional<double>(static_cast<double>(*r.pss_bytes)) : std::nullopt);
+    v["pss_bytes"] = Number(r.pss_bytes.has_value() ? std::optional<double>(static_cast<double>(*r.pss_bytes))
+                                                    : std::nullopt);
     v["page_faults_served"] = Number(known(static_cast<double>(r.page_faults_served)));
     v["faults_per_second"] = Number(r.faults_per_second);
     v["uptime_seconds"] = Number(known(r.uptime_seconds));

@@ -43,7 +43,8 @@ class CallMetrics final : public grpc::experimental::Interceptor {
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       grpc::Status st = methods->GetSendStatus();
-      f_.handled->WithLabels({service_, method_, GrpcCodeName(static_cast<int>(st.error_code()))}).Increment();
+      f_.handled->WithLabels({service_, method_, GrpcCodeName(static_cast<int>(st.error_code()))})
+          .Increment();
       if (unary_) {
         f_.handling->WithLabels({service_, method_}).Observe(absl::ToDoubleSeconds(absl::Now() - start_));
       }
