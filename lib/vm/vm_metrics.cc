@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "lib/base/status.h"
@@ -33,6 +34,20 @@ constexpr int kFaultHighShift = 27;  // 134 ms
 constexpr absl::Duration kStatsMaxAge = absl::Milliseconds(250);
 
 std::string CodeName(const absl::Status& status) { return absl::StatusCodeToString(status.code()); }
+
+// Every status code but OK: the failure families export all of them at 0
+// from the start (16 values), so that rate() and increase() see a failure
+// with a code never seen before (a series born at 1 has no increase).
+const std::vector<std::string>& FailureCodes() {
+  static const std::vector<std::string>* codes = [] {
+    auto* out = new std::vector<std::string>;
+    for (int c = 1; c <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++c) {
+      out->push_back(absl::StatusCodeToString(static_cast<absl::StatusCode>(c)));
+    }
+    return out;
+  }();
+  return *codes;
+}
 
 }  // namespace
 
@@ -144,6 +159,7 @@ absl::Status VmMetrics::Register() {
   for (MemoryBackend b : kBackends) {
     const char* name = MemoryBackendName(b);
     clones_started_[Index(b)] = &started->WithLabels({name});
+    for (const std::string& code : FailureCodes()) clones_failed_->WithLabels({name, code});
     clone_duration_[Index(b)] = &duration->WithLabels({name});
     for (const char* phase : {"process_ready", "disks", "load", "prefetch", "network"}) {
       clone_phase_->WithLabels({name, phase});
@@ -162,6 +178,7 @@ absl::Status VmMetrics::Register() {
                    r.AddCounterFamily({.name = "fcvm_snapshot_create_failures_total",
                                        .help = "Snapshot creations that failed, by status code.",
                                        .labels = {"code"}}));
+  for (const std::string& code : FailureCodes()) snapshot_failures_->WithLabels({code});
   ASSIGN_OR_RETURN(
       metrics::CounterFamily * deleted,
       r.AddCounterFamily({.name = "fcvm_vm_deletions_total",
@@ -200,6 +217,9 @@ absl::Status VmMetrics::Register() {
                                        .help = "VM network setups and teardowns that failed, by operation "
                                                "and status code.",
                                        .labels = {"operation", "code"}}));
+  for (const char* operation : {"setup", "teardown"}) {
+    for (const std::string& code : FailureCodes()) network_failures_->WithLabels({operation, code});
+  }
   return absl::OkStatus();
 }
 

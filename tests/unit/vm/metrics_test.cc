@@ -121,8 +121,10 @@ TEST_F(VmMetricsTest, ClonesAreCountedByBackendAndCode) {
   EXPECT_EQ(Value(text, "fcvm_clones_started_total{backend=\"uffd\"}"), 6);
   EXPECT_EQ(Value(text, "fcvm_clones_started_total{backend=\"file\"}"), 2);
   EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"uffd\",code=\"INVALID_ARGUMENT\"}"), 1);
-  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"file\",code=\"INVALID_ARGUMENT\"}"),
-            std::nullopt);
+  // Every failure code is exported from the start, at 0 until it happens.
+  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"file\",code=\"INVALID_ARGUMENT\"}"), 0);
+  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"uffd\",code=\"UNAUTHENTICATED\"}"), 0);
+  EXPECT_EQ(Value(text, "fcvm_clones_failed_total{backend=\"uffd\",code=\"OK\"}"), std::nullopt);
   EXPECT_EQ(Value(text, "fcvm_clone_duration_seconds_count{backend=\"uffd\"}"), 5);
   EXPECT_EQ(Value(text, "fcvm_clone_duration_seconds_count{backend=\"file\"}"), 2);
   // Phases of the clones that succeeded: no warm pool, so every one started
@@ -152,7 +154,15 @@ TEST_F(VmMetricsTest, RequestsRefusedUpFrontStartNoClone) {
   EXPECT_THAT(manager_->Clone({.snapshot_ref = "golden", .count = 2}),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(Scrape("fcvm_clones_started_total{backend=\"uffd\"}"), 0);
-  EXPECT_THAT(registry_.Render(), Not(HasSubstr("fcvm_clones_failed_total{")));
+  std::string text = registry_.Render();
+  for (const char* backend : {"uffd", "file"}) {
+    for (const char* code : {"NOT_FOUND", "RESOURCE_EXHAUSTED", "INTERNAL"}) {
+      EXPECT_EQ(Value(text, absl::StrCat("fcvm_clones_failed_total{backend=\"", backend, "\",code=\"", code,
+                                         "\"}")),
+                0)
+          << backend << " " << code;
+    }
+  }
 }
 
 TEST_F(VmMetricsTest, SnapshotsDeletesAndExits) {
@@ -167,6 +177,7 @@ TEST_F(VmMetricsTest, SnapshotsDeletesAndExits) {
             one.memory_bytes + one.vmstate_bytes + two.memory_bytes + two.vmstate_bytes);
   EXPECT_GT(*Value(text, "fcvm_snapshot_written_bytes_total"), 0);
   EXPECT_EQ(Value(text, "fcvm_snapshot_create_failures_total{code=\"NOT_FOUND\"}"), 1);
+  EXPECT_EQ(Value(text, "fcvm_snapshot_create_failures_total{code=\"INTERNAL\"}"), 0);
 
   ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "one", .count = 3}));
   ASSERT_OK(manager_->Delete(clones.clones[0].id, /*force=*/true, absl::ZeroDuration()).status());
@@ -220,6 +231,8 @@ TEST(VmMetricsNetworkTest, FailuresAreCountedByOperationAndCode) {
   std::string text = registry.Render();
   EXPECT_EQ(Value(text, "fcvm_network_failures_total{operation=\"setup\",code=\"RESOURCE_EXHAUSTED\"}"), 2);
   EXPECT_EQ(Value(text, "fcvm_network_failures_total{operation=\"teardown\",code=\"INTERNAL\"}"), 1);
+  EXPECT_EQ(Value(text, "fcvm_network_failures_total{operation=\"teardown\",code=\"RESOURCE_EXHAUSTED\"}"),
+            0);
   EXPECT_EQ(Value(text, "fcvm_network_setup_duration_seconds_count"), 0);
 }
 
