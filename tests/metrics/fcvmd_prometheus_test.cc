@@ -4,7 +4,8 @@
 // and Prometheus' query API must report exactly what the test did: clones
 // started and failed by backend and code, the clone-latency histogram's
 // count, VMs by state, one snapshot. promtool must find nothing wrong with
-// fcvmd's exposition, and the PromQL of docs/operations.md must answer.
+// fcvmd's exposition, and the PromQL and sample alerts of
+// docs/operations.md must work.
 // Per-VM usage (get, ls, top) is checked on the same VMs.
 //
 // Skips, saying why, without Firecracker, /dev/kvm and the test guest, or
@@ -57,6 +58,21 @@ int FreePort() {
   }
   close(fd);
   return ntohs(a.sin_port);
+}
+
+// The rule file under "### Sample alerts" in docs/operations.md (its first
+// ```yaml block), or "" when it is not there.
+std::string SampleAlerts() {
+  absl::StatusOr<std::string> doc = ReadFile(std::string(FCVM_SOURCE_DIR) + "/docs/operations.md");
+  if (!doc.ok()) return "";
+  size_t section = doc->find("\n### Sample alerts\n");
+  if (section == std::string::npos) return "";
+  size_t begin = doc->find("```yaml\n", section);
+  if (begin == std::string::npos) return "";
+  begin += 8;
+  size_t end = doc->find("\n```\n", begin);
+  if (end == std::string::npos) return "";
+  return doc->substr(begin, end - begin + 1);
 }
 
 class FcvmdPrometheusTest : public ::testing::Test {
@@ -131,8 +147,16 @@ class FcvmdPrometheusTest : public ::testing::Test {
 };
 
 TEST_F(FcvmdPrometheusTest, ScrapedCloneCountsEqualWhatTheTestDid) {
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PrometheusServer> prom,
-                       PrometheusServer::Start({.targets = {{.job = "fcvmd", .address = metrics_}}}));
+  // The sample alerts of docs/operations.md are valid rules, and Prometheus
+  // evaluates them against fcvmd (checked below).
+  const std::string alerts = SampleAlerts();
+  ASSERT_THAT(alerts, ::testing::HasSubstr("alert: FcvmClonesFailing"))
+      << "no sample alerts in operations.md";
+  ASSERT_OK_AND_ASSIGN(Result rules_check, ::fcvm::testing::PromtoolCheckRules(alerts));
+  EXPECT_EQ(rules_check.code, 0) << rules_check.out << rules_check.err;
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<PrometheusServer> prom,
+      PrometheusServer::Start({.targets = {{.job = "fcvmd", .address = metrics_}}, .rule_files = {alerts}}));
   ASSERT_OK(prom->WaitForTargetsUp()) << prom->LogTail();
 
   // A VM with a writable drive, and its snapshot: every clone copies the
@@ -165,23 +189,27 @@ TEST_F(FcvmdPrometheusTest, ScrapedCloneCountsEqualWhatTheTestDid) {
 
   // What Prometheus scraped equals what was done.
   const std::string job = "job=\"fcvmd\"";
-  auto sel = [&](const std::string& labels) { return absl::StrCat("{", job, labels.empty() ? "" : ",", labels, "}"); };
+  auto sel = [&](const std::string& labels) {
+    return absl::StrCat("{", job, labels.empty() ? "" : ",", labels, "}");
+  };
   EXPECT_OK(prom->WaitForValue("fcvm_clones_started_total" + sel("backend=\"uffd\""), 5)) << prom->LogTail();
   EXPECT_OK(prom->WaitForValue("fcvm_clones_started_total" + sel("backend=\"file\""), 2));
   EXPECT_OK(prom->WaitForValue("fcvm_clones_failed_total" + sel("backend=\"uffd\",code=\"NOT_FOUND\""), 2));
   EXPECT_OK(prom->WaitForValue("sum(fcvm_clones_failed_total" + sel("") + ")", 2));
   EXPECT_OK(prom->WaitForValue("fcvm_clone_duration_seconds_count" + sel("backend=\"uffd\""), 3));
   EXPECT_OK(prom->WaitForValue("fcvm_clone_duration_seconds_count" + sel("backend=\"file\""), 2));
-  EXPECT_OK(prom->WaitForValue("fcvm_clone_duration_seconds_bucket" + sel("backend=\"uffd\",le=\"+Inf\""), 3));
-  EXPECT_OK(prom->WaitForValue("fcvm_clone_phase_duration_seconds_count" + sel("backend=\"uffd\",phase=\"load\""),
-                               3));
+  EXPECT_OK(
+      prom->WaitForValue("fcvm_clone_duration_seconds_bucket" + sel("backend=\"uffd\",le=\"+Inf\""), 3));
+  EXPECT_OK(prom->WaitForValue(
+      "fcvm_clone_phase_duration_seconds_count" + sel("backend=\"uffd\",phase=\"load\""), 3));
   EXPECT_OK(prom->WaitForValue("fcvm_vms" + sel("state=\"running\""), 6));  // base + 3 + 2
   EXPECT_OK(prom->WaitForValue("fcvm_vms" + sel("state=\"failed\""), 0));   // failed clones are removed
   EXPECT_OK(prom->WaitForValue("fcvm_snapshot_create_duration_seconds_count" + sel(""), 1));
-  EXPECT_OK(prom->WaitForValue("fcvm_grpc_server_handled_total" +
-                                   sel("grpc_service=\"fcvm.v1.SnapshotService\",grpc_method=\"CloneSnapshot\","
-                                       "grpc_code=\"OK\""),
-                               3));
+  EXPECT_OK(
+      prom->WaitForValue("fcvm_grpc_server_handled_total" +
+                             sel("grpc_service=\"fcvm.v1.SnapshotService\",grpc_method=\"CloneSnapshot\","
+                                 "grpc_code=\"OK\""),
+                         3));
   ASSERT_OK_AND_ASSIGN(double faults, prom->QueryValue("fcvm_page_server_faults_total" + sel("")));
   EXPECT_GT(faults, 0);
   ASSERT_OK_AND_ASSIGN(double fault_count,
@@ -192,13 +220,37 @@ TEST_F(FcvmdPrometheusTest, ScrapedCloneCountsEqualWhatTheTestDid) {
   EXPECT_OK(prom->WaitForValue("resets(fcvm_clones_started_total" + sel("backend=\"uffd\"") + "[5m])", 0));
 
   // The PromQL of docs/operations.md answers.
-  ASSERT_OK_AND_ASSIGN(
-      double p99, prom->QueryValue("histogram_quantile(0.99, sum by (le) "
-                                   "(rate(fcvm_clone_duration_seconds_bucket{backend=\"uffd\"}[5m])))"));
+  ASSERT_OK_AND_ASSIGN(double p99,
+                       prom->QueryValue("histogram_quantile(0.99, sum by (le) "
+                                        "(rate(fcvm_clone_duration_seconds_bucket{backend=\"uffd\"}[5m])))"));
   EXPECT_GT(p99, 0);
   EXPECT_LE(p99, 30);
   ASSERT_OK_AND_ASSIGN(double rate, prom->QueryValue("rate(fcvm_page_server_faults_total[1m])"));
   EXPECT_GE(rate, 0);
+
+  // The sample alerts: every rule evaluates without error, and 2 failed
+  // clones out of 7 make FcvmClonesFailing pending (it needs 10 minutes to
+  // fire). A failure code never seen before still counts: fcvmd exports
+  // every code at 0 from the start.
+  EXPECT_OK(prom->WaitForValue("count(ALERTS{alertname=\"FcvmClonesFailing\",alertstate=\"pending\"})", 1));
+  absl::Time rules_deadline = absl::Now() + absl::Seconds(30);
+  std::string unhealthy;
+  do {
+    unhealthy.clear();
+    ASSERT_OK_AND_ASSIGN(json rules, prom->Rules());
+    size_t n = 0;
+    for (const json& g : rules["groups"]) {
+      for (const json& rule : g["rules"]) {
+        ++n;
+        if (rule.value("health", "") != "ok") absl::StrAppend(&unhealthy, rule.dump(), "\n");
+      }
+    }
+    if (n != 5) absl::StrAppend(&unhealthy, n, " rules loaded, want 5\n");
+    if (unhealthy.empty()) break;
+    // Polling a condition with a deadline: rules are evaluated every second.
+    absl::SleepFor(absl::Milliseconds(200));
+  } while (absl::Now() < rules_deadline);
+  EXPECT_EQ(unhealthy, "");
 
   // promtool finds nothing wrong with the exposition as fcvmd serves it.
   ASSERT_OK_AND_ASSIGN(::fcvm::testing::HttpResponse scrape, ::fcvm::testing::HttpGet(metrics_, "/metrics"));
