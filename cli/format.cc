@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "cli/top.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace fcvm::cli {
@@ -22,6 +23,10 @@ std::string LowerSuffix(std::string name, absl::string_view prefix) {
 }
 
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+bool UffdClone(const fcvm::v1::Vm& vm) {
+  return !vm.snapshot_id().empty() && vm.memory_backend() != fcvm::v1::MEMORY_BACKEND_FILE;
+}
 
 std::string Pid(int32_t pid) { return pid > 0 ? absl::StrCat(pid) : "-"; }
 
@@ -209,13 +214,36 @@ double Percentile(std::vector<double> values, double p) {
 }
 
 std::string FormatVmTable(const fcvm::v1::ListVmsResponse& resp, absl::Time now) {
-  Table t({"ID", "NAME", "STATE", "BACKEND", "SNAPSHOT", "PID", "IP", "AGE"});
+  bool pss = false;
+  for (const fcvm::v1::Vm& vm : resp.vms()) pss |= vm.usage().has_pss_bytes();
+  std::vector<std::string> headers = {"ID",  "NAME", "STATE", "BACKEND", "SNAPSHOT",
+                                      "PID", "IP",   "CPU",   "RSS"};
+  if (pss) headers.push_back("PSS");
+  headers.push_back("FAULTS");
+  headers.push_back("AGE");
+  std::vector<bool> right(headers.size(), false);
+  for (size_t i = 7; i + 1 < headers.size(); ++i) right[i] = true;
+  Table t(headers, right);
   for (const fcvm::v1::Vm& vm : resp.vms()) {
     // IP: the VM's unique host-reachable address (its guest address is the
     // same in every clone).
-    t.AddRow({vm.id(), vm.name(), StateName(vm.state()),
-              vm.snapshot_id().empty() ? "-" : BackendName(vm.memory_backend()), OrDash(vm.snapshot_id()),
-              Pid(vm.pid()), OrDash(vm.network().host_ip()), FormatAge(vm.created_at(), now)});
+    std::vector<std::string> row = {vm.id(),
+                                    vm.name(),
+                                    StateName(vm.state()),
+                                    vm.snapshot_id().empty() ? "-" : BackendName(vm.memory_backend()),
+                                    OrDash(vm.snapshot_id()),
+                                    Pid(vm.pid()),
+                                    OrDash(vm.network().host_ip())};
+    const fcvm::v1::VmUsage& u = vm.usage();
+    const bool has = vm.has_usage();
+    row.push_back(has ? FormatSeconds(static_cast<double>(u.cpu_time().seconds()) +
+                                      static_cast<double>(u.cpu_time().nanos()) / 1e9)
+                      : "-");
+    row.push_back(has ? FormatBytes(u.rss_bytes()) : "-");
+    if (pss) row.push_back(u.has_pss_bytes() ? FormatBytes(u.pss_bytes()) : "-");
+    row.push_back(UffdClone(vm) && has ? absl::StrCat(u.page_faults_served()) : "-");
+    row.push_back(FormatAge(vm.created_at(), now));
+    t.AddRow(std::move(row));
   }
   return t.Render();
 }
@@ -289,6 +317,20 @@ std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now) {
   timings.Add("network", FormatDuration(t.network(), t.has_network()));
   timings.Add("warm pool", t.from_warm_pool() ? "yes" : "no");
   absl::StrAppend(&out, "timings:\n", timings.Render("  "));
+
+  if (vm.has_usage()) {
+    const fcvm::v1::VmUsage& u = vm.usage();
+    KeyValues usage;
+    usage.Add("cpu time", FormatSeconds(static_cast<double>(u.cpu_time().seconds()) +
+                                        static_cast<double>(u.cpu_time().nanos()) / 1e9));
+    usage.Add("rss", FormatBytes(u.rss_bytes()));
+    usage.Add("pss", u.has_pss_bytes() ? FormatBytes(u.pss_bytes()) : "-");
+    usage.Add("faults served", UffdClone(vm) ? absl::StrCat(u.page_faults_served()) : "-");
+    usage.Add("uptime", FormatSeconds(static_cast<double>(u.uptime().seconds()) +
+                                      static_cast<double>(u.uptime().nanos()) / 1e9));
+    usage.Add("sampled", FormatTime(u.sampled_at()));
+    absl::StrAppend(&out, "usage:\n", usage.Render("  "));
+  }
   return out;
 }
 

@@ -323,13 +323,17 @@ absl::StatusOr<fcvm::v1::GetVmRequest> ParseGetVm(FlagParser& flags, const Args&
 absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const Args& args) {
   std::vector<std::string> labels, states;
   std::string snapshot;
+  bool pss = false;
   flags.List("label", &labels, "only VMs with this label; repeatable (all must match)", "KEY=VALUE");
   flags.List("state", &states, "only VMs in this state; repeatable (any may match)", "STATE");
   flags.String("snapshot", &snapshot, "only clones of this snapshot (id or name)", "REF");
+  flags.Bool("pss", &pss, "also each VM's PSS (costs fcvmd a page-table walk per VM)");
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::ListVmsRequest req;
   if (flags.help_requested()) return req;
-  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "ls [--label K=V]... [--state S]... [--snapshot REF]"));
+  RETURN_IF_ERROR(
+      CheckPositional(positional, {}, 0, "ls [--label K=V]... [--state S]... [--snapshot REF] [--pss]"));
+  if (pss) req.set_usage(fcvm::v1::USAGE_DETAIL_FULL);
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_label_selector());
   for (const std::string& s : states) {
@@ -339,6 +343,42 @@ absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const A
   }
   req.set_snapshot_ref(snapshot);
   return req;
+}
+
+absl::StatusOr<TopOptions> ParseTop(FlagParser& flags, const Args& args) {
+  std::vector<std::string> labels;
+  std::string snapshot;
+  std::string sort = "cpu";
+  std::string interval = "2s";
+  int64_t iterations = 0;
+  bool pss = false;
+  flags.String("interval", &interval,
+               "time between refreshes, and between the two samples of --json (default 2s)", "DURATION");
+  flags.String("sort", &sort, "cpu (default), rss, pss, faults, uptime or name", "KEY");
+  flags.Bool("pss", &pss, "also each VM's PSS (costs fcvmd a page-table walk per VM)");
+  flags.Int("iterations", &iterations, "refreshes before exiting (default 0: until Ctrl-C)");
+  flags.List("label", &labels, "only VMs with this label; repeatable (all must match)", "KEY=VALUE");
+  flags.String("snapshot", &snapshot, "only clones of this snapshot (id or name)", "REF");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  TopOptions top;
+  if (flags.help_requested()) return top;
+  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "top [options]"));
+  if (!absl::ParseDuration(interval, &top.interval) || top.interval < absl::Milliseconds(100) ||
+      top.interval > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--interval: want a duration from 100ms to 1h (e.g. 1s, 500ms), got '", interval, "'"));
+  }
+  absl::StatusOr<TopSort> s = ParseTopSort(sort);
+  if (!s.ok()) return ForFlag(s.status(), "--sort");
+  top.sort = *s;
+  if (iterations < 0) return absl::InvalidArgumentError("--iterations: must be 0 or more");
+  top.iterations = iterations;
+  if (top.sort == TopSort::kPss) pss = true;
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, top.list.mutable_label_selector());
+  top.list.set_snapshot_ref(snapshot);
+  top.list.set_usage(pss ? fcvm::v1::USAGE_DETAIL_FULL : fcvm::v1::USAGE_DETAIL_BASIC);
+  return top;
 }
 
 absl::StatusOr<fcvm::v1::PauseVmRequest> ParsePauseVm(FlagParser& flags, const Args& args) {

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "cli/top.h"
 #include "fcvm/v1/snapshot.pb.h"
 #include "fcvm/v1/system.pb.h"
 #include "fcvm/v1/vm.pb.h"
@@ -65,8 +66,11 @@ std::string AbsolutePath(const std::string& path);
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args);
 // get REF
 absl::StatusOr<fcvm::v1::GetVmRequest> ParseGetVm(FlagParser& flags, const Args& args);
-// ls [--label K=V]... [--state S]... [--snapshot REF]
+// ls [--label K=V]... [--state S]... [--snapshot REF] [--pss]
 absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const Args& args);
+// top [--interval DURATION] [--sort KEY] [--pss] [--iterations N]
+//     [--label K=V]... [--snapshot REF]
+absl::StatusOr<TopOptions> ParseTop(FlagParser& flags, const Args& args);
 // pause REF
 absl::StatusOr<fcvm::v1::PauseVmRequest> ParsePauseVm(FlagParser& flags, const Args& args);
 // resume REF

@@ -297,6 +297,31 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
   out->set_error(info.error);
 }
 
+void ToProto(const vm::VmUsage& usage, v1::VmUsage* out) {
+  out->Clear();
+  ToProto(usage.sampled_at, out->mutable_sampled_at());
+  ToProto(usage.cpu_time, out->mutable_cpu_time());
+  out->set_rss_bytes(usage.rss_bytes);
+  if (usage.pss_bytes.has_value()) out->set_pss_bytes(*usage.pss_bytes);
+  out->set_page_faults_served(usage.page_faults_served);
+  ToProto(usage.uptime, out->mutable_uptime());
+}
+
+absl::StatusOr<UsageWanted> FromProto(v1::UsageDetail detail, v1::UsageDetail unspecified_means) {
+  if (detail == v1::USAGE_DETAIL_UNSPECIFIED) detail = unspecified_means;
+  switch (detail) {
+    case v1::USAGE_DETAIL_NONE:
+      return UsageWanted::kNone;
+    case v1::USAGE_DETAIL_BASIC:
+      return UsageWanted::kBasic;
+    case v1::USAGE_DETAIL_FULL:
+      return UsageWanted::kWithPss;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("usage: unknown UsageDetail value ", static_cast<int>(detail)));
+  }
+}
+
 void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   out->Clear();
   out->set_id(info.id);

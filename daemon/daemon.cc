@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "daemon/calls.h"
 #include "daemon/event_hub.h"
+#include "daemon/grpc_metrics.h"
 #include "daemon/request_cache.h"
 #include "daemon/services.h"
 #include "daemon/worker_pool.h"
@@ -23,6 +24,9 @@
 #include "lib/base/process.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
+#include "lib/metrics/http_server.h"
+#include "lib/metrics/process_metrics.h"
+#include "lib/metrics/registry.h"
 #include "lib/vm/manager.h"
 #include "spdlog/spdlog.h"
 
@@ -105,7 +109,26 @@ struct Daemon::Services {
   SnapshotServiceImpl snapshot;
 };
 
+// Checked before anything is created: a bad flag must not cost a reconcile.
+absl::Status CheckMetricsAddress(const DaemonOptions& options) {
+  if (options.metrics_address.empty()) return absl::OkStatus();
+  absl::StatusOr<metrics::ListenAddress> address = metrics::ParseListenAddress(options.metrics_address);
+  if (!address.ok()) return Annotate(address.status(), "--metrics-address");
+  if (address->kind == metrics::ListenAddress::Kind::kTcp && !address->loopback &&
+      !options.metrics_allow_non_loopback) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics-address ", options.metrics_address,
+        " is not a loopback address; the endpoint has no authentication or TLS, so publishing it needs "
+        "--metrics-allow-non-loopback (see docs/metrics.md)"));
+  }
+  return absl::OkStatus();
+}
+
 Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
+std::string Daemon::metrics_endpoint() const {
+  return metrics_server_ != nullptr ? metrics_server_->address().ToString() : "";
+}
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
@@ -131,6 +154,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return absl::InvalidArgumentError(absl::StrCat("--warm-pool must be 0-256, got ", m.warm_pool_size));
   }
   if (m.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
+  RETURN_IF_ERROR(CheckMetricsAddress(options));
   ASSIGN_OR_RETURN(std::string state_dir, Absolute(options.manager.state_dir));
   RETURN_IF_ERROR(Annotate(MakeDirs(DirName(options.socket_path), 0755), "socket directory"));
   RETURN_IF_ERROR(Annotate(MakeDirs(state_dir, 0700), "state directory"));
@@ -165,8 +189,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                  changed.empty() ? std::string("already set as asked") : absl::StrJoin(changed, ", "));
   }
   daemon->started_at_ = absl::Now();
+  daemon->metrics_ = std::make_unique<metrics::Registry>();
+  metrics::Registry& registry = *daemon->metrics_;
+  daemon->options_.manager.metrics_registry = &registry;
   ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(daemon->options_.manager));
   daemon->firecracker_version_ = daemon->manager_->firecracker_version();
+  ASSIGN_OR_RETURN(daemon->metric_handles_, metrics::AddProcessMetrics(registry));
+  ASSIGN_OR_RETURN(metrics::GaugeFamily * build,
+                   registry.AddGaugeFamily({.name = "fcvm_build_info",
+                                            .help = "Always 1: the versions of fcvmd and of its Firecracker.",
+                                            .labels = {"version", "firecracker_version"}}));
+  build->WithLabels({FCVM_VERSION, daemon->firecracker_version_}).Set(1);
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> grpc_metrics,
+                   MakeGrpcMetrics(registry, {"fcvm.v1.SystemService", "fcvm.v1.VmService",
+                                              "fcvm.v1.SnapshotService", "grpc.health.v1.Health"}));
   vm::Manager* manager = daemon->manager_.get();
   daemon->events_ = std::make_shared<EventHub>(
       [manager](std::function<void(const vm::Event&)> callback, std::optional<uint64_t> replay_after) {
@@ -198,6 +234,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(&daemon->services_->system);
   builder.RegisterService(&daemon->services_->vm);
   builder.RegisterService(&daemon->services_->snapshot);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::move(grpc_metrics));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  // The metrics endpoint before the gRPC socket: a taken port fails the start
+  // before any client is served.
+  if (!options.metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> server = metrics::MetricsServer::Start(
+        &registry,
+        {.address = options.metrics_address, .allow_non_loopback = options.metrics_allow_non_loopback});
+    if (!server.ok()) return Annotate(server.status(), "--metrics-address");
+    daemon->metrics_server_ = *std::move(server);
+  }
   // gRPC creates the socket file itself, with fcvmd's umask (027, set by
   // main before any thread: the manager's threads create files already, so
   // the umask is not changed here): born without write permission for the
@@ -218,6 +266,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                options.socket_path, state_dir,
                options.manager.firecracker_bin.empty() ? "<not configured>" : options.manager.firecracker_bin,
                daemon->firecracker_version_, options.workers);
+  if (daemon->metrics_server_ != nullptr) {
+    spdlog::info("metrics on {} (GET /metrics)", daemon->metrics_server_->address().ToString());
+  }
   return daemon;
 }
 
@@ -225,6 +276,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   absl::Time deadline = absl::Now() + grace;
+  // First: a scrape must not run while the rest goes away.
+  if (metrics_server_ != nullptr) metrics_server_->Stop();
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
     // New unary calls and streams are answered UNAVAILABLE from here on;

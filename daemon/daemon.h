@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -22,6 +23,12 @@ class Server;
 namespace fcvm::vm {
 class Manager;
 }  // namespace fcvm::vm
+
+namespace fcvm::metrics {
+class CallbackHandle;
+class MetricsServer;
+class Registry;
+}  // namespace fcvm::metrics
 
 namespace fcvm::daemon {
 
@@ -59,6 +66,13 @@ struct DaemonOptions {
   KsmMode ksm = KsmMode::kOff;
   uint64_t ksm_pages_to_scan = 1000;
   uint64_t ksm_sleep_millisecs = 20;
+  // Prometheus metrics endpoint (docs/operations.md lists the metrics): a
+  // loopback TCP address ("127.0.0.1:9810"; port 0 picks one, see the log) or
+  // a Unix socket path ("unix:/run/fcvm/metrics.sock"); empty = off. A TCP
+  // address that is not loopback is refused unless allowed: the endpoint has
+  // no authentication and no TLS.
+  std::string metrics_address;
+  bool metrics_allow_non_loopback = false;
   // VMs, snapshots, clones, the page server, networks (state_dir relative to
   // fcvmd's working directory is made absolute by Start).
   vm::ManagerOptions manager;
@@ -85,6 +99,11 @@ class Daemon {
   const DaemonOptions& options() const { return options_; }
   // Version string of the configured Firecracker ("1.14.2"), empty if unknown.
   const std::string& firecracker_version() const { return firecracker_version_; }
+  // Every metric fcvmd exports (served at metrics_address when given).
+  const metrics::Registry& metrics() const { return *metrics_; }
+  // Where the metrics endpoint listens ("127.0.0.1:41234", "unix:/path");
+  // empty when off.
+  std::string metrics_endpoint() const;
 
  private:
   struct Services;
@@ -94,7 +113,11 @@ class Daemon {
   std::string firecracker_version_;
   absl::Time started_at_;
   // Destroyed in reverse order; Shutdown already stopped everything in the
-  // right order (server, pool, manager).
+  // right order (metrics endpoint, server, pool, manager). The registry goes
+  // last: the manager and the gRPC interceptor update it until they are gone.
+  std::unique_ptr<metrics::Registry> metrics_;
+  std::vector<metrics::CallbackHandle> metric_handles_;
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
   CancelSource shutdown_;
   std::unique_ptr<vm::Manager> manager_;
   std::shared_ptr<EventHub> events_;

@@ -71,6 +71,12 @@ int main(int argc, char** argv) {
                "off|merge|manage");
   flags.Int("ksm-pages-to-scan", &ksm_pages, "with --ksm=manage: ksmd's pages_to_scan (default 1000)");
   flags.Int("ksm-sleep-ms", &ksm_sleep, "with --ksm=manage: ksmd's sleep_millisecs (default 20)");
+  flags.String("metrics-address", &options.metrics_address,
+               "serve Prometheus metrics at GET /metrics on this loopback TCP address (127.0.0.1:9810) or "
+               "Unix socket (unix:/run/fcvm/metrics.sock); default off",
+               "ADDR");
+  flags.Bool("metrics-allow-non-loopback", &options.metrics_allow_non_loopback,
+             "accept a --metrics-address that is not loopback (no authentication, no TLS: firewall it)");
   flags.String("log-level", &log_level, "trace, debug, info, warn, error or off", "LEVEL");
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<std::vector<std::string>> rest = flags.Parse(args);

@@ -240,7 +240,9 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
       if (absl::Status st = cancel.Check(); !st.ok()) {
         clone = st;  // cancelled: no new clone starts
       } else {
+        core.metrics->CloneStarted(req.backend);
         clone = CloneOne(core, src, req, names, name_of[i], cancel);
+        core.metrics->CloneFinished(req.backend, clone.status(), clone.ok() ? &*clone : nullptr);
       }
       if (clone.ok()) {
         result.clones[i] = *std::move(clone);

@@ -158,6 +158,7 @@ void Core::ReleaseResources(VmEntry& entry) {
 
 void Core::OnPagerEvent(const uffd::SessionEvent& ev) {
   if (ev.kind != uffd::SessionEventKind::kFailed && ev.kind != uffd::SessionEventKind::kRejected) return;
+  metrics->SessionDropped(ev.kind);
   {
     absl::MutexLock lock(&pager_mu);
     pager_errors[ev.tag] = std::string(ev.status.message());

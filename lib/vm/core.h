@@ -38,6 +38,7 @@
 #include "lib/vm/registry.h"
 #include "lib/vm/supervisor.h"
 #include "lib/vm/types.h"
+#include "lib/vm/vm_metrics.h"
 #include "lib/vm/warm_pool.h"
 
 namespace fcvm::vm {
@@ -82,6 +83,9 @@ struct Core {
   Core(const ManagerOptions& options, Env env);
 
   const ManagerOptions options;
+  // Set by Manager::Create before anything runs; outlives env (its network
+  // is wrapped by it).
+  std::unique_ptr<VmMetrics> metrics;
   Env env;
   const std::string vms_dir;     // <state>/vms: one directory per VM
   const std::string drives_dir;  // <state>/drives: where every VM sees its drives

@@ -185,7 +185,14 @@ class NetworkService {
   virtual absl::Status RemoveHostRules() = 0;
 };
 
-// The host's disks and memory.
+// What a process uses (Host::ReadProcessUsage).
+struct ProcessUsage {
+  absl::Duration cpu_time;  // user + system, all threads
+  uint64_t rss_bytes = 0;
+  std::optional<uint64_t> pss_bytes;  // when asked for
+};
+
+// The host's disks, memory and processes.
 class Host {
  public:
   virtual ~Host() = default;
@@ -205,6 +212,9 @@ class Host {
   // Atomic replace of a small record file (mode 0600). Errors (a full disk)
   // are returned: a record that is not written must fail the request.
   virtual absl::Status WriteRecord(const std::string& path, absl::string_view contents) = 0;
+  // CPU time and memory of process `pid` (/proc/<pid>/stat; with `pss`, also
+  // smaps_rollup). NotFound when it is gone.
+  virtual absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) = 0;
 };
 
 // Everything the manager reaches, owned by it.

@@ -10,6 +10,7 @@
 #include "lib/vm/core.h"
 #include "lib/vm/real_env.h"
 #include "lib/vm/validate.h"
+#include "lib/vm/vm_usage.h"
 #include "spdlog/spdlog.h"
 
 namespace fcvm::vm {
@@ -45,6 +46,8 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   }
   auto core = std::make_unique<Core>(options, std::move(env));
   Core& c = *core;
+  ASSIGN_OR_RETURN(c.metrics, VmMetrics::Create(options.metrics_registry));
+  c.env.network = c.metrics->Wrap(std::move(c.env.network));
   RETURN_IF_ERROR(MakeDirs(c.vms_dir, 0700));
   RETURN_IF_ERROR(MakeDirs(c.drives_dir, 0700));
   ASSIGN_OR_RETURN(c.store, storage::SnapshotStore::Open(options.state_dir + "/snapshots"));
@@ -72,6 +75,7 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
         return raw->LaunchSpecFor(id, dir, pooled);
       },
       [raw](const std::string& id) { raw->ReleaseJail(id); });
+  RETURN_IF_ERROR(c.metrics->AddCallbacks(raw));
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 
@@ -79,6 +83,8 @@ Manager::Manager(std::unique_ptr<Core> core) : core_(std::move(core)) {}
 
 Manager::~Manager() {
   Core& c = *core_;
+  // No scrape reads the core from here on.
+  c.metrics->RemoveCallbacks();
   c.operations.Shutdown(absl::UnavailableError("fcvmd is shutting down"));
   c.supervisor->Stop();
   c.leaf_executor->Stop();  // exit handlers already queued run first
@@ -161,7 +167,10 @@ absl::StatusOr<DeleteResult> Manager::Delete(const std::string& ref, bool force,
 absl::StatusOr<SnapshotInfo> Manager::CreateSnapshot(const SnapshotRequest& request,
                                                      const CancelToken& cancel) {
   ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin(cancel));
-  return vm::CreateSnapshot(*core_, request, op.token());
+  absl::StatusOr<SnapshotInfo> info = vm::CreateSnapshot(*core_, request, op.token());
+  core_->metrics->SnapshotCreated(info.status(), info.ok() ? info->create_duration : absl::ZeroDuration(),
+                                  info.ok() ? info->memory_bytes + info->vmstate_bytes : 0);
+  return info;
 }
 
 absl::StatusOr<SnapshotInfo> Manager::GetSnapshot(const std::string& ref) const {
@@ -196,6 +205,10 @@ absl::StatusOr<CloneResult> Manager::Clone(const CloneRequest& request, const Ca
 }
 
 uffd::ServerStats Manager::PageServerStats() const { return core_->env.pager->GetStats(); }
+
+std::map<std::string, VmUsage> Manager::Usage(const std::vector<std::string>& ids, bool pss) const {
+  return CollectUsage(*core_, ids, pss);
+}
 
 uint64_t Manager::Subscribe(std::function<void(const Event&)> callback,
                             std::optional<uint64_t> replay_after) {

@@ -9,6 +9,10 @@
 
 #include "absl/time/time.h"
 
+namespace fcvm::metrics {
+class Registry;
+}  // namespace fcvm::metrics
+
 namespace fcvm::vm {
 
 struct ManagerOptions {
@@ -67,6 +71,9 @@ struct ManagerOptions {
   std::string network_prefix = "fcvm";
   // Host interface to MASQUERADE guest traffic through; empty = none.
   std::string network_uplink;
+  // Where the manager's Prometheus metrics go (lib/vm/vm_metrics.h); not
+  // owned, must outlive the manager. Null: nowhere.
+  metrics::Registry* metrics_registry = nullptr;
 };
 
 }  // namespace fcvm::vm

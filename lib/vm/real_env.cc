@@ -24,6 +24,7 @@
 #include "lib/base/status.h"
 #include "lib/net/network_manager.h"
 #include "lib/storage/disk.h"
+#include "lib/vm/vm_usage.h"
 #include "spdlog/spdlog.h"
 
 namespace fcvm::vm {
@@ -423,6 +424,9 @@ class RealHost final : public Host {
     // Not fsynced either: a VM record only matters while the host stays up,
     // and a crash of fcvmd does not lose the page cache.
     return WriteFileAtomic(path, contents, 0600, /*durable=*/false);
+  }
+  absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) override {
+    return ReadProcProcessUsage(pid, pss);
   }
 
  private:

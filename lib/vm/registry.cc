@@ -172,6 +172,14 @@ std::vector<VmInfo> Registry::List(const Labels& selector, const std::vector<VmS
   return out;
 }
 
+std::map<VmState, size_t> Registry::CountByState() const {
+  std::map<VmState, size_t> out;
+  for (VmState s : kAllStates) out[s] = 0;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, e] : vms_) ++out[e->info.state];
+  return out;
+}
+
 VmInfo Registry::Info(const VmEntry& entry) const {
   absl::MutexLock lock(&mu_);
   return entry.info;

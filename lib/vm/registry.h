@@ -92,6 +92,8 @@ class Registry {
   std::vector<VmInfo> List(const Labels& selector, const std::vector<VmState>& states,
                            const std::string& snapshot_id) const;
   VmInfo Info(const VmEntry& entry) const;
+  // How many VMs are in each state (every state present, 0 when none).
+  std::map<VmState, size_t> CountByState() const;
   // Changes `entry.info` under the lock (not its state: that is Transition's).
   void Update(VmEntry& entry, const std::function<void(VmInfo&)>& change);
 

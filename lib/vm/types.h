@@ -128,6 +128,23 @@ struct VmInfo {
   JailStatus jail;  // when jailed
 };
 
+// What a VM's Firecracker uses, sampled at `sampled_at` (Manager::Usage).
+struct VmUsage {
+  absl::Time sampled_at;
+  // User + system CPU time of the process, all its threads (vCPUs, VMM, I/O),
+  // since it started (a warm-pool process: since it was pooled).
+  absl::Duration cpu_time;
+  uint64_t rss_bytes = 0;
+  // Proportional set size (shared pages divided among their users); only
+  // when asked for: reading it walks the process's page tables.
+  std::optional<uint64_t> pss_bytes;
+  // Guest page faults the page server resolved for it (UFFD clones; 0 for
+  // others).
+  uint64_t page_faults_served = 0;
+  // Since it first reached running or paused.
+  absl::Duration uptime;
+};
+
 enum class AfterSnapshot { kResume, kStayPaused, kStop };
 
 struct SnapshotInfo {

@@ -318,6 +318,7 @@ class FakePageService final : public PageService {
     ++world_->listeners;
     uffd::ListenerId id = next_++;
     recorders_[id] = p == uffd::ClonePolicy::kRecord ? mem : "";
+    tags_[id] = spec.tag;
     return id;
   }
   absl::Status WaitPrefetchDone(uffd::ListenerId, absl::Time) override { return absl::OkStatus(); }
@@ -328,6 +329,7 @@ class FakePageService final : public PageService {
     // A recorder leaves its working set behind when its session ends.
     if (!it->second.empty()) world_->working_sets.insert(it->second);
     recorders_.erase(it);
+    tags_.erase(id);
     --world_->listeners;
     return absl::OkStatus();
   }
@@ -344,14 +346,32 @@ class FakePageService final : public PageService {
     absl::MutexLock lock(&world_->mu);
     return world_->working_set_pages;
   }
-  uffd::ServerStats GetStats() override { return {}; }
-  void SetEventCallback(std::function<void(const uffd::SessionEvent&)>) override {}
+  uffd::ServerStats GetStats() override {
+    absl::MutexLock lock(&world_->mu);
+    uffd::ServerStats out;
+    for (const auto& [id, tag] : tags_) {
+      uffd::ListenerStats l;
+      l.id = id;
+      l.tag = tag;
+      l.sessions_active = 1;
+      auto f = world_->faults_by_tag.find(tag);
+      if (f != world_->faults_by_tag.end()) l.stats.faults = f->second;
+      out.listeners.push_back(std::move(l));
+    }
+    out.total = world_->pager_total;
+    return out;
+  }
+  void SetEventCallback(std::function<void(const uffd::SessionEvent&)> callback) override {
+    absl::MutexLock lock(&world_->mu);
+    world_->pager_events = std::move(callback);
+  }
   void Stop() override {}
 
  private:
   std::shared_ptr<FakeWorld> world_;
   uffd::ListenerId next_ = 1;
   std::map<uffd::ListenerId, std::string> recorders_;  // under world_->mu
+  std::map<uffd::ListenerId, std::string> tags_;       // under world_->mu
 };
 
 class FakeNetwork final : public NetworkService {
@@ -438,6 +458,15 @@ class FakeHost final : public Host {
       }
     }
     return WriteFileAtomic(path, contents, 0600, /*durable=*/false);
+  }
+  absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) override {
+    absl::MutexLock lock(&world_->mu);
+    ++world_->usage_reads;
+    if (pss) ++world_->pss_reads;
+    auto it = world_->process_usage.find(pid);
+    ProcessUsage u = it != world_->process_usage.end() ? it->second : world_->default_usage;
+    if (!pss) u.pss_bytes.reset();
+    return u;
   }
 
  private:

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -89,6 +90,13 @@ struct FakeWorld {
   std::set<std::string> recording ABSL_GUARDED_BY(mu);     // snapshot mem files with a recorder
   std::set<std::string> working_sets ABSL_GUARDED_BY(mu);  // mem files that have one
   uint64_t working_set_pages ABSL_GUARDED_BY(mu) = 0;
+  // GetStats: each live listener (tagged with its VM id) reports the faults
+  // given here for its tag; `pager_total` is the server's total.
+  std::map<std::string, uint64_t> faults_by_tag ABSL_GUARDED_BY(mu);
+  uffd::PageStats pager_total ABSL_GUARDED_BY(mu);
+  // The manager's session-event callback (SetEventCallback), for tests to
+  // fire page-server events.
+  std::function<void(const uffd::SessionEvent&)> pager_events ABSL_GUARDED_BY(mu);
   // Network.
   bool network_available ABSL_GUARDED_BY(mu) = true;
   std::set<std::string> networks ABSL_GUARDED_BY(mu);  // vm ids with a network
@@ -98,6 +106,12 @@ struct FakeWorld {
   std::optional<HugePagePool> huge_pool ABSL_GUARDED_BY(mu);
   bool fail_records ABSL_GUARDED_BY(mu) = false;  // WriteRecord: ENOSPC
   int disk_copies ABSL_GUARDED_BY(mu) = 0;
+  // ReadProcessUsage: by pid, else `default_usage` (its pss_bytes only when
+  // asked for); `usage_reads` counts calls, `pss_reads` those with pss.
+  std::map<pid_t, ProcessUsage> process_usage ABSL_GUARDED_BY(mu);
+  ProcessUsage default_usage ABSL_GUARDED_BY(mu) = {absl::Seconds(1), 16 << 20, 8 << 20};
+  int usage_reads ABSL_GUARDED_BY(mu) = 0;
+  int pss_reads ABSL_GUARDED_BY(mu) = 0;
 
   // Where the fakes block (open unless a test closes them).
   Gate launch_gate;
