@@ -80,10 +80,10 @@ class VmMetrics::MeteredNetwork final : public NetworkService {
  public:
   MeteredNetwork(std::unique_ptr<NetworkService> inner, VmMetrics* m) : inner_(std::move(inner)), m_(m) {}
   absl::Status Available() const override { return inner_->Available(); }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
-                                      const std::vector<PortMapping>& publish) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>& publish,
+                                      uint32_t tap_owner) override {
     absl::Time t = absl::Now();
-    absl::StatusOr<VmNetworkInfo> out = inner_->Setup(vm_id, publish);
+    absl::StatusOr<VmNetworkInfo> out = inner_->Setup(vm_id, publish, tap_owner);
     if (out.ok()) {
       m_->network_setup_->Observe(absl::ToDoubleSeconds(absl::Now() - t));
     } else {

@@ -210,7 +210,8 @@ TEST_F(VmMetricsTest, NetworkSetupAndTeardownAreTimed) {
 class BrokenNetwork final : public NetworkService {
  public:
   absl::Status Available() const override { return absl::OkStatus(); }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string&, const std::vector<PortMapping>&) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string&, const std::vector<PortMapping>&,
+                                      uint32_t) override {
     return absl::ResourceExhaustedError("address pool exhausted");
   }
   absl::Status Teardown(const std::string&) override { return absl::InternalError("netlink: busy"); }
