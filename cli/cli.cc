@@ -21,11 +21,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cli/format.h"
 #include "cli/progress.h"
 #include "cli/requests.h"
+#include "cli/top.h"
 #include "cli/vsock.h"
 #include "fcvm/v1/snapshot.grpc.pb.h"
 #include "fcvm/v1/system.grpc.pb.h"
@@ -260,6 +262,7 @@ struct Env {
   std::ostream& out;
   std::ostream& err;
   bool stderr_tty;
+  bool stdout_tty;
 };
 
 struct Command {
@@ -320,6 +323,7 @@ int CmdVersion(Env& env, const Args& args) {
   env.out << "fcvmctl " << FCVM_VERSION << "\n";
   if (!st.ok()) return client->Fail(st, "version", ctx);
   env.out << "fcvmd " << resp.version() << " (api " << resp.api_version() << ")\n";
+  env.out << "isolation: " << (resp.isolation().empty() ? "?" : resp.isolation()) << "\n";
   if (resp.firecracker_path().empty()) {
     env.out << "firecracker: not configured\n";
   } else {
@@ -599,12 +603,63 @@ int CmdWatch(Env& env, const Args& args) {
   return client->Fail(st, req->ref().empty() ? "watch" : "watch " + req->ref(), ctx);
 }
 
+// top refreshes a table of VMs sorted by CPU % (or --sort) every --interval
+// until Ctrl-C (exit 0) or --iterations frames; --json takes two samples an
+// interval apart, prints one frame and exits.
+int CmdTop(Env& env, const Args& args) {
+  absl::StatusOr<TopOptions> top = ParseTop(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, top.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::VmService>();
+  absl::Notification stop;
+  InterruptGuard guard([&stop] { stop.Notify(); });
+  // Every page of the listing; nullopt, or the exit code of a failed call.
+  auto sample = [&](v1::ListVmsResponse* all) -> std::optional<int> {
+    v1::ListVmsRequest req = top->list;
+    all->Clear();
+    while (true) {
+      grpc::ClientContext ctx;
+      client->Prepare(&ctx);
+      v1::ListVmsResponse page;
+      grpc::Status st = stub->ListVms(&ctx, req, &page);
+      if (!st.ok()) return guard.interrupted() ? 0 : client->Fail(st, "top", ctx);
+      std::string next = page.next_page_token();
+      page.clear_next_page_token();
+      all->MergeFrom(page);
+      if (next.empty()) return std::nullopt;
+      req.set_page_token(next);
+    }
+  };
+  const bool pss = top->list.usage() == v1::USAGE_DETAIL_FULL;
+  v1::ListVmsResponse before;
+  if (auto code = sample(&before)) return *code;
+  for (int64_t frame = 0; top->iterations == 0 || frame < top->iterations; ++frame) {
+    if (stop.WaitForNotificationWithTimeout(top->interval)) return 0;
+    v1::ListVmsResponse now;
+    if (auto code = sample(&now)) return *code;
+    std::vector<TopRow> rows = ComputeTop(before, now, top->sort);
+    if (env.g.json) {
+      env.out << TopJson(rows, absl::Now(), top->interval) << std::flush;
+      return 0;
+    }
+    if (env.stdout_tty) {
+      env.out << "\x1b[H\x1b[2J";  // home, clear: one frame on screen like top(1)
+    } else if (frame > 0) {
+      env.out << "\n";
+    }
+    env.out << FormatTop(rows, absl::Now(), pss) << std::flush;
+    before = std::move(now);
+  }
+  return 0;
+}
+
 const std::vector<Command>& Commands() {
   const absl::Duration kQuick = absl::Seconds(30);
   static const std::vector<Command> kCommands = {
       {"run", "run --kernel PATH [options]", "boot a new VM from a kernel", absl::Minutes(5), CmdRun},
-      {"ls", "ls [--label K=V]... [--state S]... [--snapshot REF]", "list VMs", kQuick, CmdLs},
-      {"get", "get REF", "show one VM: state, config, network, timings", kQuick, CmdGet},
+      {"ls", "ls [--label K=V]... [--state S]... [--snapshot REF] [--pss]",
+       "list VMs with their CPU time, memory and faults served", kQuick, CmdLs},
+      {"get", "get REF", "show one VM: state, config, network, timings, usage", kQuick, CmdGet},
       {"pause", "pause REF", "pause a running VM", kQuick, CmdPause},
       {"resume", "resume REF", "resume a paused VM", kQuick, CmdResume},
       {"rm", "rm REF... [--force] [--grace DURATION]", "stop and delete VMs", absl::Minutes(2), CmdRm},
@@ -622,6 +677,8 @@ const std::vector<Command>& Commands() {
       {"metadata set", "metadata set VM_REF FILE|-",
        "replace a VM's metadata with a JSON object (fcvm's own keys stay)", kQuick, CmdMetadataSet},
       {"stats", "stats [VM_REF]", "page server counters per clone session", kQuick, CmdStats},
+      {"top", "top [--interval D] [--sort KEY] [--pss] [--iterations N]",
+       "VMs sorted by CPU % (or memory, faults), refreshed like top(1)", kQuick, CmdTop},
       {"watch", "watch [REF] [--from-start | --after SEQ]", "print lifecycle events as they happen",
        absl::InfiniteDuration(), CmdWatch},
       {"version", "version", "print fcvmctl's, fcvmd's and Firecracker's versions", kQuick, CmdVersion},
@@ -654,7 +711,8 @@ bool IsHelp(const std::string& arg) { return arg == "--help" || arg == "-h"; }
 
 }  // namespace
 
-int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, bool stderr_is_tty) {
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err, bool stderr_is_tty,
+           bool stdout_is_tty) {
   GlobalOptions g;
   if (const char* env = std::getenv("FCVM_SOCKET"); env != nullptr && *env != '\0') g.socket = env;
   FlagParser global("fcvmctl [options] <command>");
@@ -704,7 +762,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   }
   FlagParser flags(absl::StrCat("fcvmctl [options] ", command->usage, "\n\n", command->summary));
   AddGlobalFlags(flags, &g);
-  Env env{*command, g, flags, out, err, stderr_is_tty};
+  Env env{*command, g, flags, out, err, stderr_is_tty, stdout_is_tty};
   // "fcvmctl --help ls": the command's help, whatever else follows.
   if (global.help_requested()) return command->run(env, {"--help"});
   return command->run(env,

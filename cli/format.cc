@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "cli/top.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace fcvm::cli {
@@ -22,6 +23,10 @@ std::string LowerSuffix(std::string name, absl::string_view prefix) {
 }
 
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+bool UffdClone(const fcvm::v1::Vm& vm) {
+  return !vm.snapshot_id().empty() && vm.memory_backend() != fcvm::v1::MEMORY_BACKEND_FILE;
+}
 
 std::string Pid(int32_t pid) { return pid > 0 ? absl::StrCat(pid) : "-"; }
 
@@ -69,6 +74,7 @@ void AddConfig(const fcvm::v1::VmConfig& c, KeyValues* kv) {
   kv->Add("boot args", OrDash(c.boot_args()));
   kv->Add("vcpus", absl::StrCat(c.vcpu_count()));
   kv->Add("memory", absl::StrCat(c.memory_mib(), " MiB"));
+  kv->Add("page size", c.huge_pages() == fcvm::v1::HUGE_PAGES_2M ? "2 MiB (huge pages)" : "4 KiB");
   kv->Add("drives", Drives(c));
   kv->Add("network", c.network().enabled() ? "enabled" : "none");
 }
@@ -208,13 +214,36 @@ double Percentile(std::vector<double> values, double p) {
 }
 
 std::string FormatVmTable(const fcvm::v1::ListVmsResponse& resp, absl::Time now) {
-  Table t({"ID", "NAME", "STATE", "BACKEND", "SNAPSHOT", "PID", "IP", "AGE"});
+  bool pss = false;
+  for (const fcvm::v1::Vm& vm : resp.vms()) pss |= vm.usage().has_pss_bytes();
+  std::vector<std::string> headers = {"ID",  "NAME", "STATE", "BACKEND", "SNAPSHOT",
+                                      "PID", "IP",   "CPU",   "RSS"};
+  if (pss) headers.push_back("PSS");
+  headers.push_back("FAULTS");
+  headers.push_back("AGE");
+  std::vector<bool> right(headers.size(), false);
+  for (size_t i = 7; i + 1 < headers.size(); ++i) right[i] = true;
+  Table t(headers, right);
   for (const fcvm::v1::Vm& vm : resp.vms()) {
     // IP: the VM's unique host-reachable address (its guest address is the
     // same in every clone).
-    t.AddRow({vm.id(), vm.name(), StateName(vm.state()),
-              vm.snapshot_id().empty() ? "-" : BackendName(vm.memory_backend()), OrDash(vm.snapshot_id()),
-              Pid(vm.pid()), OrDash(vm.network().host_ip()), FormatAge(vm.created_at(), now)});
+    std::vector<std::string> row = {vm.id(),
+                                    vm.name(),
+                                    StateName(vm.state()),
+                                    vm.snapshot_id().empty() ? "-" : BackendName(vm.memory_backend()),
+                                    OrDash(vm.snapshot_id()),
+                                    Pid(vm.pid()),
+                                    OrDash(vm.network().host_ip())};
+    const fcvm::v1::VmUsage& u = vm.usage();
+    const bool has = vm.has_usage();
+    row.push_back(has ? FormatSeconds(static_cast<double>(u.cpu_time().seconds()) +
+                                      static_cast<double>(u.cpu_time().nanos()) / 1e9)
+                      : "-");
+    row.push_back(has ? FormatBytes(u.rss_bytes()) : "-");
+    if (pss) row.push_back(u.has_pss_bytes() ? FormatBytes(u.pss_bytes()) : "-");
+    row.push_back(UffdClone(vm) && has ? absl::StrCat(u.page_faults_served()) : "-");
+    row.push_back(FormatAge(vm.created_at(), now));
+    t.AddRow(std::move(row));
   }
   return t.Render();
 }
@@ -269,6 +298,20 @@ std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now) {
     absl::StrAppend(&out, "network:\n", net.Render("  "));
   }
 
+  if (vm.has_jail()) {
+    const fcvm::v1::JailStatus& j = vm.jail();
+    KeyValues jail;
+    jail.Add("uid/gid", absl::StrCat(j.uid(), "/", j.gid()));
+    jail.Add("chroot", OrDash(j.chroot()));
+    jail.Add("cgroup", OrDash(j.cgroup_version()));
+    const fcvm::v1::ResourceLimits& l = j.limits();
+    jail.Add("memory limit", absl::StrCat(l.memory_mib(), " MiB"));
+    jail.Add("cpu limit", absl::StrCat(l.cpu_percent(), "%"));
+    jail.Add("cpu weight", l.cpu_weight() == 0 ? "-" : absl::StrCat(l.cpu_weight()));
+    jail.Add("pids max", absl::StrCat(l.pids_max()));
+    absl::StrAppend(&out, "jail:\n", jail.Render("  "));
+  }
+
   const fcvm::v1::VmTimings& t = vm.timings();
   KeyValues timings;
   timings.Add("total", FormatDuration(t.total(), t.has_total()));
@@ -279,6 +322,20 @@ std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now) {
   timings.Add("network", FormatDuration(t.network(), t.has_network()));
   timings.Add("warm pool", t.from_warm_pool() ? "yes" : "no");
   absl::StrAppend(&out, "timings:\n", timings.Render("  "));
+
+  if (vm.has_usage()) {
+    const fcvm::v1::VmUsage& u = vm.usage();
+    KeyValues usage;
+    usage.Add("cpu time", FormatSeconds(static_cast<double>(u.cpu_time().seconds()) +
+                                        static_cast<double>(u.cpu_time().nanos()) / 1e9));
+    usage.Add("rss", FormatBytes(u.rss_bytes()));
+    usage.Add("pss", u.has_pss_bytes() ? FormatBytes(u.pss_bytes()) : "-");
+    usage.Add("faults served", UffdClone(vm) ? absl::StrCat(u.page_faults_served()) : "-");
+    usage.Add("uptime", FormatSeconds(static_cast<double>(u.uptime().seconds()) +
+                                      static_cast<double>(u.uptime().nanos()) / 1e9));
+    usage.Add("sampled", FormatTime(u.sampled_at()));
+    absl::StrAppend(&out, "usage:\n", usage.Render("  "));
+  }
   return out;
 }
 
@@ -304,6 +361,10 @@ std::string FormatSnapshotDetails(const fcvm::v1::Snapshot& s, absl::Time now) {
   kv.Add("path", OrDash(s.path()));
   kv.Add("firecracker", OrDash(s.firecracker_version()));
   kv.Add("memory", absl::StrCat(FormatBytes(s.memory_bytes()), " (", s.zero_pages(), " zero pages)"));
+  kv.Add("page size", s.memory_page_size() == 0 ? "-"
+                      : s.memory_page_size() > 4096
+                          ? absl::StrCat(FormatBytes(s.memory_page_size()), " (huge pages: UFFD clones only)")
+                          : FormatBytes(s.memory_page_size()));
   kv.Add("vmstate", FormatBytes(s.vmstate_bytes()));
   kv.Add("working set",
          s.working_set_pages() > 0 ? absl::StrCat(s.working_set_pages(), " pages") : "not recorded");

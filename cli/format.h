@@ -64,11 +64,12 @@ std::string FormatLabels(const google::protobuf::Map<std::string, std::string>& 
 // Nearest-rank percentile (p in (0, 100]) of `values`; 0 when empty.
 double Percentile(std::vector<double> values, double p);
 
-// ls: ID NAME STATE BACKEND SNAPSHOT PID AGE.
+// ls: ID NAME STATE BACKEND SNAPSHOT PID IP CPU RSS [PSS] FAULTS AGE (CPU is
+// the Firecracker's CPU time; PSS when any VM has it; FAULTS for UFFD clones).
 std::string FormatVmTable(const fcvm::v1::ListVmsResponse& resp, absl::Time now);
 // run, pause, resume: id, name, state, pid, console log (and error if any).
 std::string FormatVmSummary(const fcvm::v1::Vm& vm);
-// get: every field as "key: value", with config, network and timings.
+// get: every field as "key: value", with config, network, timings and usage.
 std::string FormatVmDetails(const fcvm::v1::Vm& vm, absl::Time now);
 
 // snapshot ls: ID NAME SOURCE MEMORY WORKING-SET CLONES AGE.

@@ -10,5 +10,5 @@
 
 int main(int argc, char** argv) {
   return fcvm::cli::RunCli(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr,
-                           isatty(STDERR_FILENO) == 1);
+                           isatty(STDERR_FILENO) == 1, isatty(STDOUT_FILENO) == 1);
 }

@@ -162,6 +162,14 @@ absl::StatusOr<fcvm::v1::MemoryBackend> ParseMemoryBackend(absl::string_view nam
   return LookUp(kBackends, name, "memory backend");
 }
 
+absl::StatusOr<fcvm::v1::HugePages> ParseHugePages(absl::string_view name) {
+  static constexpr EnumName<fcvm::v1::HugePages> kSizes[] = {
+      {"none", fcvm::v1::HUGE_PAGES_NONE},
+      {"2m", fcvm::v1::HUGE_PAGES_2M},
+  };
+  return LookUp(kSizes, name, "huge page size");
+}
+
 absl::StatusOr<fcvm::v1::PrefetchPolicy> ParsePrefetchPolicy(absl::string_view name) {
   static constexpr EnumName<fcvm::v1::PrefetchPolicy> kPolicies[] = {
       {"auto", fcvm::v1::PREFETCH_POLICY_AUTO},
@@ -215,8 +223,34 @@ absl::StatusOr<fcvm::v1::PortMapping> ParsePublish(absl::string_view spec) {
   return p;
 }
 
+// --memory-limit-mib, --cpu-percent, --cpu-weight, --pids-max: the cgroup
+// limits of a jailed VM (0 = fcvmd's default).
+struct LimitFlags {
+  int64_t memory_mib = 0, cpu_percent = 0, cpu_weight = 0, pids_max = 0;
+  void Register(FlagParser& flags) {
+    flags.Int("memory-limit-mib", &memory_mib,
+              "memory limit of the VM's cgroup: guest memory + Firecracker's own (default: guest + 32)");
+    flags.Int("cpu-percent", &cpu_percent, "CPU limit in percent of one CPU (default: 100 per vCPU)");
+    flags.Int("cpu-weight", &cpu_weight, "CPU weight 1-10000 under contention (default: the host's, 100)");
+    flags.Int("pids-max", &pids_max,
+              "tasks the VM may have (default: what Firecracker needs, with a margin)");
+  }
+  bool set() const { return memory_mib != 0 || cpu_percent != 0 || cpu_weight != 0 || pids_max != 0; }
+  absl::Status Fill(fcvm::v1::ResourceLimits* out) const {
+    ASSIGN_OR_RETURN(uint32_t mem, InRange(memory_mib, 0, UINT32_MAX, "--memory-limit-mib"));
+    ASSIGN_OR_RETURN(uint32_t cpu, InRange(cpu_percent, 0, UINT32_MAX, "--cpu-percent"));
+    ASSIGN_OR_RETURN(uint32_t weight, InRange(cpu_weight, 0, 10000, "--cpu-weight"));
+    ASSIGN_OR_RETURN(uint32_t pids, InRange(pids_max, 0, UINT32_MAX, "--pids-max"));
+    out->set_memory_mib(mem);
+    out->set_cpu_percent(cpu);
+    out->set_cpu_weight(weight);
+    out->set_pids_max(pids);
+    return absl::OkStatus();
+  }
+};
+
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args) {
-  std::string kernel, initrd, boot_args, name;
+  std::string kernel, initrd, boot_args, name, huge_pages = "none";
   int64_t vcpus = 1, memory_mib = 128;
   std::vector<std::string> drives, labels;
   bool net = false;
@@ -227,6 +261,10 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   flags.String("boot-args", &boot_args, "kernel command line (default: fcvmd's)", "ARGS");
   flags.Int("vcpus", &vcpus, "vCPUs, 1-32 (default 1)");
   flags.Int("memory-mib", &memory_mib, "guest memory in MiB, >= 16 (default 128)");
+  flags.String("huge-pages", &huge_pages,
+               "guest memory page size: none (4 KiB, default) or 2M (from the host's huge page pool; "
+               "clones of its snapshots use the page server)",
+               "none|2M");
   flags.List("drive", &drives, "attach a block device; repeatable", "ID=PATH[,ro][,root]");
   flags.String("name", &name, "VM name (default: generated)", "NAME");
   flags.List("label", &labels, "label the VM; repeatable", "KEY=VALUE");
@@ -243,6 +281,8 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
                "FILE");
   flags.String("mmds-version", &mmds_version,
                "MMDS version the guest speaks: V2 (session tokens, default) or V1", "V1|V2");
+  LimitFlags limits;
+  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::RunVmRequest req;
   if (flags.help_requested()) return req;
@@ -256,6 +296,9 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
   config->set_vcpu_count(vcpu_count);
   ASSIGN_OR_RETURN(uint32_t mib, InRange(memory_mib, 16, UINT32_MAX, "--memory-mib"));
   config->set_memory_mib(mib);
+  absl::StatusOr<fcvm::v1::HugePages> huge = ParseHugePages(huge_pages);
+  if (!huge.ok()) return ForFlag(huge.status(), "--huge-pages");
+  config->set_huge_pages(*huge);
   std::set<std::string> drive_ids;
   bool have_root = false;
   for (const std::string& spec : drives) {
@@ -299,6 +342,7 @@ absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args&
     ASSIGN_OR_RETURN(uint32_t cid, InRange(vsock_cid, 0, UINT32_MAX - 1, "--vsock-cid"));
     config->mutable_vsock()->set_guest_cid(cid);
   }
+  if (limits.set()) RETURN_IF_ERROR(limits.Fill(config->mutable_limits()));
   return req;
 }
 
@@ -312,13 +356,17 @@ absl::StatusOr<fcvm::v1::GetVmRequest> ParseGetVm(FlagParser& flags, const Args&
 absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const Args& args) {
   std::vector<std::string> labels, states;
   std::string snapshot;
+  bool pss = false;
   flags.List("label", &labels, "only VMs with this label; repeatable (all must match)", "KEY=VALUE");
   flags.List("state", &states, "only VMs in this state; repeatable (any may match)", "STATE");
   flags.String("snapshot", &snapshot, "only clones of this snapshot (id or name)", "REF");
+  flags.Bool("pss", &pss, "also each VM's PSS (costs fcvmd a page-table walk per VM)");
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::ListVmsRequest req;
   if (flags.help_requested()) return req;
-  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "ls [--label K=V]... [--state S]... [--snapshot REF]"));
+  RETURN_IF_ERROR(
+      CheckPositional(positional, {}, 0, "ls [--label K=V]... [--state S]... [--snapshot REF] [--pss]"));
+  if (pss) req.set_usage(fcvm::v1::USAGE_DETAIL_FULL);
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_label_selector());
   for (const std::string& s : states) {
@@ -328,6 +376,42 @@ absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const A
   }
   req.set_snapshot_ref(snapshot);
   return req;
+}
+
+absl::StatusOr<TopOptions> ParseTop(FlagParser& flags, const Args& args) {
+  std::vector<std::string> labels;
+  std::string snapshot;
+  std::string sort = "cpu";
+  std::string interval = "2s";
+  int64_t iterations = 0;
+  bool pss = false;
+  flags.String("interval", &interval,
+               "time between refreshes, and between the two samples of --json (default 2s)", "DURATION");
+  flags.String("sort", &sort, "cpu (default), rss, pss, faults, uptime or name", "KEY");
+  flags.Bool("pss", &pss, "also each VM's PSS (costs fcvmd a page-table walk per VM)");
+  flags.Int("iterations", &iterations, "refreshes before exiting (default 0: until Ctrl-C)");
+  flags.List("label", &labels, "only VMs with this label; repeatable (all must match)", "KEY=VALUE");
+  flags.String("snapshot", &snapshot, "only clones of this snapshot (id or name)", "REF");
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  TopOptions top;
+  if (flags.help_requested()) return top;
+  RETURN_IF_ERROR(CheckPositional(positional, {}, 0, "top [options]"));
+  if (!absl::ParseDuration(interval, &top.interval) || top.interval < absl::Milliseconds(100) ||
+      top.interval > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--interval: want a duration from 100ms to 1h (e.g. 1s, 500ms), got '", interval, "'"));
+  }
+  absl::StatusOr<TopSort> s = ParseTopSort(sort);
+  if (!s.ok()) return ForFlag(s.status(), "--sort");
+  top.sort = *s;
+  if (iterations < 0) return absl::InvalidArgumentError("--iterations: must be 0 or more");
+  top.iterations = iterations;
+  if (top.sort == TopSort::kPss) pss = true;
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, top.list.mutable_label_selector());
+  top.list.set_snapshot_ref(snapshot);
+  top.list.set_usage(pss ? fcvm::v1::USAGE_DETAIL_FULL : fcvm::v1::USAGE_DETAIL_BASIC);
+  return top;
 }
 
 absl::StatusOr<fcvm::v1::PauseVmRequest> ParsePauseVm(FlagParser& flags, const Args& args) {
@@ -451,6 +535,8 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
                "metadata (MMDS) for every clone, beside its own fcvm keys: a JSON object from a file, or '-' "
                "for stdin",
                "FILE");
+  LimitFlags limits;
+  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::CloneSnapshotRequest req;
   if (flags.help_requested()) return req;
@@ -473,6 +559,7 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
   SetLabels(label_map, req.mutable_labels());
   req.set_stay_paused(stay_paused);
+  if (limits.set()) RETURN_IF_ERROR(limits.Fill(req.mutable_limits()));
   for (const std::string& spec : publish) {
     absl::StatusOr<fcvm::v1::PortMapping> p = ParsePublish(spec);
     if (!p.ok()) return ForFlag(p.status(), "--publish");

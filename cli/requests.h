@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "cli/top.h"
 #include "fcvm/v1/snapshot.pb.h"
 #include "fcvm/v1/system.pb.h"
 #include "fcvm/v1/vm.pb.h"
@@ -46,6 +47,8 @@ absl::StatusOr<fcvm::v1::PortMapping> ParsePublish(absl::string_view spec);
 absl::StatusOr<fcvm::v1::VmState> ParseVmState(absl::string_view name);
 // "uffd" | "file".
 absl::StatusOr<fcvm::v1::MemoryBackend> ParseMemoryBackend(absl::string_view name);
+// "none" | "2M" (case-insensitive).
+absl::StatusOr<fcvm::v1::HugePages> ParseHugePages(absl::string_view name);
 // "auto" | "none" | "record" | "prefetch".
 absl::StatusOr<fcvm::v1::PrefetchPolicy> ParsePrefetchPolicy(absl::string_view name);
 // "resume" | "pause" | "stop".
@@ -58,13 +61,16 @@ std::string AbsolutePath(const std::string& path);
 // One function per command.
 
 // run --kernel PATH [--initrd PATH] [--boot-args S] [--vcpus N]
-//     [--memory-mib N] [--drive ID=PATH[,ro][,root]]... [--name N]
+//     [--memory-mib N] [--huge-pages none|2M] [--drive ID=PATH[,ro][,root]]... [--name N]
 //     [--label K=V]... [--net]
 absl::StatusOr<fcvm::v1::RunVmRequest> ParseRunVm(FlagParser& flags, const Args& args);
 // get REF
 absl::StatusOr<fcvm::v1::GetVmRequest> ParseGetVm(FlagParser& flags, const Args& args);
-// ls [--label K=V]... [--state S]... [--snapshot REF]
+// ls [--label K=V]... [--state S]... [--snapshot REF] [--pss]
 absl::StatusOr<fcvm::v1::ListVmsRequest> ParseListVms(FlagParser& flags, const Args& args);
+// top [--interval DURATION] [--sort KEY] [--pss] [--iterations N]
+//     [--label K=V]... [--snapshot REF]
+absl::StatusOr<TopOptions> ParseTop(FlagParser& flags, const Args& args);
 // pause REF
 absl::StatusOr<fcvm::v1::PauseVmRequest> ParsePauseVm(FlagParser& flags, const Args& args);
 // resume REF

@@ -12,6 +12,12 @@ install(FILES ${PROJECT_SOURCE_DIR}/systemd/fcvmd.default DESTINATION /etc/defau
 file(GLOB FCVM_DOCS ${PROJECT_SOURCE_DIR}/docs/*.md)
 install(FILES ${PROJECT_SOURCE_DIR}/README.md ${FCVM_DOCS} DESTINATION share/doc/fcvm)
 
+# cpack installs without building `all` first (its preinstall step would
+# otherwise build every test and benchmark, one job at a time): the packaged
+# binaries are built by scripts/package.sh, and before package_test by its
+# dependencies.
+set(CMAKE_SKIP_INSTALL_ALL_DEPENDENCY TRUE)
+
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME fcvm)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})

@@ -173,7 +173,34 @@ absl::StatusOr<vm::VmConfig> FromProto(const v1::VmConfig& config) {
   out.mmds_version = config.mmds_version();
   out.vsock.enabled = config.vsock().enabled();
   out.vsock.guest_cid = config.vsock().guest_cid();
+  out.limits = FromProto(config.limits());
+  switch (config.huge_pages()) {
+    case v1::HUGE_PAGES_UNSPECIFIED:
+    case v1::HUGE_PAGES_NONE:
+      out.huge_pages = vm::HugePages::kNone;
+      break;
+    case v1::HUGE_PAGES_2M:
+      out.huge_pages = vm::HugePages::k2M;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.huge_pages: unknown value ", static_cast<int>(config.huge_pages())));
+  }
   return out;
+}
+
+vm::ResourceLimits FromProto(const v1::ResourceLimits& limits) {
+  return vm::ResourceLimits{.memory_mib = limits.memory_mib(),
+                            .cpu_percent = limits.cpu_percent(),
+                            .cpu_weight = limits.cpu_weight(),
+                            .pids_max = limits.pids_max()};
+}
+
+void ToProto(const vm::ResourceLimits& limits, v1::ResourceLimits* out) {
+  out->set_memory_mib(limits.memory_mib);
+  out->set_cpu_percent(limits.cpu_percent);
+  out->set_cpu_weight(limits.cpu_weight);
+  out->set_pids_max(limits.pids_max);
 }
 
 absl::StatusOr<std::vector<vm::PortMapping>> FromProto(
@@ -225,6 +252,11 @@ void ToProto(const vm::VmConfig& config, v1::VmConfig* out) {
     out->mutable_vsock()->set_enabled(true);
     out->mutable_vsock()->set_guest_cid(config.vsock.guest_cid);
   }
+  const vm::ResourceLimits& l = config.limits;
+  if (l.memory_mib != 0 || l.cpu_percent != 0 || l.cpu_weight != 0 || l.pids_max != 0) {
+    ToProto(l, out->mutable_limits());
+  }
+  out->set_huge_pages(config.huge_pages == vm::HugePages::k2M ? v1::HUGE_PAGES_2M : v1::HUGE_PAGES_NONE);
 }
 
 void ToProto(const vm::VmInfo& info, v1::Vm* out) {
@@ -255,6 +287,14 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
     ToProto(net.publish, n->mutable_publish());
   }
   if (info.created_at != absl::UnixEpoch()) ToProto(info.created_at, out->mutable_created_at());
+  if (info.jailed) {
+    v1::JailStatus* jail = out->mutable_jail();
+    jail->set_uid(info.jail.uid);
+    jail->set_gid(info.jail.gid);
+    jail->set_chroot(info.jail.chroot);
+    jail->set_cgroup_version(info.jail.cgroup_version);
+    ToProto(info.jail.limits, jail->mutable_limits());
+  }
   v1::VmTimings* t = out->mutable_timings();
   ToProto(info.timings.total, t->mutable_total());
   ToProto(info.timings.process_ready, t->mutable_process_ready());
@@ -266,6 +306,31 @@ void ToProto(const vm::VmInfo& info, v1::Vm* out) {
   out->set_error(info.error);
 }
 
+void ToProto(const vm::VmUsage& usage, v1::VmUsage* out) {
+  out->Clear();
+  ToProto(usage.sampled_at, out->mutable_sampled_at());
+  ToProto(usage.cpu_time, out->mutable_cpu_time());
+  out->set_rss_bytes(usage.rss_bytes);
+  if (usage.pss_bytes.has_value()) out->set_pss_bytes(*usage.pss_bytes);
+  out->set_page_faults_served(usage.page_faults_served);
+  ToProto(usage.uptime, out->mutable_uptime());
+}
+
+absl::StatusOr<UsageWanted> FromProto(v1::UsageDetail detail, v1::UsageDetail unspecified_means) {
+  if (detail == v1::USAGE_DETAIL_UNSPECIFIED) detail = unspecified_means;
+  switch (detail) {
+    case v1::USAGE_DETAIL_NONE:
+      return UsageWanted::kNone;
+    case v1::USAGE_DETAIL_BASIC:
+      return UsageWanted::kBasic;
+    case v1::USAGE_DETAIL_FULL:
+      return UsageWanted::kWithPss;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("usage: unknown UsageDetail value ", static_cast<int>(detail)));
+  }
+}
+
 void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   out->Clear();
   out->set_id(info.id);
@@ -275,6 +340,7 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   ToProto(info.config, out->mutable_config());
   out->set_firecracker_version(info.firecracker_version);
   out->set_memory_bytes(info.memory_bytes);
+  out->set_memory_page_size(info.memory_page_size);
   out->set_vmstate_bytes(info.vmstate_bytes);
   out->set_zero_pages(info.zero_pages);
   out->set_working_set_pages(info.working_set_pages);
@@ -299,6 +365,7 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
     host->set_kernel_release(h.kernel_release);
     host->set_page_size(h.page_size);
   }
+  out->set_jailed(info.jailed);
 }
 
 void ToProto(const vm::Event& event, v1::Event* out) {
@@ -406,6 +473,7 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   out.labels = ToMap(request.labels());
   out.stay_paused = request.stay_paused();
   out.all_or_nothing = request.all_or_nothing();
+  if (request.has_limits()) out.limits = FromProto(request.limits());
   out.parallelism = request.parallelism();
   out.metadata_json = request.metadata_json();
   return out;

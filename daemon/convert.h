@@ -50,6 +50,8 @@ fcvm::v1::Event::Kind ToProto(vm::EventKind kind);
 // VmConfig. Ports wider than 16 bits are InvalidArgument; an empty protocol
 // is "tcp". Other checks (ranges, duplicates, files) are the Manager's.
 absl::StatusOr<vm::VmConfig> FromProto(const fcvm::v1::VmConfig& config);
+vm::ResourceLimits FromProto(const fcvm::v1::ResourceLimits& limits);
+void ToProto(const vm::ResourceLimits& limits, fcvm::v1::ResourceLimits* out);
 void ToProto(const vm::VmConfig& config, fcvm::v1::VmConfig* out);
 // `field` prefixes errors ("config.network").
 absl::StatusOr<std::vector<vm::PortMapping>> FromProto(
@@ -58,6 +60,11 @@ void ToProto(const std::vector<vm::PortMapping>& publish,
              google::protobuf::RepeatedPtrField<fcvm::v1::PortMapping>* out);
 
 void ToProto(const vm::VmInfo& info, fcvm::v1::Vm* out);
+void ToProto(const vm::VmUsage& usage, fcvm::v1::VmUsage* out);
+// A request's UsageDetail; UNSPECIFIED is `unspecified_means` (the rpc's
+// default), an unknown value InvalidArgument.
+enum class UsageWanted { kNone, kBasic, kWithPss };
+absl::StatusOr<UsageWanted> FromProto(fcvm::v1::UsageDetail detail, fcvm::v1::UsageDetail unspecified_means);
 void ToProto(const vm::SnapshotInfo& info, fcvm::v1::Snapshot* out);
 void ToProto(const vm::Event& event, fcvm::v1::Event* out);
 void ToProto(const uffd::PageStats& stats, fcvm::v1::FaultStats* out);

@@ -8,8 +8,10 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/calls.h"
 #include "daemon/event_hub.h"
+#include "daemon/grpc_metrics.h"
 #include "daemon/request_cache.h"
 #include "daemon/services.h"
 #include "daemon/worker_pool.h"
@@ -19,8 +21,12 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
+#include "lib/base/process.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
+#include "lib/metrics/http_server.h"
+#include "lib/metrics/process_metrics.h"
+#include "lib/metrics/registry.h"
 #include "lib/vm/manager.h"
 #include "spdlog/spdlog.h"
 
@@ -56,6 +62,34 @@ absl::Status ClaimSocketPath(const std::string& path) {
   return absl::OkStatus();
 }
 
+// The jailer fcvmd runs every Firecracker under: --jailer, else "jailer"
+// beside the Firecracker binary. None found is an error unless --no-jailer
+// (then "": Firecracker runs as root, which only development should do).
+absl::StatusOr<std::string> ChooseJailer(const DaemonOptions& options) {
+  const std::string& firecracker = options.manager.firecracker_bin;
+  if (options.no_jailer) {
+    if (!options.jailer_bin.empty()) return absl::InvalidArgumentError("--jailer and --no-jailer contradict");
+    if (!firecracker.empty()) {
+      spdlog::warn(
+          "--no-jailer: every Firecracker runs as root in fcvmd's namespaces, confined only by its own "
+          "seccomp "
+          "filter; use it for development only (docs/security.md)");
+    }
+    return std::string();
+  }
+  // A Firecracker that is not there is reported as such by the manager.
+  if (!options.jailer_bin.empty() || firecracker.empty() || access(firecracker.c_str(), X_OK) != 0) {
+    return options.jailer_bin;
+  }
+  std::string beside = DirName(firecracker) + "/jailer";
+  if (access(beside.c_str(), X_OK) == 0) return beside;
+  return absl::FailedPreconditionError(
+      absl::StrCat("no jailer: ", beside,
+                   " is not an executable; put Firecracker's jailer (1.7 or later) there, "
+                   "give it with --jailer PATH, or run with --no-jailer (Firecracker then runs as root: "
+                   "development only)"));
+}
+
 // The Manager wants an absolute state directory; a relative --state-dir is
 // taken relative to fcvmd's working directory.
 absl::StatusOr<std::string> Absolute(const std::string& path) {
@@ -75,7 +109,26 @@ struct Daemon::Services {
   SnapshotServiceImpl snapshot;
 };
 
+// Checked before anything is created: a bad flag must not cost a reconcile.
+absl::Status CheckMetricsAddress(const DaemonOptions& options) {
+  if (options.metrics_address.empty()) return absl::OkStatus();
+  absl::StatusOr<metrics::ListenAddress> address = metrics::ParseListenAddress(options.metrics_address);
+  if (!address.ok()) return Annotate(address.status(), "--metrics-address");
+  if (address->kind == metrics::ListenAddress::Kind::kTcp && !address->loopback &&
+      !options.metrics_allow_non_loopback) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics-address ", options.metrics_address,
+        " is not a loopback address; the endpoint has no authentication or TLS, so publishing it needs "
+        "--metrics-allow-non-loopback (see docs/metrics.md)"));
+  }
+  return absl::OkStatus();
+}
+
 Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
+std::string Daemon::metrics_endpoint() const {
+  return metrics_server_ != nullptr ? metrics_server_->address().ToString() : "";
+}
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
@@ -84,11 +137,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return absl::InvalidArgumentError(
         absl::StrCat("--socket must be 1-107 bytes (a Unix socket path), got '", options.socket_path, "'"));
   }
-  if (!options.jailer_bin.empty()) {
-    return absl::UnimplementedError(
-        "--jailer: jailer mode is not implemented yet; VMs run in per-VM mount and network namespaces "
-        "(docs/firecracker.md)");
-  }
+
   if (options.workers < 1 || options.workers > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("--workers must be 1-1024, got ", options.workers));
   }
@@ -105,6 +154,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     return absl::InvalidArgumentError(absl::StrCat("--warm-pool must be 0-256, got ", m.warm_pool_size));
   }
   if (m.state_dir.empty()) return absl::InvalidArgumentError("--state-dir must not be empty");
+  RETURN_IF_ERROR(CheckMetricsAddress(options));
   ASSIGN_OR_RETURN(std::string state_dir, Absolute(options.manager.state_dir));
   RETURN_IF_ERROR(Annotate(MakeDirs(DirName(options.socket_path), 0755), "socket directory"));
   RETURN_IF_ERROR(Annotate(MakeDirs(state_dir, 0700), "state directory"));
@@ -112,11 +162,47 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   // happen under a live fcvmd's feet.
   RETURN_IF_ERROR(ClaimSocketPath(options.socket_path));
 
+  if (options.ksm != KsmMode::kOff) {
+    // Checked here: otherwise every Firecracker launch would fail on it.
+    if (absl::Status st = MemoryMergeSupported(); !st.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("--ksm: ", st.message()));
+    }
+  }
+  if (options.ksm == KsmMode::kManage &&
+      (options.ksm_pages_to_scan < 1 || options.ksm_pages_to_scan > 1000000 ||
+       options.ksm_sleep_millisecs < 1 || options.ksm_sleep_millisecs > 60000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ksm-pages-to-scan must be 1-1000000 and --ksm-sleep-ms 1-60000, got ",
+                     options.ksm_pages_to_scan, " and ", options.ksm_sleep_millisecs));
+  }
+
   std::unique_ptr<Daemon> daemon(new Daemon(options));
   daemon->options_.manager.state_dir = state_dir;
+  ASSIGN_OR_RETURN(daemon->options_.manager.jailer_bin, ChooseJailer(options));
+  daemon->options_.manager.memory_merge = options.ksm != KsmMode::kOff;
+  if (options.ksm == KsmMode::kManage) {
+    ASSIGN_OR_RETURN(daemon->ksm_, KsmControl::Apply({.run = 1,
+                                                      .pages_to_scan = options.ksm_pages_to_scan,
+                                                      .sleep_millisecs = options.ksm_sleep_millisecs}));
+    std::vector<std::string> changed = daemon->ksm_.Describe();
+    spdlog::info("ksm: {}",
+                 changed.empty() ? std::string("already set as asked") : absl::StrJoin(changed, ", "));
+  }
   daemon->started_at_ = absl::Now();
+  daemon->metrics_ = std::make_unique<metrics::Registry>();
+  metrics::Registry& registry = *daemon->metrics_;
+  daemon->options_.manager.metrics_registry = &registry;
   ASSIGN_OR_RETURN(daemon->manager_, vm::Manager::Create(daemon->options_.manager));
   daemon->firecracker_version_ = daemon->manager_->firecracker_version();
+  ASSIGN_OR_RETURN(daemon->metric_handles_, metrics::AddProcessMetrics(registry));
+  ASSIGN_OR_RETURN(metrics::GaugeFamily * build,
+                   registry.AddGaugeFamily({.name = "fcvm_build_info",
+                                            .help = "Always 1: the versions of fcvmd and of its Firecracker.",
+                                            .labels = {"version", "firecracker_version"}}));
+  build->WithLabels({FCVM_VERSION, daemon->firecracker_version_}).Set(1);
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> grpc_metrics,
+                   MakeGrpcMetrics(registry, {"fcvm.v1.SystemService", "fcvm.v1.VmService",
+                                              "fcvm.v1.SnapshotService", "grpc.health.v1.Health"}));
   vm::Manager* manager = daemon->manager_.get();
   daemon->events_ = std::make_shared<EventHub>(
       [manager](std::function<void(const vm::Event&)> callback, std::optional<uint64_t> replay_after) {
@@ -132,10 +218,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                    daemon->cache_.get(),
                    daemon->calls_.get(),
                    daemon->events_};
-  daemon->services_ =
-      std::make_unique<Services>(SystemInfo{FCVM_VERSION, options.manager.firecracker_bin,
-                                            daemon->firecracker_version_, daemon->started_at_},
-                                 deps);
+  daemon->services_ = std::make_unique<Services>(
+      SystemInfo{FCVM_VERSION, options.manager.firecracker_bin, daemon->firecracker_version_,
+                 daemon->started_at_, manager->isolation()},
+      deps);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -148,12 +234,24 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(&daemon->services_->system);
   builder.RegisterService(&daemon->services_->vm);
   builder.RegisterService(&daemon->services_->snapshot);
-  // gRPC creates the socket file itself; a umask matching socket_mode makes it
-  // born with the right mode, so no client ever sees a wider one. Start-up is
-  // the only time fcvmd creates files while it changes the umask.
-  mode_t old_umask = umask(static_cast<mode_t>(~options.socket_mode & 0777));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::move(grpc_metrics));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  // The metrics endpoint before the gRPC socket: a taken port fails the start
+  // before any client is served.
+  if (!options.metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> server = metrics::MetricsServer::Start(
+        &registry,
+        {.address = options.metrics_address, .allow_non_loopback = options.metrics_allow_non_loopback});
+    if (!server.ok()) return Annotate(server.status(), "--metrics-address");
+    daemon->metrics_server_ = *std::move(server);
+  }
+  // gRPC creates the socket file itself, with fcvmd's umask (027, set by
+  // main before any thread: the manager's threads create files already, so
+  // the umask is not changed here): born without write permission for the
+  // group and others, so no client can connect before the chmod below
+  // widens it to socket_mode.
   daemon->server_ = builder.BuildAndStart();
-  umask(old_umask);
   if (daemon->server_ == nullptr) {
     return absl::UnavailableError(absl::StrCat("cannot serve gRPC on unix:", options.socket_path,
                                                " (see the log above for gRPC's reason)"));
@@ -168,6 +266,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                options.socket_path, state_dir,
                options.manager.firecracker_bin.empty() ? "<not configured>" : options.manager.firecracker_bin,
                daemon->firecracker_version_, options.workers);
+  if (daemon->metrics_server_ != nullptr) {
+    spdlog::info("metrics on {} (GET /metrics)", daemon->metrics_server_->address().ToString());
+  }
   return daemon;
 }
 
@@ -175,6 +276,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   absl::Time deadline = absl::Now() + grace;
+  // First: a scrape must not run while the rest goes away.
+  if (metrics_server_ != nullptr) metrics_server_->Stop();
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
     // New unary calls and streams are answered UNAVAILABLE from here on;
@@ -202,6 +305,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   shutdown_.Cancel(absl::UnavailableError("fcvmd is shutting down"));
   if (events_ != nullptr) events_->Detach();  // the services may still hold the hub
   manager_.reset();
+  // After the VMs: ksmd's old settings back (merged pages stay merged).
+  if (absl::Status st = ksm_.Restore(); !st.ok()) spdlog::warn("{}", st);
   if (server_ != nullptr) spdlog::info("fcvmd stopped");
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <map>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -338,6 +339,7 @@ grpc::ServerUnaryReactor* SystemServiceImpl::GetVersion(grpc::CallbackServerCont
     out->set_firecracker_path(info_.firecracker_path);
     out->set_firecracker_version(info_.firecracker_version);
     out->set_api_version(kApiVersion);
+    out->set_isolation(info_.isolation);
     ToProto(info_.started_at, out->mutable_started_at());
     return absl::OkStatus();
   });
@@ -413,9 +415,15 @@ grpc::ServerUnaryReactor* VmServiceImpl::GetVm(grpc::CallbackServerContext* cont
                                                const v1::GetVmRequest* request, v1::Vm* response) {
   return AnswerNow(context, response, [&](v1::Vm* out) -> absl::Status {
     if (request->ref().empty()) return absl::InvalidArgumentError("ref is required");
+    absl::StatusOr<UsageWanted> usage = FromProto(request->usage(), v1::USAGE_DETAIL_FULL);
+    if (!usage.ok()) return usage.status();
     absl::StatusOr<vm::VmInfo> vm = deps_.manager->Get(request->ref());
     if (!vm.ok()) return vm.status();
     ToProto(*vm, out);
+    if (*usage != UsageWanted::kNone) {
+      std::map<std::string, vm::VmUsage> u = deps_.manager->Usage({vm->id}, *usage == UsageWanted::kWithPss);
+      if (auto it = u.find(vm->id); it != u.end()) ToProto(it->second, out->mutable_usage());
+    }
     return absl::OkStatus();
   });
 }
@@ -426,9 +434,21 @@ grpc::ServerUnaryReactor* VmServiceImpl::ListVms(grpc::CallbackServerContext* co
   return AnswerNow(context, response, [&](v1::ListVmsResponse* out) -> absl::Status {
     absl::StatusOr<vm::ListFilter> filter = FromProto(*request);
     if (!filter.ok()) return filter.status();
-    return FillPage<v1::Vm>(
+    absl::StatusOr<UsageWanted> usage = FromProto(request->usage(), v1::USAGE_DETAIL_BASIC);
+    if (!usage.ok()) return usage.status();
+    absl::Status st = FillPage<v1::Vm>(
         deps_.manager->List(*filter), request->page_size(), request->page_token(),
         [out](v1::Vm&& vm) { out->add_vms()->Swap(&vm); }, out->mutable_next_page_token());
+    if (!st.ok() || *usage == UsageWanted::kNone) return st;
+    // Only the VMs of this page.
+    std::vector<std::string> ids;
+    ids.reserve(static_cast<size_t>(out->vms_size()));
+    for (const v1::Vm& vm : out->vms()) ids.push_back(vm.id());
+    std::map<std::string, vm::VmUsage> u = deps_.manager->Usage(ids, *usage == UsageWanted::kWithPss);
+    for (v1::Vm& vm : *out->mutable_vms()) {
+      if (auto it = u.find(vm.id()); it != u.end()) ToProto(it->second, vm.mutable_usage());
+    }
+    return absl::OkStatus();
   });
 }
 

@@ -41,6 +41,8 @@ struct SystemInfo {
   std::string firecracker_path;
   std::string firecracker_version;
   absl::Time started_at;
+  // "jailer 1.7.0" or "none".
+  std::string isolation;
 };
 
 // API protocol version reported by GetVersion; bumped on incompatible changes.

@@ -32,8 +32,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Every Firecracker runs under the jailer (docs/security.md) when there is one
+# beside Firecracker (or FCVM_JAILER_BIN); otherwise the demo says so and runs
+# unjailed, as root.
+jail_args=(--no-jailer)
+jailer="${FCVM_JAILER_BIN:-$(dirname "$FCVM_FIRECRACKER_BIN")/jailer}"
+if [ -x "$jailer" ]; then
+  jail_args=(--jailer "$jailer")
+else
+  echo "demo: no jailer at $jailer: Firecracker runs unjailed, as root (set FCVM_JAILER_BIN to jail it)" >&2
+fi
 "$bin/daemon/fcvmd" --socket "$sock" --state-dir "$work/state" --firecracker "$FCVM_FIRECRACKER_BIN" \
-  --log-level warn 2>"$work/fcvmd.log" &
+  "${jail_args[@]}" --log-level warn 2>"$work/fcvmd.log" &
 daemon_pid=$!
 for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
 

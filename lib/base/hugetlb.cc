@@ -81,6 +81,31 @@ absl::StatusOr<HugePagePool> ReadHugePagePool() {
   return pool;
 }
 
+absl::StatusOr<HugePagePool> ReadHugePagePoolOf(uint64_t page_size, const std::string& sysfs_dir) {
+  std::string dir = absl::StrCat(sysfs_dir, "/hugepages-", page_size >> 10, "kB");
+  if (::access(dir.c_str(), F_OK) != 0) {
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": no hugetlb pool of ", page_size >> 10, " KiB pages on this host"));
+  }
+  auto read = [&dir](const char* name) -> absl::StatusOr<uint64_t> {
+    std::string path = absl::StrCat(dir, "/", name);
+    ASSIGN_OR_RETURN(std::string s, ReadFile(path));
+    uint64_t v = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(s), &v)) {
+      return absl::InternalError(absl::StrCat(path, ": unexpected contents '", s, "'"));
+    }
+    return v;
+  };
+  HugePagePool pool;
+  pool.page_size = page_size;
+  ASSIGN_OR_RETURN(pool.total, read("nr_hugepages"));
+  ASSIGN_OR_RETURN(pool.free, read("free_hugepages"));
+  ASSIGN_OR_RETURN(pool.reserved, read("resv_hugepages"));
+  ASSIGN_OR_RETURN(pool.surplus, read("surplus_hugepages"));
+  ASSIGN_OR_RETURN(pool.overcommit, read("nr_overcommit_hugepages"));
+  return pool;
+}
+
 absl::StatusOr<HugePageReservation> HugePageReservation::Add(uint64_t pages) {
   ASSIGN_OR_RETURN(HugePagePool pool, ReadHugePagePool());
   if (pages == 0) return HugePageReservation(0, pool.page_size);

@@ -19,10 +19,31 @@ struct HugePagePool {
   uint64_t free = 0;       // HugePages_Free (includes reserved-but-unused pages)
   uint64_t reserved = 0;   // HugePages_Rsvd: promised to mappings, not yet faulted in
   uint64_t surplus = 0;    // HugePages_Surp
+  // nr_overcommit_hugepages: how many surplus pages the kernel may add on
+  // demand from free memory (0 unless an administrator allowed it). Only
+  // ReadHugePagePoolOf fills it in.
+  uint64_t overcommit = 0;
+
+  // Pages a new mapping can still count on: free and not promised to another
+  // mapping, plus the surplus the kernel may still add (which it can fail to
+  // find when memory is short or fragmented).
+  uint64_t available() const {
+    uint64_t unpromised = free > reserved ? free - reserved : 0;
+    return unpromised + (overcommit > surplus ? overcommit - surplus : 0);
+  }
 };
 
-// Parses /proc/meminfo. NotFound when the kernel reports no hugetlb pool.
+// Parses /proc/meminfo (the default huge page size). NotFound when the kernel
+// reports no hugetlb pool.
 absl::StatusOr<HugePagePool> ReadHugePagePool();
+
+// The pool of `page_size`-byte pages, whatever the host's default size (a
+// guest with "huge_pages": "2M" takes 2 MiB pages even where the default is
+// 1 GiB): <sysfs_dir>/hugepages-<KiB>kB/{nr,free,resv,surplus,
+// nr_overcommit}_hugepages. NotFound when the kernel has no pool of that size
+// (no hugetlb, or the size is not supported); the read's error otherwise.
+absl::StatusOr<HugePagePool> ReadHugePagePoolOf(uint64_t page_size,
+                                                const std::string& sysfs_dir = "/sys/kernel/mm/hugepages");
 
 // Adds `pages` pages of the default huge page size to the pool (writes
 // /proc/sys/vm/nr_hugepages) for the lifetime of the object, and takes them

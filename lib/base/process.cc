@@ -25,6 +25,11 @@ extern char** environ;
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
+// Linux 6.4 (include/uapi/linux/prctl.h); this libc's headers predate it.
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
 
 namespace fcvm {
 namespace {
@@ -41,6 +46,7 @@ enum class ChildStep : int {
   kSetsid,
   kExec,
   kDeathSignal,
+  kMemoryMerge,
 };
 
 struct ChildReport {
@@ -66,6 +72,7 @@ struct ChildPlan {
   const char* cwd = nullptr;
   bool new_session = true;
   int parent_death_signal = 0;
+  bool memory_merge = false;
 };
 
 [[noreturn]] void ChildFail(int err_fd, ChildStep step, int index = 0) {
@@ -114,6 +121,9 @@ struct ChildPlan {
   if (plan.parent_death_signal != 0 && prctl(PR_SET_PDEATHSIG, plan.parent_death_signal) < 0) {
     ChildFail(err_fd, ChildStep::kDeathSignal);
   }
+  if (plan.memory_merge && prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) < 0) {
+    ChildFail(err_fd, ChildStep::kMemoryMerge);
+  }
   if (plan.new_session && setsid() < 0) ChildFail(err_fd, ChildStep::kSetsid);
   if (plan.netns_fd >= 0 && setns(plan.netns_fd, CLONE_NEWNET) < 0) ChildFail(err_fd, ChildStep::kSetns);
   if (plan.new_mount_namespace) {
@@ -159,6 +169,8 @@ absl::Status ReportToStatus(const ChildReport& report, const SpawnOptions& optio
       return ErrnoError(report.err, absl::StrCat("spawn ", prog, ": setsid"));
     case ChildStep::kDeathSignal:
       return ErrnoError(report.err, absl::StrCat("spawn ", prog, ": prctl(PR_SET_PDEATHSIG)"));
+    case ChildStep::kMemoryMerge:
+      return ErrnoError(report.err, absl::StrCat("spawn ", prog, ": prctl(PR_SET_MEMORY_MERGE)"));
     case ChildStep::kExec:
       return ErrnoError(report.err, absl::StrCat("exec ", prog));
   }
@@ -217,6 +229,7 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   plan.cwd = options.cwd.empty() ? nullptr : options.cwd.c_str();
   plan.new_session = options.new_session;
   plan.parent_death_signal = options.parent_death_signal;
+  plan.memory_merge = options.memory_merge;
   if (!options.bind_mounts.empty() && !options.new_mount_namespace) {
     return absl::InvalidArgumentError("spawn: bind mounts need new_mount_namespace");
   }
@@ -359,6 +372,17 @@ pid_t Process::Release() {
   pidfd_.Reset();
   exit_.reset();
   return std::exchange(pid_, -1);
+}
+
+absl::Status MemoryMergeSupported() {
+  if (prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) >= 0) return absl::OkStatus();
+  if (errno == EINVAL) {
+    return absl::UnimplementedError(
+        "prctl(PR_GET_MEMORY_MERGE): Invalid argument: this kernel has no per-process KSM merging (Linux "
+        "6.4+ "
+        "with CONFIG_KSM)");
+  }
+  return ErrnoError("prctl(PR_GET_MEMORY_MERGE)");
 }
 
 absl::StatusOr<std::string> RunAndCapture(const std::vector<std::string>& argv, absl::Duration timeout) {

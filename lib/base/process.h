@@ -66,6 +66,12 @@ struct SpawnOptions {
   // Signal sent to the child when the spawning thread exits (PR_SET_PDEATHSIG);
   // 0 = none. fcvmd leaves it at 0 so that VMs survive a daemon restart.
   int parent_death_signal = 0;
+  // Makes every anonymous mapping of the new program mergeable by KSM
+  // (prctl PR_SET_MEMORY_MERGE, set in the child just before exec; the setting
+  // survives execve and is inherited by the program's own children). Linux
+  // 6.4 or later: on older kernels Spawn fails ("prctl(PR_SET_MEMORY_MERGE):
+  // Invalid argument"); MemoryMergeSupported() tells beforehand.
+  bool memory_merge = false;
 };
 
 struct ExitStatus {
@@ -132,6 +138,11 @@ class Process {
   bool is_child_ = false;
   std::optional<ExitStatus> exit_;
 };
+
+// OK when this kernel has per-process KSM merging (PR_SET_MEMORY_MERGE, Linux
+// 6.4+); otherwise the prctl's error (Unimplemented naming the kernel feature
+// for EINVAL).
+absl::Status MemoryMergeSupported();
 
 // Runs `argv` to completion and returns what it wrote to stdout (stderr is
 // appended after it). Killed and DeadlineExceeded after `timeout`;

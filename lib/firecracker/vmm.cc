@@ -137,6 +137,7 @@ absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary
   spawn.env = std::vector<std::string>{};  // Firecracker needs no environment
   spawn.netns_fd = opts.netns_fd;
   spawn.parent_death_signal = opts.parent_death_signal;
+  spawn.memory_merge = opts.memory_merge;
   if (opts.jail.has_value()) {
     RETURN_IF_ERROR(vmm->PrepareJailedSpawn(binary, opts, &spawn));
   } else {

@@ -109,6 +109,10 @@ struct VmmOptions {
   bool new_mount_namespace = false;  // implied by bind_mounts
   // Signal Firecracker gets when the launching thread dies; 0 = none.
   int parent_death_signal = 0;
+  // Guest memory (all of Firecracker's anonymous memory) mergeable by KSM:
+  // PR_SET_MEMORY_MERGE set just before exec (SpawnOptions::memory_merge;
+  // inherited through the jailer). Merging happens only while ksmd runs.
+  bool memory_merge = false;
   // More Firecracker arguments.
   std::vector<std::string> extra_args;
   // Start Firecracker through the jailer (see jail.h).

@@ -116,6 +116,9 @@ class FamilyBase {
   virtual void Render(std::string* out) = 0;
   // Names this family renders besides desc().name.
   virtual std::vector<std::string> ExtraNames() const { return {}; }
+  // Callback families: after this returns the callback is not running and
+  // never runs again.
+  virtual void Clear() {}
 
  protected:
   const MetricType type_;
@@ -208,51 +211,93 @@ class SeriesFamily : public FamilyBase {
   const std::unique_ptr<Series> sink_;
 };
 
+// Keeps the valid samples of a callback, in label order, at most `cap` of
+// them and no label combination twice; returns how many were dropped.
+template <typename S, typename Valid>
+size_t FilterSamples(std::vector<S>& samples, size_t cap, Valid valid) {
+  size_t before = samples.size();
+  samples.erase(std::remove_if(samples.begin(), samples.end(), [&](const S& s) { return !valid(s); }),
+                samples.end());
+  std::stable_sort(samples.begin(), samples.end(),
+                   [](const S& a, const S& b) { return a.label_values < b.label_values; });
+  samples.erase(std::unique(samples.begin(), samples.end(),
+                            [](const S& a, const S& b) { return a.label_values == b.label_values; }),
+                samples.end());
+  if (samples.size() > cap) samples.resize(cap);
+  return before - samples.size();
+}
+
+// A family whose samples a callback computes at each scrape.
+template <typename S>
 class CallbackFamily : public FamilyBase {
  public:
-  CallbackFamily(MetricType type, MetricDesc desc, CollectFn collect)
-      : FamilyBase(type, std::move(desc)), collect_(std::move(collect)) {}
+  using Fn = std::function<std::vector<S>()>;
+  CallbackFamily(MetricType type, MetricDesc desc, Fn collect, std::vector<double> upper_bounds = {})
+      : FamilyBase(type, std::move(desc)),
+        upper_bounds_(std::move(upper_bounds)),
+        collect_(std::move(collect)) {}
 
-  // After this returns the callback is not running and never runs again.
-  void Clear() {
+  void Clear() override {
     absl::MutexLock lock(&call_mu_);
     collect_ = nullptr;
   }
 
+  std::vector<std::string> ExtraNames() const override {
+    if (type_ != MetricType::kHistogram) return {};
+    return {desc_.name + "_bucket", desc_.name + "_sum", desc_.name + "_count"};
+  }
+
   void Render(std::string* out) override {
-    std::vector<Sample> samples;
+    std::vector<S> samples;
     {
       absl::MutexLock lock(&call_mu_);
       if (!collect_) return;
       samples = collect_();
     }
-    // Valid samples in label order, at most max_series of them, no repeats.
     size_t cap = desc_.labels.empty() ? 1 : desc_.max_series;
-    size_t before = samples.size();
-    samples.erase(
-        std::remove_if(samples.begin(), samples.end(),
-                       [&](const Sample& s) { return s.label_values.size() != desc_.labels.size(); }),
-        samples.end());
-    std::stable_sort(samples.begin(), samples.end(),
-                     [](const Sample& a, const Sample& b) { return a.label_values < b.label_values; });
-    samples.erase(
-        std::unique(samples.begin(), samples.end(),
-                    [](const Sample& a, const Sample& b) { return a.label_values == b.label_values; }),
-        samples.end());
-    if (samples.size() > cap) samples.resize(cap);
-    if (samples.size() < before) dropped_.fetch_add(before - samples.size(), std::memory_order_relaxed);
+    size_t dropped = FilterSamples(samples, cap, [this](const S& s) { return Valid(s); });
+    if (dropped > 0) dropped_.fetch_add(dropped, std::memory_order_relaxed);
     if (samples.empty()) return;
     AppendHeader(out, desc_, type_);
-    for (const Sample& s : samples) {
+    for (const S& s : samples) RenderSample(out, s);
+  }
+
+ private:
+  bool Valid(const S& s) const {
+    if (s.label_values.size() != desc_.labels.size()) return false;
+    if constexpr (std::is_same_v<S, HistogramSample>) {
+      return s.bucket_counts.size() == upper_bounds_.size() + 1;
+    } else {
+      return true;
+    }
+  }
+
+  void RenderSample(std::string* out, const S& s) const {
+    if constexpr (std::is_same_v<S, HistogramSample>) {
+      uint64_t running = 0;
+      for (size_t i = 0; i < s.bucket_counts.size(); ++i) {
+        running += s.bucket_counts[i];
+        std::string le = i < upper_bounds_.size() ? FormatValue(upper_bounds_[i]) : "+Inf";
+        absl::StrAppend(out, desc_.name, "_bucket");
+        AppendLabels(out, desc_.labels, s.label_values, "le", le);
+        absl::StrAppend(out, " ", running, "\n");
+      }
+      absl::StrAppend(out, desc_.name, "_sum");
+      AppendLabels(out, desc_.labels, s.label_values);
+      absl::StrAppend(out, " ", FormatValue(s.sum), "\n");
+      absl::StrAppend(out, desc_.name, "_count");
+      AppendLabels(out, desc_.labels, s.label_values);
+      absl::StrAppend(out, " ", running, "\n");
+    } else {
       out->append(desc_.name);
       AppendLabels(out, desc_.labels, s.label_values);
       absl::StrAppend(out, " ", FormatValue(s.value), "\n");
     }
   }
 
- private:
+  const std::vector<double> upper_bounds_;
   absl::Mutex call_mu_;
-  CollectFn collect_ ABSL_GUARDED_BY(call_mu_);
+  Fn collect_ ABSL_GUARDED_BY(call_mu_);
 };
 
 }  // namespace internal
@@ -418,7 +463,7 @@ void Registry::RemoveCallback(const std::string& name) {
     }
   }
   // Outside the registry lock: a scrape running this callback may need it.
-  static_cast<internal::CallbackFamily*>(family.get())->Clear();
+  family->Clear();
 }
 
 template <typename Series>
@@ -477,7 +522,22 @@ absl::StatusOr<CallbackHandle> Registry::AddCallback(MetricType type, MetricDesc
   RETURN_IF_ERROR(Validate(type, desc));
   std::string name = desc.name;
   RETURN_IF_ERROR(
-      Add(std::make_shared<internal::CallbackFamily>(type, std::move(desc), std::move(collect))).status());
+      Add(std::make_shared<internal::CallbackFamily<Sample>>(type, std::move(desc), std::move(collect)))
+          .status());
+  return CallbackHandle(this, std::move(name));
+}
+
+absl::StatusOr<CallbackHandle> Registry::AddHistogramCallback(MetricDesc desc,
+                                                              std::vector<double> upper_bounds,
+                                                              HistogramCollectFn collect) {
+  if (!collect) return absl::InvalidArgumentError(absl::StrCat(desc.name, ": no callback"));
+  RETURN_IF_ERROR(Validate(MetricType::kHistogram, desc));
+  RETURN_IF_ERROR(ValidateBounds(desc.name, upper_bounds));
+  std::string name = desc.name;
+  RETURN_IF_ERROR(
+      Add(std::make_shared<internal::CallbackFamily<HistogramSample>>(
+              MetricType::kHistogram, std::move(desc), std::move(collect), std::move(upper_bounds)))
+          .status());
   return CallbackHandle(this, std::move(name));
 }
 

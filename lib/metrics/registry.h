@@ -154,6 +154,19 @@ struct Sample {
 // remove metrics of the same registry.
 using CollectFn = std::function<std::vector<Sample>()>;
 
+// One series of a callback histogram: counts kept elsewhere (the page
+// server's per-session fault latencies), handed over at scrape time.
+struct HistogramSample {
+  std::vector<std::string> label_values;  // one per declared label name, in order
+  // Observations per bucket, NOT cumulative: one entry per registered upper
+  // bound (observations above the previous bound and <= this one), then one
+  // for those above the last bound (+Inf).
+  std::vector<uint64_t> bucket_counts;
+  double sum = 0;
+};
+// Same rules as CollectFn.
+using HistogramCollectFn = std::function<std::vector<HistogramSample>()>;
+
 class Registry;
 
 // Keeps a callback family registered. Destroying (or Reset()) removes the
@@ -215,6 +228,12 @@ class Registry {
   // past max_series are dropped and counted. Same errors as above, and
   // InvalidArgument for kHistogram or an empty `collect`.
   absl::StatusOr<CallbackHandle> AddCallback(MetricType type, MetricDesc desc, CollectFn collect);
+  // A histogram family whose series `collect` returns at each scrape. A
+  // sample whose bucket_counts does not have upper_bounds.size() + 1 entries
+  // is dropped and counted like a sample with the wrong labels. Errors: as
+  // AddHistogramFamily, and InvalidArgument for an empty `collect`.
+  absl::StatusOr<CallbackHandle> AddHistogramCallback(MetricDesc desc, std::vector<double> upper_bounds,
+                                                      HistogramCollectFn collect);
 
   // The text exposition format 0.0.4: families sorted by name, series by label
   // values, each family with its # HELP and # TYPE lines. Families without

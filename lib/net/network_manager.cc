@@ -209,16 +209,18 @@ VmNetwork NetworkManager::Describe(const std::string& vm_id, const Allocation& a
 }
 
 absl::StatusOr<VmNetwork> NetworkManager::Setup(const std::string& vm_id,
-                                                const std::vector<PublishedPort>& published) {
+                                                const std::vector<PublishedPort>& published,
+                                                std::optional<uid_t> tap_owner) {
   RETURN_IF_ERROR(Acquire(vm_id));
   absl::Cleanup release = [&] { Release(vm_id); };
-  absl::StatusOr<VmNetwork> n = SetupLocked(vm_id, published);
+  absl::StatusOr<VmNetwork> n = SetupLocked(vm_id, published, tap_owner.value_or(options_.tap_owner_uid));
   if (!n.ok()) return Annotate(n.status(), absl::StrCat("set up network of vm ", vm_id));
   return n;
 }
 
 absl::StatusOr<VmNetwork> NetworkManager::SetupLocked(const std::string& vm_id,
-                                                      const std::vector<PublishedPort>& published) {
+                                                      const std::vector<PublishedPort>& published,
+                                                      uid_t tap_owner) {
   const std::string netns_name = NetnsName(vm_id);
   struct stat st;
   if (lstat(NetnsPath(netns_name).c_str(), &st) == 0) {
@@ -237,7 +239,7 @@ absl::StatusOr<VmNetwork> NetworkManager::SetupLocked(const std::string& vm_id,
   ASSIGN_OR_RETURN(n.netns, CreateNamedNetns(netns_name, [&]() -> absl::Status {
                      ASSIGN_OR_RETURN(Netlink nl, Netlink::Open());
                      RETURN_IF_ERROR(nl.SetLinkUp("lo"));
-                     RETURN_IF_ERROR(CreateTap(n.tap_name, options_.tap_owner_uid));
+                     RETURN_IF_ERROR(CreateTap(n.tap_name, tap_owner));
                      RETURN_IF_ERROR(nl.AddAddress(n.tap_name, n.gateway_ip, n.guest_prefix_len));
                      RETURN_IF_ERROR(nl.SetLinkUp(n.tap_name));
                      // The host end is created straight in the host namespace.

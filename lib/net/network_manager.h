@@ -33,6 +33,7 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -109,8 +110,11 @@ class NetworkManager {
   // Creates the network of `vm_id`. InvalidArgument for a bad VM id;
   // AlreadyExists when its namespace exists or a host port is taken;
   // ResourceExhausted when the pool is exhausted; otherwise the error of the
-  // step that failed, after everything done so far has been undone.
-  absl::StatusOr<VmNetwork> Setup(const std::string& vm_id, const std::vector<PublishedPort>& published = {});
+  // step that failed, after everything done so far has been undone. The tap
+  // is owned by `tap_owner` (a jailed Firecracker's uid, which may open only
+  // a tap it owns), else by options().tap_owner_uid.
+  absl::StatusOr<VmNetwork> Setup(const std::string& vm_id, const std::vector<PublishedPort>& published = {},
+                                  std::optional<uid_t> tap_owner = std::nullopt);
 
   // The network Setup made earlier (for instance before fcvmd restarted).
   // NotFound when `vm_id` has none.
@@ -141,8 +145,8 @@ class NetworkManager {
                  Ipv4 guest_ip, Ipv4 gateway_ip);
 
   absl::Status InstallHostRules();
-  absl::StatusOr<VmNetwork> SetupLocked(const std::string& vm_id,
-                                        const std::vector<PublishedPort>& published);
+  absl::StatusOr<VmNetwork> SetupLocked(const std::string& vm_id, const std::vector<PublishedPort>& published,
+                                        uid_t tap_owner);
   absl::Status TeardownLocked(const std::string& vm_id);
   VmNetwork Describe(const std::string& vm_id, const Allocation& a) const;
   std::string NsRules(const Allocation& a) const;

@@ -60,8 +60,10 @@ std::string RecordToJson(const SnapshotRecord& r) {
   j["config"] = json::parse(r.config_json.empty() ? "{}" : r.config_json, nullptr, false);
   j["firecracker_version"] = r.firecracker_version;
   if (!r.host_json.empty()) j["host"] = json::parse(r.host_json, nullptr, false);
+  j["jailed"] = r.jailed;
   j["disk_ids"] = r.disk_ids;
   j["memory_bytes"] = r.memory_bytes;
+  if (r.memory_page_size != 0) j["memory_page_size"] = r.memory_page_size;
   j["vmstate_bytes"] = r.vmstate_bytes;
   j["memory_sha256"] = r.memory_sha256;
   j["vmstate_sha256"] = r.vmstate_sha256;
@@ -82,9 +84,11 @@ absl::StatusOr<SnapshotRecord> RecordFromJson(const std::string& text) {
     r.config_json = j.contains("config") ? j["config"].dump() : "{}";
     r.firecracker_version = j.value("firecracker_version", "");
     if (j.contains("host") && j["host"].is_object()) r.host_json = j["host"].dump();
+    r.jailed = j.value("jailed", false);
     r.disk_ids = j.value("disk_ids", std::vector<std::string>{});
     r.memory_bytes = j.at("memory_bytes").get<uint64_t>();
     r.vmstate_bytes = j.at("vmstate_bytes").get<uint64_t>();
+    r.memory_page_size = j.value("memory_page_size", uint64_t{0});
     r.memory_sha256 = j.value("memory_sha256", "");
     r.vmstate_sha256 = j.value("vmstate_sha256", "");
     r.created_at = absl::FromUnixNanos(j.value("created_at_unix_ns", int64_t{0}));

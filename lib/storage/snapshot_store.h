@@ -43,6 +43,12 @@ struct SnapshotRecord {
   // empty for snapshots made before fcvm recorded it.
   std::string host_json;
   std::vector<std::string> disk_ids;  // files under disks/
+  // Made by a jailed VM: its baked-in paths are jail paths.
+  bool jailed = false;
+  // Page size of the guest memory the memory file holds, in bytes (4096, or
+  // 2 MiB for a hugetlbfs guest, which Firecracker restores only through a
+  // page server); 0 in records written before it was recorded.
+  uint64_t memory_page_size = 0;
   // Filled in by Commit.
   uint64_t memory_bytes = 0;
   uint64_t vmstate_bytes = 0;

@@ -52,6 +52,7 @@ void PageStats::Merge(const PageStats& o) {
   eexist += o.eexist;
   remove_events += o.remove_events;
   latency.Merge(o.latency);
+  latency_sum_ns += o.latency_sum_ns;
 }
 
 std::string PageStats::ToString() const {
@@ -74,6 +75,7 @@ PageStats AtomicPageStats::Read() const {
   s.eexist = r(eexist);
   s.remove_events = r(remove_events);
   for (int i = 0; i < LatencyHistogram::kBuckets; ++i) s.latency.buckets()[i] = r(latency[i]);
+  s.latency_sum_ns = r(latency_sum_ns);
   return s;
 }
 

@@ -42,7 +42,8 @@ struct PageStats {
   uint64_t eagain = 0;  // ioctls that returned EAGAIN (retried)
   uint64_t eexist = 0;  // ioctls that hit an already present page
   uint64_t remove_events = 0;
-  LatencyHistogram latency;  // fault service time: event read -> page installed
+  LatencyHistogram latency;     // fault service time: event read -> page installed
+  uint64_t latency_sum_ns = 0;  // sum of the fault service times in `latency`
 
   void Merge(const PageStats& other);
   double p50_us() const { return static_cast<double>(latency.PercentileNs(0.50)) / 1000.0; }
@@ -55,11 +56,15 @@ struct AtomicPageStats {
   std::atomic<uint64_t> faults{0}, pages_copied{0}, zero_pages{0}, prefetched_pages{0}, bytes_copied{0},
       eagain{0}, eexist{0}, remove_events{0};
   std::array<std::atomic<uint64_t>, LatencyHistogram::kBuckets> latency{};
+  std::atomic<uint64_t> latency_sum_ns{0};
 
   static void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
-  void AddLatency(uint64_t ns) { Bump(latency[LatencyHistogram::BucketOf(ns)]); }
+  void AddLatency(uint64_t ns) {
+    Bump(latency[LatencyHistogram::BucketOf(ns)]);
+    Bump(latency_sum_ns, ns);
+  }
   PageStats Read() const;
 };
 

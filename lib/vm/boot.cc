@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/base/logging.h"
 #include "lib/base/status.h"
+#include "lib/firecracker/vmm.h"
 #include "lib/vm/core.h"
 #include "lib/vm/provision.h"
 #include "lib/vm/validate.h"
@@ -16,12 +17,17 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   const VmConfig& config = request.config;
   RETURN_IF_ERROR(core.RequireVmms());
   RETURN_IF_ERROR(ValidateConfig(config));
+  // Checked here, by the path the client gave: a jailed Firecracker would
+  // name its own copy in the chroot.
+  RETURN_IF_ERROR(firecracker::CheckKernelImage(config.kernel_path));
   RETURN_IF_ERROR(ValidateLabels("vm labels", request.labels));
   RETURN_IF_ERROR(ValidateMetadata(request.metadata_json));
   if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
-  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, 1));
+  RETURN_IF_ERROR(CheckGuestMemory(core, config, 1));
   DriveSource image = [](const DriveConfig& d) { return d.path; };
   RETURN_IF_ERROR(CheckDiskForCopies(core, config, image, 1, "the VM's private disk copies"));
+  RETURN_IF_ERROR(CheckLimitsEnforceable(core, config.limits));
+  ASSIGN_OR_RETURN(firecracker::CgroupLimits limits, CgroupLimitsFor(config, config.limits));
 
   // An unnamed VM is named after its id, which it gets in Creation::Begin.
   std::optional<Registry::Reservation> names;
@@ -33,10 +39,12 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   info.labels = request.labels;
   info.config = config;
   // A VM with a network needs a process started inside its namespace: never
-  // a pooled one.
+  // a pooled one. Nor does a jailed one: its kernel may be on another file
+  // system, which only a launch can bind-mount into its jail.
+  bool may_use_pool = !config.network.enabled && !core.jailed();
   ASSIGN_OR_RETURN(
       std::unique_ptr<Creation> vm,
-      Creation::Begin(core, std::move(info), names.has_value() ? &*names : nullptr, !config.network.enabled));
+      Creation::Begin(core, std::move(info), names.has_value() ? &*names : nullptr, may_use_pool));
   auto fail = [&vm](absl::Status st) {
     vm->Fail(st);
     return st;
@@ -45,15 +53,21 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   if (config.network.enabled) {
     if (absl::Status st = vm->SetupNetwork(config.network.publish); !st.ok()) return fail(st);
   }
-  if (absl::Status st = vm->AttachProcessAndDrives(config, image, cancel); !st.ok()) return fail(st);
+  VmFiles files;
+  files.shared.push_back({.host_path = config.kernel_path, .jail_path = "/vmlinux"});
+  if (!config.initrd_path.empty())
+    files.shared.push_back({.host_path = config.initrd_path, .jail_path = "/initrd"});
+  if (absl::Status st = vm->AttachProcessAndDrives(config, image, files, limits, cancel); !st.ok())
+    return fail(st);
   if (absl::Status st = cancel.Check(); !st.ok()) return fail(st);
 
   firecracker::BootSpec spec;
-  spec.boot_source.kernel_image_path = config.kernel_path;
+  spec.boot_source.kernel_image_path = vm->VmmPath("/vmlinux", config.kernel_path);
   spec.boot_source.boot_args = config.boot_args;
-  if (!config.initrd_path.empty()) spec.boot_source.initrd_path = config.initrd_path;
+  if (!config.initrd_path.empty()) spec.boot_source.initrd_path = vm->VmmPath("/initrd", config.initrd_path);
   spec.machine.vcpu_count = static_cast<int>(config.vcpu_count);
   spec.machine.mem_size_mib = config.memory_mib;
+  if (config.huge_pages == HugePages::k2M) spec.machine.huge_pages = "2M";
   spec.drives = core.FirecrackerDrives(config);
   if (config.network.enabled) {
     firecracker::NetworkInterface nic;
@@ -70,7 +84,9 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   if (config.vsock.enabled) {
     spec.vsock = firecracker::VsockDevice{
         config.vsock.guest_cid != 0 ? config.vsock.guest_cid : kDefaultGuestCid, kVsockSocketName};
-    const std::string path = vm->entry().dir + "/" + kVsockSocketName;
+    // Relative: Firecracker binds it in its working directory, the VM's
+    // directory, or its chroot's root when jailed.
+    const std::string path = VsockHostPath(*vm);
     core.registry.Update(vm->entry(), [&](VmInfo& v) { v.vsock_path = path; });
   }
   // The VM's metadata is in place before its first instruction.

@@ -11,6 +11,8 @@
 // network) -> network -> process + drives -> page-server listener -> load
 // the snapshot -> prefetch the working set, then resume -> Commit.
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <utility>
@@ -32,6 +34,7 @@ struct Source {
   storage::SnapshotRecord snap;
   VmConfig config;
   std::string dir;
+  firecracker::CgroupLimits limits;  // of each clone (jailed)
 };
 
 // The clone's MMDS: the request's metadata and the clone's own fcvm keys
@@ -42,6 +45,10 @@ absl::Status PutCloneMetadata(Core& core, Creation& vm, const CloneRequest& req,
   ASSIGN_OR_RETURN(std::string doc, ComposeMetadata(info, req.metadata_json, index));
   return Annotate(vm.vmm().PutMmds(doc), "set the clone's metadata (MMDS)");
 }
+// Where a jailed clone finds the snapshot's files in its chroot.
+constexpr char kJailVmstate[] = "/snapshot/vmstate";
+constexpr char kJailMemory[] = "/snapshot/memory";
+constexpr char kJailUffdSocket[] = "/uffd.sock";
 
 absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneRequest& req,
                                 Registry::Reservation& names, const std::string& name, uint32_t index,
@@ -76,17 +83,29 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   DriveSource snapshot_disk = [&src](const DriveConfig& d) {
     return storage::SnapshotStore::DiskPath(src.dir, d.drive_id);
   };
-  if (absl::Status st = vm->AttachProcessAndDrives(config, snapshot_disk, cancel); !st.ok()) return fail(st);
+  std::string mem = storage::SnapshotStore::MemoryPath(src.dir);
+  std::string vmstate = storage::SnapshotStore::VmstatePath(src.dir);
+  // A jailed clone gets its own copy of the vmstate (small) and, with the
+  // File backend, a link to the memory file, which its uid can read.
+  VmFiles files;
+  files.copies.push_back({vmstate, kJailVmstate});
+  if (req.backend == MemoryBackend::kFile)
+    files.shared.push_back({.host_path = mem, .jail_path = kJailMemory});
+  if (absl::Status st = vm->AttachProcessAndDrives(config, snapshot_disk, files, src.limits, cancel);
+      !st.ok()) {
+    return fail(st);
+  }
   if (absl::Status st = cancel.Check(); !st.ok()) return fail(st);
 
   // Memory: the page server (UFFD) or Firecracker's own mapping (File).
-  std::string mem = storage::SnapshotStore::MemoryPath(src.dir);
   firecracker::SnapshotLoad load;
-  load.snapshot_path = storage::SnapshotStore::VmstatePath(src.dir);
+  load.snapshot_path = vm->VmmPath(kJailVmstate, vmstate);
   ClonePolicy resolved = ClonePolicy::kNone;
   if (req.backend == MemoryBackend::kUffd) {
     uffd::ListenerSpec spec;
-    spec.socket_path = vm->entry().dir + "/uffd.sock";
+    // Jailed: in the chroot, which only the VM's uid (and root) can enter.
+    spec.socket_path = vm->jailed() ? vm->HostPath(kJailUffdSocket) : vm->entry().dir + "/uffd.sock";
+    if (vm->jailed()) spec.socket_mode = 0666;
     spec.files.mem_file_path = mem;
     spec.files.zero_map_path = storage::SnapshotStore::PagerDir(src.dir) + "/zeromap";
     spec.files.working_set_path = storage::SnapshotStore::PagerDir(src.dir) + "/wset";
@@ -103,10 +122,10 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
     if (!listener.ok()) return fail(listener.status());
     vm->entry().listener = *listener;
     load.backend = firecracker::MemBackend::kUffd;
-    load.backend_path = spec.socket_path;
+    load.backend_path = vm->VmmPath(kJailUffdSocket, spec.socket_path);
   } else {
     load.backend = firecracker::MemBackend::kFile;
-    load.backend_path = mem;
+    load.backend_path = vm->VmmPath(kJailMemory, mem);
   }
   const bool prefetch_then_resume = resolved == ClonePolicy::kPrefetch;
   core.registry.Update(vm->entry(), [&](VmInfo& v) { v.resolved_policy = resolved; });
@@ -117,8 +136,9 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   if (absl::Status st = vm->vmm().LoadSnapshot(load, core.options.clone_timeout); !st.ok()) return fail(st);
   vm->SetTimings([&](VmTimings& timings) { timings.load = absl::Now() - t; });
   if (config.vsock.enabled) {
-    // The snapshot's relative uds_path, resolved in this clone's directory.
-    const std::string path = vm->entry().dir + "/" + kVsockSocketName;
+    // The snapshot's relative uds_path, resolved in this clone's directory
+    // (or its chroot).
+    const std::string path = VsockHostPath(*vm);
     core.registry.Update(vm->entry(), [&](VmInfo& v) { v.vsock_path = path; });
   }
   if (absl::Status st = PutCloneMetadata(core, *vm, req, index); !st.ok()) return fail(st);
@@ -138,6 +158,23 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   if (absl::Status st = cancel.Check(); !st.ok()) return fail(st);
   return vm->Commit(req.stay_paused ? VmState::kPaused : VmState::kRunning,
                     absl::StrCat("cloned from ", src.snap.name, " (", MemoryBackendName(req.backend), ")"));
+}
+
+// Snapshot memory files are 0640 root: a jailed VM's uid cannot read them.
+// The File backend needs it to (Firecracker maps the file, and the page
+// cache is what its clones share): the first File clone of a snapshot makes
+// its memory file world-readable, which the store's root-only (0700)
+// directories keep from everyone on the host but the jails it is linked
+// into (docs/security.md).
+absl::Status MakeReadableByVms(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
+  if ((st.st_mode & S_IROTH) != 0) return absl::OkStatus();
+  if (chmod(path.c_str(), (st.st_mode & 07777) | S_IRUSR | S_IRGRP | S_IROTH) < 0) {
+    return ErrnoError(absl::StrCat("chmod ", path));
+  }
+  spdlog::info("{} made readable for the jailed VMs of File-backend clones", path);
+  return absl::OkStatus();
 }
 
 VmInfo FailedClone(const Source& src, const CloneRequest& req, const std::string& name,
@@ -180,7 +217,24 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
     return absl::InvalidArgumentError("the snapshot's VM has no network, so its clones cannot publish ports");
   }
   if (config.network.enabled) RETURN_IF_ERROR(core.env.network->Available());
-  RETURN_IF_ERROR(CheckMemory(core, config.memory_mib, req.count));
+  if (src.snap.jailed != core.jailed()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("snapshot ", src.snap.name,
+                     src.snap.jailed ? " was made by a jailed VM" : " was made by an unjailed VM",
+                     " and bakes in its paths; this fcvmd runs VMs ",
+                     core.jailed() ? "under the jailer" : "without the jailer",
+                     ": clone it with an fcvmd that does the same"));
+  }
+  if (req.limits.has_value()) RETURN_IF_ERROR(CheckLimitsEnforceable(core, *req.limits));
+  ASSIGN_OR_RETURN(src.limits, CgroupLimitsFor(config, req.limits.value_or(config.limits)));
+  if (core.jailed() && req.backend == MemoryBackend::kFile) {
+    // Every File clone maps the memory file itself: its uid must read it.
+    RETURN_IF_ERROR(MakeReadableByVms(storage::SnapshotStore::MemoryPath(src.dir)));
+  }
+  // Huge-page snapshots (issue 14): Firecracker restores hugetlbfs memory only
+  // through a page server, and exits on a File load of it.
+  RETURN_IF_ERROR(ValidateCloneBackend(src.snap.name, SnapshotPageSize(src.snap, config), req.backend));
+  RETURN_IF_ERROR(CheckGuestMemory(core, config, req.count));
   RETURN_IF_ERROR(CheckDiskForCopies(
       core, config,
       [&src](const DriveConfig& d) { return storage::SnapshotStore::DiskPath(src.dir, d.drive_id); },
@@ -207,7 +261,9 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
       if (absl::Status st = cancel.Check(); !st.ok()) {
         clone = st;  // cancelled: no new clone starts
       } else {
+        core.metrics->CloneStarted(req.backend);
         clone = CloneOne(core, src, req, names, name_of[i], i, cancel);
+        core.metrics->CloneFinished(req.backend, clone.status(), clone.ok() ? &*clone : nullptr);
       }
       if (clone.ok()) {
         result.clones[i] = *std::move(clone);

@@ -77,16 +77,35 @@ absl::Status Core::RequireVmms() const {
   return absl::OkStatus();
 }
 
-// Every VM runs in its own mount namespace in which its private directory
-// <vm dir>/drives is bind-mounted over the fixed <state>/drives: a snapshot
-// bakes in its drives' paths, so each clone opens "the same" path and gets
-// its own copy.
-LaunchSpec Core::LaunchSpecFor(const std::string& id, const std::string& dir) const {
+// A snapshot bakes in its drives' paths, so each clone must find its own
+// copy at "the same" path. A jailed VM has them at /drives/<id> in its own
+// chroot. An unjailed one runs in its own mount namespace in which its private
+// directory <vm dir>/drives is bind-mounted over the fixed <state>/drives.
+absl::StatusOr<LaunchSpec> Core::LaunchSpecFor(const std::string& id, const std::string& dir,
+                                               const firecracker::CgroupLimits& limits) const {
   LaunchSpec spec;
   spec.id = id;
   spec.vm_dir = dir;
-  spec.bind_mounts = {{dir + "/drives", drives_dir, false}};
+  if (jailed()) {
+    absl::StatusOr<uint32_t> uid = uids->Lease(id);
+    if (!uid.ok()) return Annotate(uid.status(), "uid for the VM's jail");
+    spec.jail = JailSpec{.uid = *uid, .gid = *uid, .limits = limits};
+  } else {
+    spec.bind_mounts = {{dir + "/drives", drives_dir, false}};
+  }
+  spec.memory_merge = options.memory_merge;
   return spec;
+}
+
+std::string Core::DrivePath(const std::string& drive_id) const {
+  return jailed() ? "/drives/" + drive_id : drives_dir + "/" + drive_id;
+}
+
+void Core::ReleaseJail(const std::string& id) {
+  if (!jailed()) return;
+  if (absl::Status st = env.vmms->RemoveJail(id); !st.ok())
+    spdlog::warn("vm {}: removing its jail: {}", id, st);
+  if (absl::Status st = uids->Release(id); !st.ok()) spdlog::warn("vm {}: releasing its uid: {}", id, st);
 }
 
 std::vector<firecracker::Drive> Core::FirecrackerDrives(const VmConfig& config) const {
@@ -94,7 +113,7 @@ std::vector<firecracker::Drive> Core::FirecrackerDrives(const VmConfig& config) 
   for (const DriveConfig& d : config.drives) {
     firecracker::Drive fd;
     fd.drive_id = d.drive_id;
-    fd.path_on_host = drives_dir + "/" + d.drive_id;
+    fd.path_on_host = DrivePath(d.drive_id);
     fd.is_root_device = d.is_root_device;
     fd.is_read_only = d.read_only;
     out.push_back(fd);
@@ -125,6 +144,7 @@ void Core::ReleaseResources(VmEntry& entry) {
     (void)entry.vmm->Kill();
     entry.vmm.reset();
   }
+  ReleaseJail(info.id);
   if (!info.network.netns.empty()) {
     if (absl::Status st = env.network->Teardown(info.id); !st.ok()) {
       spdlog::warn("vm {}: network teardown: {}", info.id, st);
@@ -138,6 +158,7 @@ void Core::ReleaseResources(VmEntry& entry) {
 
 void Core::OnPagerEvent(const uffd::SessionEvent& ev) {
   if (ev.kind != uffd::SessionEventKind::kFailed && ev.kind != uffd::SessionEventKind::kRejected) return;
+  metrics->SessionDropped(ev.kind);
   {
     absl::MutexLock lock(&pager_mu);
     pager_errors[ev.tag] = std::string(ev.status.message());

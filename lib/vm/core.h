@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/base/cancel.h"
+#include "lib/firecracker/uid_pool.h"
 #include "lib/storage/snapshot_store.h"
 #include "lib/vm/env.h"
 #include "lib/vm/events.h"
@@ -37,6 +38,7 @@
 #include "lib/vm/registry.h"
 #include "lib/vm/supervisor.h"
 #include "lib/vm/types.h"
+#include "lib/vm/vm_metrics.h"
 #include "lib/vm/warm_pool.h"
 
 namespace fcvm::vm {
@@ -81,6 +83,9 @@ struct Core {
   Core(const ManagerOptions& options, Env env);
 
   const ManagerOptions options;
+  // Set by Manager::Create before anything runs; outlives env (its network
+  // is wrapped by it).
+  std::unique_ptr<VmMetrics> metrics;
   Env env;
   const std::string vms_dir;     // <state>/vms: one directory per VM
   const std::string drives_dir;  // <state>/drives: where every VM sees its drives
@@ -94,6 +99,9 @@ struct Core {
   std::unique_ptr<Executor> leaf_executor;
   std::unique_ptr<Supervisor> supervisor;
   std::unique_ptr<WarmPool> warm;
+  // Jailed VMs' uids (null when VMs are not jailed). A VM holds its lease
+  // (owner = VM id) from its creation until its process is gone.
+  std::unique_ptr<firecracker::UidPool> uids;
 
   // This host as snapshots record it (compat.cc), probed once.
   absl::Mutex host_mu;
@@ -105,8 +113,18 @@ struct Core {
 
   // ---- shared steps ----
   absl::Status RequireVmms() const;
-  LaunchSpec LaunchSpecFor(const std::string& id, const std::string& dir) const;
+  bool jailed() const { return env.vmms != nullptr && env.vmms->jailed(); }
+  // How VM `id` is started (drive bind mounts, or its jail with `limits`).
+  // Jailed: leases the VM's uid (ResourceExhausted when none is left).
+  absl::StatusOr<LaunchSpec> LaunchSpecFor(const std::string& id, const std::string& dir,
+                                           const firecracker::CgroupLimits& limits) const;
+  // Where Firecracker sees a VM's drive: "/drives/<id>" in its jail, else
+  // "<state>/drives/<id>" in its mount namespace.
+  std::string DrivePath(const std::string& drive_id) const;
   std::vector<firecracker::Drive> FirecrackerDrives(const VmConfig& config) const;
+  // Ends VM `id`'s uid lease and removes what is left of its jail (its
+  // process is gone). No-op when not jailed.
+  void ReleaseJail(const std::string& id);
   // Watches the VM's process; its exit is handled by HandleExit.
   void Watch(const std::shared_ptr<VmEntry>& entry);
   void Unwatch(VmEntry& entry);

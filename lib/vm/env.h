@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,9 +27,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "lib/base/cancel.h"
+#include "lib/base/hugetlb.h"
 #include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/api_types.h"
+#include "lib/firecracker/cgroup.h"
+#include "lib/firecracker/jail.h"
 #include "lib/firecracker/snapshot_compat.h"
 #include "lib/firecracker/vmm.h"
 #include "lib/uffd/page_server.h"
@@ -67,6 +71,26 @@ class Vmm {
   virtual void Release() = 0;
   // The last lines of its log and console, for error messages.
   virtual std::string RecentOutput() = 0;
+
+  // ---- jailed processes (FailedPrecondition otherwise) ----
+  // Hard-links one more file into the running jail.
+  virtual absl::Status PlaceFile(const firecracker::JailFile& file) = 0;
+  // Changes / reads the limits of the VM's cgroup.
+  virtual absl::Status UpdateLimits(const firecracker::CgroupLimits& limits) = 0;
+  virtual absl::StatusOr<firecracker::CgroupLimits> ReadLimits() = 0;
+  // "v1" or "v2"; empty when not jailed.
+  virtual std::string cgroup_version() const = 0;
+};
+
+// How a VM's Firecracker is jailed (see lib/firecracker/jail.h).
+struct JailSpec {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  // Put into the chroot before the launch (a hard link, else a bind mount).
+  std::vector<firecracker::JailFile> files;
+  firecracker::CgroupLimits limits;
+  // A network namespace file to join (/run/netns/NAME); empty: the host's.
+  std::string netns_path;
 };
 
 struct LaunchSpec {
@@ -79,7 +103,12 @@ struct LaunchSpec {
   std::vector<BindMount> bind_mounts;
   // A warm-pool process: it dies with the launching thread.
   bool pooled = false;
+  // Its anonymous memory mergeable by KSM (ManagerOptions::memory_merge).
+  bool memory_merge = false;
   CancelToken cancel;
+  // Set exactly when the factory jails (VmmFactory::jailed); then
+  // bind_mounts and netns_fd are not used.
+  std::optional<JailSpec> jail;
 };
 
 class VmmFactory {
@@ -99,6 +128,19 @@ class VmmFactory {
   // The snapshot data format this Firecracker writes ("8.0.0"); empty when
   // unknown.
   virtual std::string snapshot_format() const { return ""; }
+
+  // ---- jailing ----
+  // True when every Firecracker runs under the jailer.
+  virtual bool jailed() const = 0;
+  // "jailer 1.7.0" or "none".
+  virtual std::string isolation() const = 0;
+  // The jail of VM `id` (paths only; nothing is created). FailedPrecondition
+  // when not jailed.
+  virtual absl::StatusOr<firecracker::JailPaths> JailFor(const std::string& id) const = 0;
+  // Removes the jail (chroot and cgroups) of VM `id`, whose process is gone.
+  virtual absl::Status RemoveJail(const std::string& id) = 0;
+  // The VM ids that have a jail.
+  virtual std::vector<std::string> ListJails() = 0;
 };
 
 // The page server, as the manager uses it.
@@ -137,8 +179,10 @@ class NetworkService {
   virtual ~NetworkService() = default;
   // OK when VMs can have networks here; otherwise Unavailable with why.
   virtual absl::Status Available() const = 0;
+  // The tap is owned by `tap_owner` (a jailed VM's uid; 0: root).
   virtual absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
-                                              const std::vector<PortMapping>& publish) = 0;
+                                              const std::vector<PortMapping>& publish,
+                                              uint32_t tap_owner = 0) = 0;
   // Idempotent.
   virtual absl::Status Teardown(const std::string& vm_id) = 0;
   // Removes the networks of VMs not in `live`; returns their ids.
@@ -148,11 +192,21 @@ class NetworkService {
   virtual absl::Status RemoveHostRules() = 0;
 };
 
-// The host's disks and memory.
+// What a process uses (Host::ReadProcessUsage).
+struct ProcessUsage {
+  absl::Duration cpu_time;  // user + system, all threads
+  uint64_t rss_bytes = 0;
+  std::optional<uint64_t> pss_bytes;  // when asked for
+};
+
+// The host's disks, memory and processes.
 class Host {
  public:
   virtual ~Host() = default;
   virtual absl::StatusOr<uint64_t> MemAvailableMib() = 0;
+  // The host's pool of `page_size`-byte huge pages (lib/base/hugetlb.h
+  // ReadHugePagePoolOf): NotFound when the host has none of that size.
+  virtual absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) = 0;
   // What a sparse copy of `path` needs.
   virtual absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) = 0;
   // ResourceExhausted naming `what` when `dir`'s file system lacks `need`.
@@ -168,6 +222,9 @@ class Host {
   // This host as a snapshot records it (CPU, kernel release, page size; the
   // Firecracker fields empty): see lib/firecracker/snapshot_compat.h.
   virtual absl::StatusOr<firecracker::SnapshotHost> Describe() { return firecracker::ProbeHost(); }
+  // CPU time and memory of process `pid` (/proc/<pid>/stat; with `pss`, also
+  // smaps_rollup). NotFound when it is gone.
+  virtual absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) = 0;
 };
 
 // Everything the manager reaches, owned by it.

@@ -55,6 +55,7 @@ absl::StatusOr<DeleteResult> DeleteVm(Core& core, const std::shared_ptr<VmEntry>
   ev.previous_state = VmState::kStopping;
   ev.message = result.forced ? "deleted (killed)" : "deleted";
   core.Publish(std::move(ev));
+  core.metrics->VmDeleted(result.forced);
   return result;
 }
 
@@ -86,6 +87,7 @@ void HandleExit(Core& core, const std::string& vm_id, uint64_t watch) {
   bool clean = exit.ok() && (exit->success() || !exit->known);
   VmState to = clean ? VmState::kStopped : VmState::kFailed;
   spdlog::warn("vm {}: {}", vm_id, why);
+  core.metrics->VmExited(to);
   if (absl::Status st = core.registry.Transition(*e, to, "stop", why); !st.ok()) {
     spdlog::warn("vm {}: {}", vm_id, st);
   }

@@ -10,6 +10,7 @@
 #include "lib/vm/core.h"
 #include "lib/vm/real_env.h"
 #include "lib/vm/validate.h"
+#include "lib/vm/vm_usage.h"
 #include "spdlog/spdlog.h"
 
 namespace fcvm::vm {
@@ -22,6 +23,8 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   RealEnvOptions real;
   real.state_dir = options.state_dir;
   real.firecracker_bin = options.firecracker_bin;
+  real.jailer_bin = options.jailer_bin;
+  real.jail_dir = options.jail_dir.empty() ? options.state_dir + "/jail" : options.jail_dir;
   real.page_server_threads = options.page_server_threads;
   real.start_timeout = options.clone_timeout;
   real.console_max_bytes = options.console_max_bytes;
@@ -43,18 +46,36 @@ absl::StatusOr<std::unique_ptr<Manager>> Manager::Create(const ManagerOptions& o
   }
   auto core = std::make_unique<Core>(options, std::move(env));
   Core& c = *core;
+  ASSIGN_OR_RETURN(c.metrics, VmMetrics::Create(options.metrics_registry));
+  c.env.network = c.metrics->Wrap(std::move(c.env.network));
   RETURN_IF_ERROR(MakeDirs(c.vms_dir, 0700));
   RETURN_IF_ERROR(MakeDirs(c.drives_dir, 0700));
   ASSIGN_OR_RETURN(c.store, storage::SnapshotStore::Open(options.state_dir + "/snapshots"));
   c.clone_executor = std::make_unique<Executor>("fcvm-clone", std::max<uint32_t>(options.clone_threads, 1));
   c.leaf_executor = std::make_unique<Executor>("fcvm-leaf", 8);
   ASSIGN_OR_RETURN(c.supervisor, Supervisor::Create(c.leaf_executor.get()));
+  if (c.jailed()) {
+    ASSIGN_OR_RETURN(c.uids,
+                     firecracker::UidPool::Open(options.state_dir + "/jail-uids.json",
+                                                {.base = options.uid_base, .count = options.uid_count}));
+  }
   Core* raw = core.get();
   c.env.pager->SetEventCallback([raw](const uffd::SessionEvent& ev) { raw->OnPagerEvent(ev); });
   if (options.reconcile) Reconcile(c);
+  // A pooled jailed process gets the limits of the VM that takes it later;
+  // until then, room for any (every controller must exist to be set later).
+  firecracker::CgroupLimits pooled;
+  pooled.memory_bytes = uint64_t{kMaxMemoryMib} << 20;
+  pooled.cpu_quota_us = uint64_t{kMaxVcpus} * 100000;
+  pooled.cpu_period_us = 100000;
+  pooled.pids_max = 4096;
   c.warm = std::make_unique<WarmPool>(
       c.env.vmms.get(), c.vms_dir, options.warm_pool_size,
-      [raw](const std::string& id, const std::string& dir) { return raw->LaunchSpecFor(id, dir); });
+      [raw, pooled](const std::string& id, const std::string& dir) {
+        return raw->LaunchSpecFor(id, dir, pooled);
+      },
+      [raw](const std::string& id) { raw->ReleaseJail(id); });
+  RETURN_IF_ERROR(c.metrics->AddCallbacks(raw));
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 
@@ -62,6 +83,8 @@ Manager::Manager(std::unique_ptr<Core> core) : core_(std::move(core)) {}
 
 Manager::~Manager() {
   Core& c = *core_;
+  // No scrape reads the core from here on.
+  c.metrics->RemoveCallbacks();
   c.operations.Shutdown(absl::UnavailableError("fcvmd is shutting down"));
   c.supervisor->Stop();
   c.leaf_executor->Stop();  // exit handlers already queued run first
@@ -154,7 +177,10 @@ absl::StatusOr<DeleteResult> Manager::Delete(const std::string& ref, bool force,
 absl::StatusOr<SnapshotInfo> Manager::CreateSnapshot(const SnapshotRequest& request,
                                                      const CancelToken& cancel) {
   ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin(cancel));
-  return vm::CreateSnapshot(*core_, request, op.token());
+  absl::StatusOr<SnapshotInfo> info = vm::CreateSnapshot(*core_, request, op.token());
+  core_->metrics->SnapshotCreated(info.status(), info.ok() ? info->create_duration : absl::ZeroDuration(),
+                                  info.ok() ? info->memory_bytes + info->vmstate_bytes : 0);
+  return info;
 }
 
 absl::StatusOr<SnapshotInfo> Manager::GetSnapshot(const std::string& ref) const {
@@ -190,6 +216,10 @@ absl::StatusOr<CloneResult> Manager::Clone(const CloneRequest& request, const Ca
 
 uffd::ServerStats Manager::PageServerStats() const { return core_->env.pager->GetStats(); }
 
+std::map<std::string, VmUsage> Manager::Usage(const std::vector<std::string>& ids, bool pss) const {
+  return CollectUsage(*core_, ids, pss);
+}
+
 uint64_t Manager::Subscribe(std::function<void(const Event&)> callback,
                             std::optional<uint64_t> replay_after) {
   return core_->events.Subscribe(std::move(callback), replay_after);
@@ -198,6 +228,10 @@ uint64_t Manager::Subscribe(std::function<void(const Event&)> callback,
 void Manager::Unsubscribe(uint64_t token) { core_->events.Unsubscribe(token); }
 
 const ManagerOptions& Manager::options() const { return core_->options; }
+
+std::string Manager::isolation() const {
+  return core_->env.vmms != nullptr ? core_->env.vmms->isolation() : "none";
+}
 
 std::string Manager::firecracker_version() const {
   return core_->env.vmms != nullptr ? core_->env.vmms->version() : "";

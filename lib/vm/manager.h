@@ -39,6 +39,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -94,6 +95,13 @@ class Manager {
   // The page server's counters.
   uffd::ServerStats PageServerStats() const;
 
+  // What the Firecracker of each VM in `ids` uses now (vm_usage.h), by id;
+  // VMs without a running process (creating, stopped, failed) and unknown
+  // ids are left out. With `pss`, also each one's PSS, which costs a walk
+  // of its page tables (see docs/operations.md for the numbers). Reads
+  // /proc; takes no VM's operation lock.
+  std::map<std::string, VmUsage> Usage(const std::vector<std::string>& ids, bool pss) const;
+
   // Lifecycle events, numbered from 1. The callback runs on the thread that
   // caused the event with the event log's lock held: keep it quick and do not
   // call the manager from it. With `replay_after`, the kept events numbered
@@ -106,6 +114,8 @@ class Manager {
   const ManagerOptions& options() const;
   // Version of the configured Firecracker ("1.14.2"), empty if none.
   std::string firecracker_version() const;
+  // "jailer 1.7.0" when VMs run under the jailer, else "none".
+  std::string isolation() const;
   // Ready warm-pool processes, and takes that found none.
   size_t warm_pool_ready() const;
   uint64_t warm_pool_misses() const;

@@ -9,12 +9,28 @@
 
 #include "absl/time/time.h"
 
+namespace fcvm::metrics {
+class Registry;
+}  // namespace fcvm::metrics
+
 namespace fcvm::vm {
 
 struct ManagerOptions {
   // Where VMs, snapshots and networks keep their state; absolute.
   std::string state_dir = "/var/lib/fcvm";
   std::string firecracker_bin;  // empty: VM operations answer Unavailable
+  // The jailer: every Firecracker then runs under it, as its own uid/gid in
+  // its own chroot, PID namespace and cgroup (docs/security.md). Empty runs
+  // Firecracker as root in fcvmd's namespaces (development only).
+  std::string jailer_bin;
+  // Where the chroots go; empty: <state_dir>/jail. Same file system as the
+  // state directory (snapshot files are hard-linked into chroots).
+  std::string jail_dir;
+  // The uids (= gids) leased to jailed VMs, one per VM: [uid_base,
+  // uid_base + uid_count). The default range sits above systemd's
+  // container range.
+  uint32_t uid_base = 0x70000000;
+  uint32_t uid_count = 65536;
   // Page server loop threads; 0 = one per core.
   int page_server_threads = 0;
   // Clones restored at once within one CloneSnapshot request, by default,
@@ -32,6 +48,15 @@ struct ManagerOptions {
   // processes die with fcvmd (PR_SET_PDEATHSIG), and so do the VMs made from
   // them: see docs/operations.md.
   uint32_t warm_pool_size = 2;
+  // Every Firecracker process started (warm pool, boots, clones of either
+  // backend) gets PR_SET_MEMORY_MERGE before exec, so that KSM can merge the
+  // identical pages of UFFD clones, which the page server copies into each
+  // clone's private memory (File clones share the page cache already; for
+  // them only their written pages are candidates). Merging needs ksmd
+  // running: fcvmd --ksm=manage starts it, --ksm=merge leaves it to the
+  // host (docs/operations.md, "Memory merging"). Hugetlbfs memory is never
+  // merged.
+  bool memory_merge = false;
   // Events kept for WatchEvents subscribers that start from the backlog.
   size_t event_backlog = 4096;
   // Per-VM networks (lib/net): one namespace per VM with its tap, a veth to
@@ -46,6 +71,9 @@ struct ManagerOptions {
   std::string network_prefix = "fcvm";
   // Host interface to MASQUERADE guest traffic through; empty = none.
   std::string network_uplink;
+  // Where the manager's Prometheus metrics go (lib/vm/vm_metrics.h); not
+  // owned, must outlive the manager. Null: nowhere.
+  metrics::Registry* metrics_registry = nullptr;
 };
 
 }  // namespace fcvm::vm

@@ -3,11 +3,14 @@
 #include <dirent.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -21,6 +24,7 @@
 #include "lib/base/status.h"
 #include "lib/net/network_manager.h"
 #include "lib/storage/disk.h"
+#include "lib/vm/vm_usage.h"
 #include "spdlog/spdlog.h"
 
 namespace fcvm::vm {
@@ -28,15 +32,22 @@ namespace {
 
 // ---- Firecracker --------------------------------------------------------
 
+class RealVmmFactory;
+
 // A Firecracker this fcvmd launched, or one it re-adopted after a restart
-// (then only its pid and API socket are known).
+// (then only its pid, its API socket and whether it is jailed are known).
 class RealVmm final : public Vmm {
  public:
   explicit RealVmm(std::unique_ptr<firecracker::Vmm> vmm) : vmm_(std::move(vmm)) {}
-  RealVmm(Process adopted, std::string vm_dir)
+  // `jail_id` is set for a jailed process: its jail is removed once it is
+  // killed.
+  RealVmm(Process adopted, std::string vm_dir, const std::string& api_socket, RealVmmFactory* factory,
+          std::string jail_id)
       : adopted_(std::move(adopted)),
         vm_dir_(std::move(vm_dir)),
-        api_(std::make_unique<firecracker::ApiClient>(vm_dir_ + "/api.sock")) {}
+        api_(std::make_unique<firecracker::ApiClient>(api_socket)),
+        factory_(factory),
+        jail_id_(std::move(jail_id)) {}
   ~RealVmm() override {
     // An adopted process that nobody released or killed is left running: it
     // was not ours to begin with. (A launched one is killed by its Vmm.)
@@ -76,14 +87,14 @@ class RealVmm final : public Vmm {
   bool Terminate(absl::Duration grace) override {
     int fd = pidfd();
     if (fd < 0) return true;
+    // PID 1 of its own namespace, a jailed Firecracker ignores SIGTERM: no
+    // use waiting (the caller kills it).
+    if (jailed()) return false;
     PidfdSendSignal(fd, SIGTERM);
     struct pollfd pfd = {fd, POLLIN, 0};
     return poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(grace))) > 0;
   }
-  absl::StatusOr<ExitStatus> Kill() override {
-    if (vmm_) return vmm_->Kill();
-    return adopted_.Kill();
-  }
+  absl::StatusOr<ExitStatus> Kill() override;
   void Release() override {
     if (vmm_) {
       vmm_->Detach();
@@ -93,19 +104,44 @@ class RealVmm final : public Vmm {
   }
   std::string RecentOutput() override { return vmm_ ? vmm_->RecentOutput() : ""; }
 
+  absl::Status PlaceFile(const firecracker::JailFile& file) override {
+    if (!vmm_) return absl::FailedPreconditionError("a re-adopted Firecracker takes no new files");
+    return vmm_->PlaceFile(file);
+  }
+  absl::Status UpdateLimits(const firecracker::CgroupLimits& limits) override {
+    if (!vmm_)
+      return absl::FailedPreconditionError("the limits of a re-adopted Firecracker stay as they are");
+    return vmm_->UpdateCgroupLimits(limits);
+  }
+  absl::StatusOr<firecracker::CgroupLimits> ReadLimits() override {
+    if (!vmm_) return absl::FailedPreconditionError("the limits of a re-adopted Firecracker are not read");
+    return vmm_->ReadCgroupLimits();
+  }
+  std::string cgroup_version() const override {
+    if (!vmm_ || !vmm_->jailed()) return "";
+    return vmm_->cgroup_plan().version == firecracker::CgroupVersion::kV2 ? "v2" : "v1";
+  }
+
  private:
+  bool jailed() const { return vmm_ ? vmm_->jailed() : !jail_id_.empty(); }
   firecracker::ApiClient& Api() { return vmm_ ? vmm_->api() : *api_; }
 
   std::unique_ptr<firecracker::Vmm> vmm_;
   Process adopted_;
   std::string vm_dir_;
   std::unique_ptr<firecracker::ApiClient> api_;
+  RealVmmFactory* factory_ = nullptr;
+  std::string jail_id_;
 };
 
 class RealVmmFactory final : public VmmFactory {
  public:
-  RealVmmFactory(firecracker::FirecrackerBinary binary, const RealEnvOptions& options)
-      : binary_(std::move(binary)), options_(options) {}
+  RealVmmFactory(firecracker::FirecrackerBinary binary, std::optional<firecracker::JailerBinary> jailer,
+                 std::optional<firecracker::CgroupHost> cgroups, const RealEnvOptions& options)
+      : binary_(std::move(binary)),
+        jailer_(std::move(jailer)),
+        cgroups_(std::move(cgroups)),
+        options_(options) {}
 
   absl::StatusOr<std::unique_ptr<Vmm>> Launch(const LaunchSpec& spec) override {
     RETURN_IF_ERROR(spec.cancel.Check());
@@ -114,16 +150,44 @@ class RealVmmFactory final : public VmmFactory {
     o.id = spec.id;
     o.console_max_bytes = options_.console_max_bytes;
     o.start_timeout = options_.start_timeout;
-    o.bind_mounts = spec.bind_mounts;
-    o.new_mount_namespace = !spec.bind_mounts.empty();
-    o.netns_fd = spec.netns_fd;
     o.parent_death_signal = spec.pooled ? SIGKILL : 0;
+    if (jailer_.has_value()) {
+      if (!spec.jail.has_value()) return absl::InternalError("launch: a jailed VM without a jail spec");
+      firecracker::JailOptions j;
+      j.jailer = *jailer_;
+      j.chroot_base_dir = options_.jail_dir;
+      j.uid = spec.jail->uid;
+      j.gid = spec.jail->gid;
+      j.netns_path = spec.jail->netns_path;
+      j.parent_cgroup = options_.parent_cgroup;
+      j.limits = spec.jail->limits;
+      j.cgroup_host = cgroups_;
+      j.files = spec.jail->files;
+      o.jail = std::move(j);
+    } else {
+      o.bind_mounts = spec.bind_mounts;
+      o.new_mount_namespace = !spec.bind_mounts.empty();
+      o.netns_fd = spec.netns_fd;
+    }
+    o.memory_merge = spec.memory_merge;
     ASSIGN_OR_RETURN(std::unique_ptr<firecracker::Vmm> vmm, firecracker::Vmm::Launch(binary_, o));
     return std::make_unique<RealVmm>(std::move(vmm));
   }
 
   absl::StatusOr<std::unique_ptr<Vmm>> Adopt(pid_t pid, const std::string& vm_dir) override {
     ASSIGN_OR_RETURN(Process p, Process::Adopt(pid));
+    const std::string id = vm_dir.substr(vm_dir.rfind('/') + 1);
+    if (jailer_.has_value()) {
+      // A jailed Firecracker's command line has jail paths only: its root
+      // directory must be this VM's chroot.
+      absl::StatusOr<firecracker::JailPaths> paths = JailFor(id);
+      if (!paths.ok() || JailedIdOf(pid) != id) {
+        p.Release();
+        return absl::NotFoundError(absl::StrCat("pid ", pid, " is no longer the VM's firecracker"));
+      }
+      return std::make_unique<RealVmm>(std::move(p), vm_dir, paths->chroot_dir + "/run/firecracker.socket",
+                                       this, id);
+    }
     // The pid must still be this VM's Firecracker: its command line names the
     // VM's API socket.
     absl::StatusOr<std::string> cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
@@ -131,7 +195,7 @@ class RealVmmFactory final : public VmmFactory {
       p.Release();
       return absl::NotFoundError(absl::StrCat("pid ", pid, " is no longer the VM's firecracker"));
     }
-    return std::make_unique<RealVmm>(std::move(p), vm_dir);
+    return std::make_unique<RealVmm>(std::move(p), vm_dir, vm_dir + "/api.sock", this, "");
   }
 
   std::map<pid_t, std::string> FindRunning(const std::string& vms_dir) override {
@@ -142,6 +206,12 @@ class RealVmmFactory final : public VmmFactory {
     while (dirent* d = readdir(proc)) {
       pid_t pid = 0;
       if (!absl::SimpleAtoi(d->d_name, &pid) || pid <= 0) continue;
+      if (jailer_.has_value()) {
+        if (std::string id = JailedIdOf(pid); !id.empty()) {
+          out[pid] = prefix + id;
+          continue;
+        }
+      }
       absl::StatusOr<std::string> cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
       if (!cmdline.ok()) continue;
       // Firecracker's argv: ... --api-sock <vms_dir>/<id>/api.sock ...
@@ -162,10 +232,59 @@ class RealVmmFactory final : public VmmFactory {
     return f.major == 0 && f.minor == 0 && f.patch == 0 ? "" : f.ToString();
   }
 
+  bool jailed() const override { return jailer_.has_value(); }
+  std::string isolation() const override {
+    return jailer_.has_value() ? absl::StrCat("jailer ", jailer_->version().ToString()) : "none";
+  }
+  absl::StatusOr<firecracker::JailPaths> JailFor(const std::string& id) const override {
+    if (!jailer_.has_value()) return absl::FailedPreconditionError("VMs are not jailed (fcvmd --no-jailer)");
+    return firecracker::JailPathsFor(binary_.path(), options_.jail_dir, id);
+  }
+  absl::Status RemoveJail(const std::string& id) override {
+    ASSIGN_OR_RETURN(firecracker::JailPaths paths, JailFor(id));
+    return firecracker::RemoveJail(paths, cgroups_.value_or(firecracker::CgroupHost{}),
+                                   options_.parent_cgroup, id);
+  }
+  std::vector<std::string> ListJails() override {
+    if (!jailer_.has_value()) return {};
+    return firecracker::ListJails(binary_.path(), options_.jail_dir).value_or(std::vector<std::string>{});
+  }
+
  private:
+  // The VM id of `pid` when it is a jailed Firecracker of this fcvmd, else
+  // "": its command line is "/firecracker --id ID ..." and its root
+  // directory is that VM's chroot. Compared by device and inode: the text of
+  // /proc/<pid>/root is "/" in the jailed process's own mount namespace.
+  std::string JailedIdOf(pid_t pid) const {
+    absl::StatusOr<std::string> cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    if (!cmdline.ok()) return "";
+    std::vector<std::string> argv = absl::StrSplit(*cmdline, '\0');
+    if (argv.size() < 3 || argv[0] != "/firecracker" || argv[1] != "--id") return "";
+    absl::StatusOr<firecracker::JailPaths> paths = JailFor(argv[2]);
+    if (!paths.ok()) return "";
+    struct stat root, chroot;
+    if (stat(absl::StrCat("/proc/", pid, "/root").c_str(), &root) != 0) return "";
+    if (stat(paths->chroot_dir.c_str(), &chroot) != 0) return "";
+    if (root.st_dev != chroot.st_dev || root.st_ino != chroot.st_ino) return "";
+    return argv[2];
+  }
+
   const firecracker::FirecrackerBinary binary_;
+  const std::optional<firecracker::JailerBinary> jailer_;
+  const std::optional<firecracker::CgroupHost> cgroups_;
   const RealEnvOptions options_;
 };
+
+absl::StatusOr<ExitStatus> RealVmm::Kill() {
+  if (vmm_) return vmm_->Kill();
+  ASSIGN_OR_RETURN(ExitStatus exit, adopted_.Kill());
+  if (!jail_id_.empty() && factory_ != nullptr) {
+    if (absl::Status st = factory_->RemoveJail(jail_id_); !st.ok()) {
+      spdlog::warn("vm {}: removing its jail: {}", jail_id_, st);
+    }
+  }
+  return exit;
+}
 
 // ---- page server --------------------------------------------------------
 
@@ -240,15 +359,15 @@ class RealNetworkService final : public NetworkService {
     if (manager_ != nullptr) return absl::OkStatus();
     return absl::UnavailableError(absl::StrCat("VM networking is not available on this host: ", error_));
   }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id,
-                                      const std::vector<PortMapping>& publish) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>& publish,
+                                      uint32_t tap_owner) override {
     RETURN_IF_ERROR(Available());
     std::vector<net::PublishedPort> ports;
     for (const PortMapping& p : publish) {
       ports.push_back(
           {p.protocol == "udp" ? net::Protocol::kUdp : net::Protocol::kTcp, p.host_port, p.guest_port});
     }
-    absl::StatusOr<net::VmNetwork> n = manager_->Setup(vm_id, ports);
+    absl::StatusOr<net::VmNetwork> n = manager_->Setup(vm_id, ports, static_cast<uid_t>(tap_owner));
     if (!n.ok()) return Annotate(n.status(), "network");
     VmNetworkInfo out;
     out.netns = std::move(n->netns);
@@ -292,6 +411,9 @@ class RealHost final : public Host {
     }
     return absl::UnavailableError("cannot read MemAvailable from /proc/meminfo");
   }
+  absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) override {
+    return ReadHugePagePoolOf(page_size);
+  }
   absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) override {
     return storage::AllocatedBytes(path);
   }
@@ -309,6 +431,9 @@ class RealHost final : public Host {
     // and a crash of fcvmd does not lose the page cache.
     return WriteFileAtomic(path, contents, 0600, /*durable=*/false);
   }
+  absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) override {
+    return ReadProcProcessUsage(pid, pss);
+  }
 
  private:
   const bool reflinks_;
@@ -321,7 +446,15 @@ absl::StatusOr<Env> CreateRealEnv(const RealEnvOptions& options) {
   if (!options.firecracker_bin.empty()) {
     ASSIGN_OR_RETURN(firecracker::FirecrackerBinary bin,
                      firecracker::FirecrackerBinary::Probe(options.firecracker_bin));
-    env.vmms = std::make_unique<RealVmmFactory>(std::move(bin), options);
+    std::optional<firecracker::JailerBinary> jailer;
+    std::optional<firecracker::CgroupHost> cgroups;
+    if (!options.jailer_bin.empty()) {
+      ASSIGN_OR_RETURN(jailer, firecracker::JailerBinary::Probe(options.jailer_bin));
+      ASSIGN_OR_RETURN(cgroups, firecracker::CgroupHost::Detect());
+      RETURN_IF_ERROR(MakeDirs(options.jail_dir, 0711));
+    }
+    env.vmms =
+        std::make_unique<RealVmmFactory>(std::move(bin), std::move(jailer), std::move(cgroups), options);
   }
   ASSIGN_OR_RETURN(std::unique_ptr<uffd::PageServer> server,
                    uffd::PageServer::Create({.threads = options.page_server_threads}));

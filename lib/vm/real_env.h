@@ -16,6 +16,13 @@ namespace fcvm::vm {
 struct RealEnvOptions {
   std::string state_dir;
   std::string firecracker_bin;  // empty: no VMM factory (VM operations Unavailable)
+  // The jailer; empty runs Firecracker unjailed (as root: development only).
+  std::string jailer_bin;
+  // Chroots go to <jail_dir>/firecracker/<vm id>/root; put it on the file
+  // system of the state directory (files are hard-linked in).
+  std::string jail_dir;
+  // Parent cgroup of every VM's cgroup.
+  std::string parent_cgroup = "fcvm";
   int page_server_threads = 0;
   absl::Duration start_timeout = absl::Seconds(30);
   size_t console_max_bytes = 1 << 20;
@@ -25,9 +32,9 @@ struct RealEnvOptions {
   std::string network_uplink;
 };
 
-// Errors: the Firecracker binary's probe, the page server's creation. A
-// network that cannot be set up is not an error: NetworkService::Available
-// then says why.
+// Errors: the Firecracker and jailer binaries' probes, the page server's
+// creation. A network that cannot be set up is not an error:
+// NetworkService::Available then says why.
 absl::StatusOr<Env> CreateRealEnv(const RealEnvOptions& options);
 
 }  // namespace fcvm::vm

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -191,6 +192,24 @@ void Reconcile(Core& core) {
       core.Watch(e);
     }
     Report(core, name, d.message);
+  }
+
+  // Jails and uids survive only with their re-adopted VM.
+  if (core.jailed()) {
+    std::set<std::string> live;
+    for (const std::shared_ptr<VmEntry>& e : core.registry.All()) {
+      if (e->vmm != nullptr) live.insert(core.registry.Info(*e).id);
+    }
+    for (const std::string& id : core.env.vmms->ListJails()) {
+      if (live.count(id) > 0) continue;
+      if (absl::Status st = core.env.vmms->RemoveJail(id); !st.ok()) {
+        spdlog::warn("reconcile: jail of {}: {}", id, st);
+        continue;
+      }
+      Report(core, id, absl::StrCat("removed the jail of ", id));
+    }
+    absl::StatusOr<std::vector<std::string>> released = core.uids->Reconcile(live);
+    if (!released.ok()) spdlog::warn("reconcile: uid leases: {}", released.status());
   }
 
   // Networks survive only with their re-adopted VM.

@@ -10,13 +10,20 @@
 
 #include <string>
 
+#include <cstdint>
+
 #include "absl/status/statusor.h"
+#include "lib/storage/snapshot_store.h"
 #include "lib/vm/types.h"
 
 namespace fcvm::vm {
 
 std::string ConfigToJson(const VmConfig& config);
 absl::StatusOr<VmConfig> ConfigFromJson(const std::string& json);
+
+// The page size of a snapshot's guest memory: what its record says, or for
+// records written before it said, what its VM's config implies.
+uint64_t SnapshotPageSize(const storage::SnapshotRecord& record, const VmConfig& config);
 
 std::string RecordToJson(const VmInfo& info);
 absl::StatusOr<VmInfo> RecordFromJson(const std::string& json);

@@ -101,7 +101,8 @@ void Registry::Release(uint64_t reservation, const std::vector<std::string>& nam
 
 // ---- VMs --------------------------------------------------------------------
 
-absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation, bool write_record) {
+absl::Status Registry::Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation,
+                              bool write_record) {
   const std::string name = Info(*entry).name;
   {
     absl::MutexLock lock(&mu_);
@@ -168,6 +169,14 @@ std::vector<VmInfo> Registry::List(const Labels& selector, const std::vector<VmS
   std::sort(out.begin(), out.end(), [](const VmInfo& a, const VmInfo& b) {
     return a.created_at != b.created_at ? a.created_at < b.created_at : a.id < b.id;
   });
+  return out;
+}
+
+std::map<VmState, size_t> Registry::CountByState() const {
+  std::map<VmState, size_t> out;
+  for (VmState s : kAllStates) out[s] = 0;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, e] : vms_) ++out[e->info.state];
   return out;
 }
 

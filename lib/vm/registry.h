@@ -81,7 +81,8 @@ class Registry {
   // Adds a VM whose name `reservation` holds, writing its record first when
   // `write_record` (a VM being created is recorded when it first runs); on
   // error nothing is added.
-  absl::Status Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation, bool write_record = true);
+  absl::Status Insert(const std::shared_ptr<VmEntry>& entry, Reservation& reservation,
+                      bool write_record = true);
   // Forgets a VM (its record file goes with its directory, the caller's).
   void Remove(const std::string& id);
   // By id or name. NotFound "vm 'x' not found".
@@ -91,6 +92,8 @@ class Registry {
   std::vector<VmInfo> List(const Labels& selector, const std::vector<VmState>& states,
                            const std::string& snapshot_id) const;
   VmInfo Info(const VmEntry& entry) const;
+  // How many VMs are in each state (every state present, 0 when none).
+  std::map<VmState, size_t> CountByState() const;
   // Changes `entry.info` under the lock (not its state: that is Transition's).
   void Update(VmEntry& entry, const std::function<void(VmInfo&)>& change);
 

@@ -1,11 +1,14 @@
 // Snapshots: create (pause, memory + vmstate, drives, resume), describe,
 // delete.
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <optional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "lib/base/file_util.h"
 #include "lib/base/logging.h"
 #include "lib/base/names.h"
 #include "lib/base/status.h"
@@ -26,11 +29,13 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
   s.config = ConfigFromJson(r.config_json).value_or(VmConfig{});
   s.firecracker_version = r.firecracker_version;
   s.memory_bytes = r.memory_bytes;
+  s.memory_page_size = SnapshotPageSize(r, s.config);
   s.vmstate_bytes = r.vmstate_bytes;
   s.vmstate_sha256 = r.vmstate_sha256;
   s.memory_sha256 = r.memory_sha256;
   s.created_at = r.created_at;
   s.create_duration = r.create_duration;
+  s.jailed = r.jailed;
   s.path = core.store->Dir(r.id);
   s.clone_count = core.registry.LiveCloneCount(r.id);
   if (!r.host_json.empty()) {
@@ -48,6 +53,42 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
   s.working_set_pages = core.env.pager->WorkingSetPages(r.id, files);
   return s;
 }
+
+namespace {
+
+// Has the paused VM write its vmstate and memory into the pending snapshot,
+// 0640 root. A jailed Firecracker writes them, as its own uid, into a
+// directory of its jail; they are then moved out of it.
+absl::Status WriteSnapshotFiles(VmEntry& e, const VmInfo& info, const storage::PendingSnapshot& pending) {
+  const std::string vmstate = storage::SnapshotStore::VmstatePath(pending.dir);
+  const std::string memory = storage::SnapshotStore::MemoryPath(pending.dir);
+  // Snapshots of large VMs take a while: a minute per GiB, at least 60 s.
+  absl::Duration timeout = std::max(absl::Seconds(60), absl::Seconds(60) * (info.config.memory_mib / 1024));
+  firecracker::SnapshotCreate create;
+  create.type = firecracker::SnapshotType::kFull;
+  if (!info.jailed) {
+    create.snapshot_path = vmstate;
+    create.mem_file_path = memory;
+    RETURN_IF_ERROR(Annotate(e.vmm->CreateSnapshot(create, timeout), absl::StrCat("snapshot vm ", info.id)));
+    for (const std::string& f : {vmstate, memory}) {
+      if (chmod(f.c_str(), 0640) < 0) return ErrnoError(absl::StrCat("chmod ", f));
+    }
+    return absl::OkStatus();
+  }
+  const std::string out = info.jail.chroot + "/snapshot-out";
+  (void)RemoveTree(out);
+  RETURN_IF_ERROR(MakeDirs(out, 0700));
+  absl::Cleanup remove_out = [&out] { (void)RemoveTree(out); };
+  RETURN_IF_ERROR(firecracker::ChownForJail(out, info.jail.uid, info.jail.gid, 0700));
+  create.snapshot_path = "/snapshot-out/vmstate";
+  create.mem_file_path = "/snapshot-out/memory";
+  RETURN_IF_ERROR(Annotate(e.vmm->CreateSnapshot(create, timeout), absl::StrCat("snapshot vm ", info.id)));
+  RETURN_IF_ERROR(firecracker::TakeFromJail(out + "/vmstate", vmstate, 0640));
+  RETURN_IF_ERROR(firecracker::TakeFromJail(out + "/memory", memory, 0640));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
                                             const CancelToken& cancel) {
@@ -67,11 +108,15 @@ absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& r
     }
     if (e->vmm == nullptr)
       return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
+    // Where the VM's private drive copies are: in its jail, or its directory.
+    auto drive_copy = [&](const DriveConfig& d) {
+      return info.jailed ? info.jail.chroot + "/drives/" + d.drive_id : e->dir + "/drives/" + d.drive_id;
+    };
     // The memory file is written in full; the drives are copied (reflinked
     // where possible, but a snapshot must not count on it).
     uint64_t need = (uint64_t{info.config.memory_mib} << 20) + (1 << 20);
     for (const DriveConfig& d : info.config.drives) {
-      if (!d.read_only) need += core.env.host->AllocatedBytes(e->dir + "/drives/" + d.drive_id).value_or(0);
+      if (!d.read_only) need += core.env.host->AllocatedBytes(drive_copy(d)).value_or(0);
     }
     RETURN_IF_ERROR(
         core.env.host->CheckFreeSpace(core.store->root(), need, absl::StrCat("a snapshot of vm ", info.id)));
@@ -89,32 +134,29 @@ absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& r
       if (was_running && e->vmm->Resume().ok())
         (void)core.registry.Transition(*e, VmState::kRunning, "resume");
     };
-    firecracker::SnapshotCreate create;
-    create.type = firecracker::SnapshotType::kFull;
-    create.snapshot_path = storage::SnapshotStore::VmstatePath(pending.dir);
-    create.mem_file_path = storage::SnapshotStore::MemoryPath(pending.dir);
-    // Snapshots of large VMs take a while: a minute per GiB, at least 60 s.
-    absl::Duration timeout = std::max(absl::Seconds(60), absl::Seconds(60) * (info.config.memory_mib / 1024));
-    RETURN_IF_ERROR(Annotate(e->vmm->CreateSnapshot(create, timeout), absl::StrCat("snapshot vm ", info.id)));
+    RETURN_IF_ERROR(WriteSnapshotFiles(*e, info, pending));
     storage::SnapshotRecord record;
+    record.jailed = info.jailed;
     for (const DriveConfig& d : info.config.drives) {
       if (d.read_only) continue;
-      RETURN_IF_ERROR(Annotate(storage::CopyDisk(e->dir + "/drives/" + d.drive_id,
-                                                 storage::SnapshotStore::DiskPath(pending.dir, d.drive_id),
-                                                 {.durable = true, .mode = 0600, .cancel = cancel})
-                                   .status(),
-                               absl::StrCat("snapshot drive ", d.drive_id)));
+      RETURN_IF_ERROR(
+          Annotate(storage::CopyDisk(drive_copy(d), storage::SnapshotStore::DiskPath(pending.dir, d.drive_id),
+                                     {.durable = true, .mode = 0600, .cancel = cancel})
+                       .status(),
+                   absl::StrCat("snapshot drive ", d.drive_id)));
       record.disk_ids.push_back(d.drive_id);
     }
     absl::Duration took = absl::Now() - start;
     record.labels = request.labels;
     record.source_vm_id = info.id;
     record.config_json = ConfigToJson(info.config);
+    record.memory_page_size = GuestPageSize(info.config.huge_pages);
     record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
     if (absl::StatusOr<firecracker::SnapshotHost> host = core.ThisHost(); host.ok()) {
       // The format the vmstate really has (the binary may have been replaced
       // since fcvmd started).
-      absl::StatusOr<firecracker::Version> format = firecracker::ReadVmstateFormat(create.snapshot_path);
+      absl::StatusOr<firecracker::Version> format =
+          firecracker::ReadVmstateFormat(storage::SnapshotStore::VmstatePath(pending.dir));
       if (format.ok()) host->snapshot_format = format->ToString();
       record.host_json = firecracker::SnapshotHostToJson(*host);
     }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "lib/firecracker/snapshot_compat.h"
 #include "lib/uffd/policy.h"
@@ -59,6 +60,23 @@ struct VsockConfig {
   uint32_t guest_cid = 0;  // 0: kDefaultGuestCid
 };
 
+// Cgroup limits of a jailed VM (0 = the default, see EffectiveLimits).
+struct ResourceLimits {
+  uint32_t memory_mib = 0;   // guest memory + Firecracker's own
+  uint32_t cpu_percent = 0;  // of one CPU, per period
+  uint32_t cpu_weight = 0;   // 1-10000
+  uint32_t pids_max = 0;
+};
+
+// Page size of a VM's guest memory. k2M: 2 MiB hugetlbfs pages from the
+// host's huge page pool ("huge_pages": "2M" in Firecracker's machine-config);
+// its snapshots can be cloned only through the page server (UFFD).
+enum class HugePages { kNone, k2M };
+const char* HugePagesName(HugePages huge_pages);  // "none", "2M"
+bool ParseHugePages(absl::string_view name, HugePages* out);
+// Bytes: 4096 or 2 MiB.
+uint64_t GuestPageSize(HugePages huge_pages);
+
 struct VmConfig {
   std::string kernel_path;
   std::string initrd_path;
@@ -71,6 +89,17 @@ struct VmConfig {
   // "V1". MMDS is reachable through the VM's network interface only.
   std::string mmds_version;
   VsockConfig vsock;
+  ResourceLimits limits;
+  HugePages huge_pages = HugePages::kNone;
+};
+
+// How a jailed VM is confined.
+struct JailStatus {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::string chroot;
+  ResourceLimits limits;       // in force
+  std::string cgroup_version;  // "v1" or "v2"
 };
 
 enum class MemoryBackend { kUffd, kFile };
@@ -112,6 +141,25 @@ struct VmInfo {
   // The host side of its vsock (Firecracker's host-initiated CONNECT
   // protocol), empty without one.
   std::string vsock_path;
+  bool jailed = false;
+  JailStatus jail;  // when jailed
+};
+
+// What a VM's Firecracker uses, sampled at `sampled_at` (Manager::Usage).
+struct VmUsage {
+  absl::Time sampled_at;
+  // User + system CPU time of the process, all its threads (vCPUs, VMM, I/O),
+  // since it started (a warm-pool process: since it was pooled).
+  absl::Duration cpu_time;
+  uint64_t rss_bytes = 0;
+  // Proportional set size (shared pages divided among their users); only
+  // when asked for: reading it walks the process's page tables.
+  std::optional<uint64_t> pss_bytes;
+  // Guest page faults the page server resolved for it (UFFD clones; 0 for
+  // others).
+  uint64_t page_faults_served = 0;
+  // Since it first reached running or paused.
+  absl::Duration uptime;
 };
 
 enum class AfterSnapshot { kResume, kStayPaused, kStop };
@@ -124,6 +172,9 @@ struct SnapshotInfo {
   VmConfig config;
   std::string firecracker_version;
   uint64_t memory_bytes = 0;
+  // Page size of the guest memory in bytes: 4096, or 2 MiB for a snapshot of
+  // a huge-page VM (clones of it need the UFFD backend).
+  uint64_t memory_page_size = 4096;
   uint64_t vmstate_bytes = 0;
   uint64_t zero_pages = 0;
   uint64_t working_set_pages = 0;
@@ -137,6 +188,7 @@ struct SnapshotInfo {
   // host_recorded is false for snapshots made before fcvm recorded it.
   firecracker::SnapshotHost host;
   bool host_recorded = false;
+  bool jailed = false;  // made by a jailed VM: only a jailing fcvmd can clone it
 };
 
 enum class EventKind { kVmState, kSnapshotCreated, kSnapshotDeleted, kPageServerDrop, kReconcile };
@@ -204,6 +256,8 @@ struct CloneRequest {
   // Every clone's metadata (MMDS): a JSON object, empty = {}; each clone
   // also gets its own keys under "fcvm", before its vCPUs run.
   std::string metadata_json;
+  // Cgroup limits of each clone (jailed VMs); unset: the snapshot's VM's.
+  std::optional<ResourceLimits> limits;
   // Called as each clone finishes (succeeded or failed), from the worker that
   // restored it; for progress reports. May be empty.
   std::function<void(const VmInfo&)> on_clone_done;

@@ -133,6 +133,10 @@ absl::Status ValidateConfig(const VmConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("memory_mib must be ", kMinMemoryMib, "-", kMaxMemoryMib,
                                                    " (16 MiB to 1 TiB), got ", c.memory_mib));
   }
+  if (c.huge_pages == HugePages::k2M && c.memory_mib % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memory_mib must be a multiple of 2 with 2M huge pages (whole 2 MiB pages), got ", c.memory_mib));
+  }
   if (c.boot_args.size() > kMaxBootArgsBytes) {
     return absl::InvalidArgumentError(absl::StrCat("boot_args is ", c.boot_args.size(), " bytes; at most ",
                                                    kMaxBootArgsBytes,
@@ -175,6 +179,15 @@ absl::Status ValidateConfig(const VmConfig& c) {
         absl::StrCat("mmds_version must be V1 or V2 (empty: V2), got '", c.mmds_version.substr(0, 16), "'"));
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateCloneBackend(absl::string_view snapshot_name, uint64_t page_size,
+                                  MemoryBackend backend) {
+  if (backend != MemoryBackend::kFile || page_size <= 4096) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "memory backend FILE: snapshot ", snapshot_name, " holds guest memory in ", page_size >> 10,
+      " KiB huge pages, which Firecracker restores only through the page server: clone it with the UFFD "
+      "backend (the default)"));
 }
 
 absl::Status ValidateCloneRequest(const CloneRequest& r) {

@@ -62,6 +62,15 @@ absl::Status ValidatePublish(const std::vector<PortMapping>& publish);
 // ports only with the network enabled.
 absl::Status ValidateConfig(const VmConfig& config);
 
+// A clone's memory backend against its snapshot's page size: a snapshot of
+// huge-page guest memory (page_size > 4 KiB) is InvalidArgument for the File
+// backend, naming the snapshot: Firecracker restores hugetlbfs memory only
+// through a page server (and exits on such a load). InvalidArgument rather
+// than FailedPrecondition because no change of state makes the request
+// valid: a snapshot's page size never changes, only a different request
+// (the UFFD backend) works.
+absl::Status ValidateCloneBackend(absl::string_view snapshot_name, uint64_t page_size, MemoryBackend backend);
+
 // The request's own fields (count, name prefix, labels, ports, backend and
 // policy); the snapshot-dependent rules are the clone's.
 absl::Status ValidateCloneRequest(const CloneRequest& request);

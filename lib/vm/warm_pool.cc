@@ -11,11 +11,13 @@
 
 namespace fcvm::vm {
 
-WarmPool::WarmPool(VmmFactory* vmms, std::string vms_dir, uint32_t size, SpecFor spec_for)
+WarmPool::WarmPool(VmmFactory* vmms, std::string vms_dir, uint32_t size, SpecFor spec_for,
+                   OnDiscard on_discard)
     : vmms_(vmms),
       vms_dir_(std::move(vms_dir)),
       size_(vmms == nullptr ? 0 : size),
-      spec_for_(std::move(spec_for)) {
+      spec_for_(std::move(spec_for)),
+      on_discard_(std::move(on_discard)) {
   if (size_ > 0) {
     refiller_ = std::thread([this] { RefillLoop(); });
     pthread_setname_np(refiller_.native_handle(), "fcvm-warmpool");
@@ -43,6 +45,7 @@ bool WarmPool::AwaitReady(size_t n, absl::Duration timeout) const {
 void WarmPool::Discard(Process& p) {
   if (p.vmm != nullptr) (void)p.vmm->Kill();
   p.vmm.reset();
+  if (on_discard_ && !p.id.empty()) on_discard_(p.id);
   (void)RemoveTree(p.dir);
 }
 
@@ -92,13 +95,17 @@ void WarmPool::RefillLoop() {
     p.dir = vms_dir_ + "/" + p.id;
     absl::Status st = MakeDirs(p.dir + "/drives", 0700);
     if (st.ok()) {
-      LaunchSpec spec = spec_for_(p.id, p.dir);
-      spec.pooled = true;
-      absl::StatusOr<std::unique_ptr<Vmm>> vmm = vmms_->Launch(spec);
-      if (vmm.ok()) {
-        p.vmm = *std::move(vmm);
+      absl::StatusOr<LaunchSpec> spec = spec_for_(p.id, p.dir);
+      if (spec.ok()) {
+        spec->pooled = true;
+        absl::StatusOr<std::unique_ptr<Vmm>> vmm = vmms_->Launch(*spec);
+        if (vmm.ok()) {
+          p.vmm = *std::move(vmm);
+        } else {
+          st = vmm.status();
+        }
       } else {
-        st = vmm.status();
+        st = spec.status();
       }
     }
     if (!st.ok()) {

@@ -37,11 +37,15 @@ class WarmPool {
     std::unique_ptr<Vmm> vmm;
   };
   // How a pooled process is made: the id and directory are the pool's; the
-  // spec the caller's (bind mounts).
-  using SpecFor = std::function<LaunchSpec(const std::string& id, const std::string& dir)>;
+  // spec the caller's (bind mounts, or a jail with its uid leased).
+  using SpecFor = std::function<absl::StatusOr<LaunchSpec>(const std::string& id, const std::string& dir)>;
+  // Called with the id of a pooled process that is discarded (died, or the
+  // pool stopped) after it was killed: releases what SpecFor took (a jail).
+  using OnDiscard = std::function<void(const std::string& id)>;
 
   // Starts the refill thread unless `size` is 0. `vmms` outlives the pool.
-  WarmPool(VmmFactory* vmms, std::string vms_dir, uint32_t size, SpecFor spec_for);
+  WarmPool(VmmFactory* vmms, std::string vms_dir, uint32_t size, SpecFor spec_for,
+           OnDiscard on_discard = nullptr);
   // Stop().
   ~WarmPool();
 
@@ -68,6 +72,7 @@ class WarmPool {
   const std::string vms_dir_;
   const uint32_t size_;
   const SpecFor spec_for_;
+  const OnDiscard on_discard_;
 
   mutable absl::Mutex mu_;
   std::deque<Process> ready_ ABSL_GUARDED_BY(mu_);

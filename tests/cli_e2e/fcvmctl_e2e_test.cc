@@ -71,6 +71,7 @@ class FcvmctlE2eTest : public ::testing::Test {
                tmp_.path() + "/state",
                "--firecracker",
                e2e::FirecrackerPath()};
+    for (std::string& a : e2e::FcvmdJailArgs()) so.argv.push_back(std::move(a));
     so.argv.insert(so.argv.end(), extra_daemon_args_.begin(), extra_daemon_args_.end());
     so.fds = {{log, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
@@ -315,18 +316,21 @@ TEST_F(SlowCloneE2eTest, SigtermMidCloneStopsWithinTenSeconds) {
   ASSERT_OK_AND_ASSIGN(Process ctl, Process::Spawn(so));
   close(out);
   close(err);
-  // Wait until clones are copying their drives.
-  std::string vms = tmp_.path() + "/state/vms";
+  // Wait until clones are copying their drives (into their chroots when
+  // jailed, else into their VM directories).
   absl::Time until = absl::Now() + absl::Seconds(60);
   auto copying = [&] {
     int n = 0;
-    if (DIR* d = opendir(vms.c_str())) {
-      while (dirent* e = readdir(d)) {
-        struct stat st;
-        std::string copy = absl::StrCat(vms, "/", e->d_name, "/drives/data");
-        if (lstat(copy.c_str(), &st) == 0 && S_ISREG(st.st_mode)) ++n;
+    for (const std::string& base : {tmp_.path() + "/state/vms/", tmp_.path() + "/state/jail/firecracker/"}) {
+      const std::string suffix = absl::StrContains(base, "/jail/") ? "/root/drives/data" : "/drives/data";
+      if (DIR* d = opendir(base.c_str())) {
+        while (dirent* e = readdir(d)) {
+          struct stat st;
+          std::string copy = absl::StrCat(base, e->d_name, suffix);
+          if (lstat(copy.c_str(), &st) == 0 && S_ISREG(st.st_mode)) ++n;
+        }
+        closedir(d);
       }
-      closedir(d);
     }
     return n;
   };

@@ -234,6 +234,33 @@ TEST(ConvertTest, VmInfoToVm) {
   EXPECT_FALSE(vm.has_network());
 }
 
+TEST(ConvertTest, HugePagesBothWaysAndUnknownRefused) {
+  vm::VmConfig c = SampleConfig();
+  v1::VmConfig proto;
+  ToProto(c, &proto);
+  EXPECT_EQ(proto.huge_pages(), v1::HUGE_PAGES_NONE);
+  c.huge_pages = vm::HugePages::k2M;
+  ToProto(c, &proto);
+  EXPECT_EQ(proto.huge_pages(), v1::HUGE_PAGES_2M);
+  ASSERT_OK_AND_ASSIGN(vm::VmConfig back, FromProto(proto));
+  EXPECT_EQ(back.huge_pages, vm::HugePages::k2M);
+
+  proto.set_huge_pages(v1::HUGE_PAGES_UNSPECIFIED);
+  ASSERT_OK_AND_ASSIGN(back, FromProto(proto));
+  EXPECT_EQ(back.huge_pages, vm::HugePages::kNone) << "unspecified means 4 KiB pages";
+  proto.set_huge_pages(static_cast<v1::HugePages>(99));
+  EXPECT_THAT(FromProto(proto).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.huge_pages")));
+
+  vm::SnapshotInfo info;
+  info.config = c;
+  info.memory_page_size = 2 << 20;
+  v1::Snapshot s;
+  ToProto(info, &s);
+  EXPECT_EQ(s.memory_page_size(), 2u << 20);
+  EXPECT_EQ(s.config().huge_pages(), v1::HUGE_PAGES_2M);
+}
+
 TEST(ConvertTest, SnapshotInfoToSnapshot) {
   vm::SnapshotInfo info;
   info.id = "snap-0123456789ab";

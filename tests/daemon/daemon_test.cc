@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "fcvm/v1/system.grpc.pb.h"
 #include "fcvm/v1/vm.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -21,6 +22,8 @@
 #include "lib/base/unix_socket.h"
 #include "nlohmann/json.hpp"
 #include "probe.grpc.pb.h"
+#include "tests/testing/http_client.h"
+#include "tests/testing/prometheus.h"
 #include "tests/testing/run_command.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -46,17 +49,21 @@ class DaemonTest : public ::testing::Test {
     if (daemon_.valid()) (void)daemon_.Kill();
   }
 
-  void StartDaemon() {
+  void StartDaemon(std::vector<std::string> extra = {}) {
     int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     ASSERT_GE(log_fd, 0);
     SpawnOptions opts;
     opts.argv = {FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--log-level", "debug"};
+    opts.argv.insert(opts.argv.end(), extra.begin(), extra.end());
     opts.fds = {{log_fd, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(opts));
     close(log_fd);
-    // Ready when the socket accepts a connection; no fixed sleep.
+    // Ready when fcvmd says it serves (after it set the socket's mode: the
+    // socket accepts connections a moment before) and the socket accepts a
+    // connection; no fixed sleep.
     absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (!ConnectUnix(socket_).ok()) {
+    while (!absl::StrContains(ReadFile(log_).value_or(""), "serving on unix:") ||
+           !ConnectUnix(socket_).ok()) {
       ASSERT_LT(absl::Now(), deadline) << "fcvmd did not start; log:\n" << ReadFile(log_).value_or("");
       ASSERT_OK_AND_ASSIGN(auto exited, daemon_.TryWait());
       ASSERT_FALSE(exited.has_value()) << "fcvmd exited: " << exited->ToString() << "\n"
@@ -181,6 +188,29 @@ TEST_F(DaemonTest, SecondDaemonOnSameSocketIsRefused) {
   EXPECT_EQ(Ctl({"version"}).code, 0);
 }
 
+// Firecracker found but no jailer beside it: fcvmd refuses to start unjailed
+// unless told to, and says how to fix it; contradicting flags are refused.
+TEST_F(DaemonTest, NoJailerIsRefusedUnlessNoJailerIsGiven) {
+  ASSERT_OK(MakeDirs(dir_ + "/bin"));
+  const std::string fc = dir_ + "/bin/firecracker";
+  ASSERT_OK(WriteFileAtomic(fc, "#!/bin/sh\necho 'Firecracker v1.14.2'\n"));
+  ASSERT_EQ(chmod(fc.c_str(), 0755), 0);
+  Result r =
+      RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--firecracker", fc});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("no jailer: " + dir_ + "/bin/jailer is not an executable"));
+  EXPECT_THAT(r.err, HasSubstr("--jailer PATH"));
+  EXPECT_THAT(r.err, HasSubstr("--no-jailer"));
+  Result both = RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--firecracker",
+                            fc, "--jailer", fc, "--no-jailer"});
+  EXPECT_EQ(both.code, 1);
+  EXPECT_THAT(both.err, HasSubstr("--jailer and --no-jailer contradict"));
+  Result range = RunCommand({FCVMD_PATH, "--socket", socket_, "--uid-range", "12"});
+  EXPECT_EQ(range.code, 2);
+  EXPECT_THAT(range.err, HasSubstr("--uid-range must be BASE:COUNT, got '12'"));
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "nothing listened";
+}
+
 TEST_F(DaemonTest, BadUsageExitsTwo) {
   Result unknown = Ctl({"frobnicate"});
   EXPECT_EQ(unknown.code, 2);
@@ -191,6 +221,77 @@ TEST_F(DaemonTest, BadUsageExitsTwo) {
   Result help = RunCommand({FCVMD_PATH, "--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("--state-dir"));
+}
+
+// The value of the sample `series` in an exposition, or -1 when absent.
+double Sample(const std::string& text, const std::string& series) {
+  size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::strtod(text.c_str() + at + series.size() + 2, nullptr);
+}
+
+TEST_F(DaemonTest, ServesMetricsOnAUnixSocket) {
+  const std::string metrics = dir_ + "/metrics.sock";
+  StartDaemon({"--metrics-address", "unix:" + metrics});
+  EXPECT_EQ(Ctl({"version"}).code, 0);
+  EXPECT_EQ(Ctl({"get", "nope"}).code, 1);
+  EXPECT_EQ(Ctl({"get", "nope"}).code, 1);
+  EXPECT_EQ(Ctl({"ls"}).code, 0);
+  ASSERT_OK_AND_ASSIGN(::fcvm::testing::HttpResponse r,
+                       ::fcvm::testing::HttpGet("unix:" + metrics, "/metrics"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string& text = r.body;
+  EXPECT_EQ(Sample(text,
+                   "fcvm_grpc_server_handled_total{grpc_service=\"fcvm.v1.VmService\",grpc_method=\"GetVm\","
+                   "grpc_code=\"NOT_FOUND\"}"),
+            2)
+      << text;
+  EXPECT_EQ(
+      Sample(text,
+             "fcvm_grpc_server_handled_total{grpc_service=\"fcvm.v1.VmService\",grpc_method=\"ListVms\","
+             "grpc_code=\"OK\"}"),
+      1);
+  // Methods not called yet are there at 0.
+  EXPECT_EQ(Sample(text,
+                   "fcvm_grpc_server_handled_total{grpc_service=\"fcvm.v1.SnapshotService\","
+                   "grpc_method=\"CloneSnapshot\",grpc_code=\"OK\"}"),
+            0);
+  EXPECT_EQ(Sample(text,
+                   "fcvm_grpc_server_handling_seconds_count{grpc_service=\"fcvm.v1.SystemService\","
+                   "grpc_method=\"GetVersion\"}"),
+            1);
+  EXPECT_EQ(Sample(text, "fcvm_vms{state=\"running\"}"), 0);
+  EXPECT_EQ(Sample(text, "fcvm_clones_started_total{backend=\"uffd\"}"), 0);
+  EXPECT_EQ(Sample(text, "fcvm_page_server_faults_total"), 0);
+  EXPECT_GT(Sample(text, "process_open_fds"), 0);
+  EXPECT_GT(Sample(text, "process_resident_memory_bytes"), 1 << 20);
+  // Firecracker's version when the environment names one (FCVM_FIRECRACKER_BIN), else "".
+  EXPECT_THAT(text, ::testing::ContainsRegex(
+                        "\nfcvm_build_info\\{version=\"0\\.1\\.0\",firecracker_version=\"[0-9.]*\"\\} 1\n"));
+  if (::fcvm::testing::PrometheusUnavailableReason().empty()) {
+    ASSERT_OK_AND_ASSIGN(Result check, ::fcvm::testing::PromtoolCheckMetrics(text));
+    EXPECT_EQ(check.code, 0) << check.out << check.err;
+    EXPECT_EQ(check.out + check.err, "");
+  }
+  EXPECT_THAT(ReadFile(log_).value_or(""), HasSubstr("metrics on unix:" + metrics));
+
+  ExitStatus exit = StopDaemon(SIGTERM);
+  EXPECT_TRUE(exit.success()) << exit.ToString();
+  EXPECT_NE(access(metrics.c_str(), F_OK), 0) << "metrics socket left behind";
+}
+
+TEST_F(DaemonTest, MetricsAddressIsCheckedBeforeAnythingStarts) {
+  Result wide = RunCommand(
+      {FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--metrics-address", "0.0.0.0:0"});
+  EXPECT_EQ(wide.code, 1);
+  EXPECT_THAT(wide.err, HasSubstr("--metrics-address 0.0.0.0:0 is not a loopback address"));
+  EXPECT_THAT(wide.err, HasSubstr("--metrics-allow-non-loopback"));
+  Result bad = RunCommand({FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state",
+                           "--metrics-address", "example.com:80"});
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("--metrics-address"));
+  // Neither got as far as the state directory.
+  EXPECT_NE(access((dir_ + "/state").c_str(), F_OK), 0);
 }
 
 TEST_F(DaemonTest, StaleSocketFileIsReplaced) {

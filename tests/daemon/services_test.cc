@@ -39,6 +39,15 @@ class ServicesTest : public ::testing::Test {
     DaemonOptions o;
     o.socket_path = dir_.path() + "/fcvmd.sock";
     o.manager.state_dir = dir_.path() + "/state";
+    // Jailed where the jailer is present, as fcvmd runs by default.
+    if (!firecracker.empty()) {
+      std::vector<std::string> jail = e2e::FcvmdJailArgs();
+      if (jail[0] == "--jailer") {
+        o.jailer_bin = jail[1];
+      } else {
+        o.no_jailer = true;
+      }
+    }
     o.manager.firecracker_bin = std::move(firecracker);
     o.workers = 4;
     ASSERT_OK_AND_ASSIGN(daemon_, Daemon::Start(o));

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -9,14 +10,19 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -76,6 +82,16 @@ std::string MissingJailPrerequisite() {
   }
   if (geteuid() != 0) return "the jailed tests need root (chroot, cgroups, uids)";
   return "";
+}
+
+std::vector<std::string> FcvmdJailArgs() {
+  std::string missing = MissingJailPrerequisite();
+  if (missing.empty()) return {"--jailer", JailerPath()};
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    std::fprintf(stderr, "fcvmd runs with --no-jailer in these tests: %s\n", missing.c_str());
+  });
+  return {"--no-jailer"};
 }
 
 firecracker::BootSpec GuestBootSpec(const std::string& guest) {
@@ -407,6 +423,71 @@ double MedianMs(std::vector<absl::Duration> v) {
   size_t n = v.size();
   absl::Duration m = n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
   return absl::ToDoubleMilliseconds(m);
+}
+
+// ------------------------------------------------------------ processes
+
+std::map<std::string, std::string> ReadStatus(const std::string& path) {
+  std::map<std::string, std::string> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    out[line.substr(0, colon)] = value;
+  }
+  return out;
+}
+
+std::string ReadLink(const std::string& path) {
+  char buf[4096];
+  ssize_t n = readlink(path.c_str(), buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+// Every path below `dir`, relative ("dev/kvm"), without following links.
+void ListTree(const std::string& dir, const std::string& rel, std::set<std::string>* out) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    std::string r = rel.empty() ? name : absl::StrCat(rel, "/", name);
+    out->insert(r);
+    if (e->d_type == DT_DIR) ListTree(absl::StrCat(dir, "/", name), r, out);
+  }
+  closedir(d);
+}
+
+// What a process running as uid:gid gets when it opens `file` for reading
+// and connects to `socket`: the two errnos (0 = success). Forked child doing
+// only system calls, so it is safe in this multi-threaded program.
+std::pair<int, int> TryAs(uint32_t uid, uint32_t gid, const std::string& file, const std::string& socket) {
+  int p[2];
+  if (pipe(p) < 0) return {-1, -1};
+  pid_t pid = fork();
+  if (pid == 0) {
+    int result[2] = {-1, -1};
+    if (setgroups(0, nullptr) == 0 && setresgid(gid, gid, gid) == 0 && setresuid(uid, uid, uid) == 0) {
+      int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+      result[0] = fd >= 0 ? 0 : errno;
+      int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket.c_str());
+      result[1] = connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 ? 0 : errno;
+    }
+    if (write(p[1], result, sizeof(result)) < 0) _exit(2);
+    _exit(0);
+  }
+  close(p[1]);
+  int result[2] = {-1, -1};
+  if (read(p[0], result, sizeof(result)) != sizeof(result)) result[0] = result[1] = -1;
+  close(p[0]);
+  waitpid(pid, nullptr, 0);
+  return {result[0], result[1]};
 }
 
 }  // namespace fcvm::e2e

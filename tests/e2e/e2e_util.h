@@ -7,9 +7,12 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,6 +38,10 @@ std::string MissingPrerequisite();
 // e2e prerequisites, the jailer, and root.
 std::string JailerPath();
 std::string MissingJailPrerequisite();
+// fcvmd's jail flags for the tests: {"--jailer", JailerPath()} where the
+// jailed tests can run, else {"--no-jailer"} (printed once, with the reason),
+// so that the fcvmd tests run jailed wherever a jailer is present.
+std::vector<std::string> FcvmdJailArgs();
 
 // The tests' one temporary-directory helper (tests/testing/temp_dir.h).
 using ::fcvm::testing::TempDir;
@@ -118,5 +125,18 @@ class UffdTestServer {
 std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix = "");
 
 double MedianMs(std::vector<absl::Duration> v);
+
+// ---- looking at a (jailed) process from the host ----
+
+// /proc/<pid>/status (or a task's) as key -> value.
+std::map<std::string, std::string> ReadStatus(const std::string& path);
+// The target of a symlink, "" when it is not one.
+std::string ReadLink(const std::string& path);
+// Every path below `dir`, relative ("dev/kvm"), without following links.
+void ListTree(const std::string& dir, const std::string& rel, std::set<std::string>* out);
+// What a process running as uid:gid gets when it opens `file` for reading
+// and connects to `socket`: the two errnos (0 = success). A forked child
+// doing only system calls, so it is safe in a multi-threaded test.
+std::pair<int, int> TryAs(uint32_t uid, uint32_t gid, const std::string& file, const std::string& socket);
 
 }  // namespace fcvm::e2e

@@ -46,7 +46,11 @@
 namespace fcvm::firecracker {
 namespace {
 
+using ::fcvm::e2e::ListTree;
+using ::fcvm::e2e::ReadLink;
+using ::fcvm::e2e::ReadStatus;
 using ::fcvm::e2e::TempDir;
+using ::fcvm::e2e::TryAs;
 using ::fcvm::testing::IsOk;
 using ::fcvm::testing::StatusIs;
 using ::testing::AllOf;
@@ -59,40 +63,6 @@ constexpr absl::Duration kTickTimeout = absl::Seconds(30);
 int Sh(const std::string& cmd) {
   int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-std::map<std::string, std::string> ReadStatus(const std::string& path) {
-  std::map<std::string, std::string> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::string value = line.substr(colon + 1);
-    value.erase(0, value.find_first_not_of(" \t"));
-    out[line.substr(0, colon)] = value;
-  }
-  return out;
-}
-
-std::string ReadLink(const std::string& path) {
-  char buf[4096];
-  ssize_t n = readlink(path.c_str(), buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
-
-// Every path below `dir`, relative ("dev/kvm"), without following links.
-void ListTree(const std::string& dir, const std::string& rel, std::set<std::string>* out) {
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return;
-  while (dirent* e = readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    std::string r = rel.empty() ? name : absl::StrCat(rel, "/", name);
-    out->insert(r);
-    if (e->d_type == DT_DIR) ListTree(absl::StrCat(dir, "/", name), r, out);
-  }
-  closedir(d);
 }
 
 ino_t InodeOf(const std::string& path) {
@@ -108,35 +78,6 @@ ino_t OpenFileInode(pid_t pid, const std::string& path) {
     if (ReadLink(link) == path) return InodeOf(link);
   }
   return 0;
-}
-
-// What a process running as uid:gid gets when it opens `file` for reading
-// and connects to `socket`: the two errnos (0 = success). Forked child doing
-// only system calls, so it is safe in this multi-threaded program.
-std::pair<int, int> TryAs(uint32_t uid, uint32_t gid, const std::string& file, const std::string& socket) {
-  int p[2];
-  if (pipe(p) < 0) return {-1, -1};
-  pid_t pid = fork();
-  if (pid == 0) {
-    int result[2] = {-1, -1};
-    if (setgroups(0, nullptr) == 0 && setresgid(gid, gid, gid) == 0 && setresuid(uid, uid, uid) == 0) {
-      int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
-      result[0] = fd >= 0 ? 0 : errno;
-      int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un addr{};
-      addr.sun_family = AF_UNIX;
-      std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket.c_str());
-      result[1] = connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 ? 0 : errno;
-    }
-    if (write(p[1], result, sizeof(result)) < 0) _exit(2);
-    _exit(0);
-  }
-  close(p[1]);
-  int result[2] = {-1, -1};
-  if (read(p[0], result, sizeof(result)) != sizeof(result)) result[0] = result[1] = -1;
-  close(p[0]);
-  waitpid(pid, nullptr, 0);
-  return {result[0], result[1]};
 }
 
 class JailE2E : public ::testing::Test {

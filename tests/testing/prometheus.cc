@@ -82,10 +82,16 @@ absl::StatusOr<std::unique_ptr<PrometheusServer>> PrometheusServer::Start(const 
   if (mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp /tmp/fcvm-prometheus-XXXXXX");
   server->dir_ = dir;  // removed by the destructor from here on
 
-  std::string config =
-      absl::StrCat("global:\n  scrape_interval: ", Seconds(options.scrape_interval),
-                   "\n  scrape_timeout: ", Seconds(options.scrape_interval),
-                   "\n  evaluation_interval: ", Seconds(options.scrape_interval), "\nscrape_configs:\n");
+  std::string config = absl::StrCat("global:\n  scrape_interval: ", Seconds(options.scrape_interval),
+                                    "\n  scrape_timeout: ", Seconds(options.scrape_interval),
+                                    "\n  evaluation_interval: ", Seconds(options.scrape_interval), "\n");
+  if (!options.rule_files.empty()) absl::StrAppend(&config, "rule_files:\n");
+  for (size_t i = 0; i < options.rule_files.size(); ++i) {
+    std::string path = absl::StrCat(server->dir_, "/rules-", i, ".yml");
+    RETURN_IF_ERROR(WriteFileAtomic(path, options.rule_files[i], 0644, /*durable=*/false));
+    absl::StrAppend(&config, "  - '", path, "'\n");
+  }
+  absl::StrAppend(&config, "scrape_configs:\n");
   for (const ScrapeTarget& t : options.targets) {
     absl::StrAppend(&config, "  - job_name: '", t.job, "'\n    metrics_path: '", t.metrics_path,
                     "'\n    static_configs:\n      - targets: ['", t.address, "']\n");
@@ -168,6 +174,16 @@ absl::StatusOr<nlohmann::json> PrometheusServer::Query(const std::string& promql
   return body["data"];
 }
 
+absl::StatusOr<nlohmann::json> PrometheusServer::Rules() {
+  absl::StatusOr<HttpResponse> r = HttpGet(address_, "/api/v1/rules");
+  if (!r.ok()) return absl::UnavailableError(absl::StrCat("rules: ", r.status().message()));
+  nlohmann::json body = nlohmann::json::parse(r->body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object() || body.value("status", "") != "success") {
+    return absl::InternalError(absl::StrCat("rules: HTTP ", r->status, ": ", r->body));
+  }
+  return body["data"];
+}
+
 absl::StatusOr<double> PrometheusServer::QueryValue(const std::string& promql) {
   ASSIGN_OR_RETURN(nlohmann::json data, Query(promql));
   std::string type = data.value("resultType", "");
@@ -216,6 +232,20 @@ absl::Status PrometheusServer::WaitForTargetsUp(absl::Duration timeout) {
         WaitForValue(absl::StrCat("up{job=\"", t.job, "\",instance=\"", t.address, "\"}"), 1, timeout));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<CommandResult> PromtoolCheckRules(const std::string& rules) {
+  std::string promtool = FindPromtool();
+  if (promtool.empty()) return absl::FailedPreconditionError(PrometheusUnavailableReason());
+  char dir[] = "/tmp/fcvm-rules-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp /tmp/fcvm-rules-XXXXXX");
+  std::string file = std::string(dir) + "/rules.yml";
+  absl::Status written = WriteFileAtomic(file, rules, 0600, /*durable=*/false);
+  CommandResult r;
+  if (written.ok()) r = RunCommand({promtool, "check", "rules", file}, absl::Seconds(60));
+  RemoveTree(dir).IgnoreError();
+  RETURN_IF_ERROR(written);
+  return r;
 }
 
 absl::StatusOr<CommandResult> PromtoolCheckMetrics(const std::string& exposition) {

@@ -42,6 +42,9 @@ struct ScrapeTarget {
 struct PrometheusOptions {
   std::vector<ScrapeTarget> targets;
   absl::Duration scrape_interval = absl::Seconds(1);
+  // Recording/alerting rule files (YAML text), evaluated every
+  // scrape_interval; see Rules().
+  std::vector<std::string> rule_files;
   // Until /-/ready answers 200.
   absl::Duration start_timeout = absl::Seconds(60);
 };
@@ -71,6 +74,9 @@ class PrometheusServer {
   // value (or error) after `timeout`.
   absl::Status WaitForValue(const std::string& promql, double want,
                             absl::Duration timeout = absl::Seconds(30));
+  // GET /api/v1/rules: the "data" object ({"groups": [{"rules": [{"name",
+  // "health", "lastError", "state", ...}]}]}).
+  absl::StatusOr<nlohmann::json> Rules();
   // Waits until each target's last scrape succeeded (its `up` is 1).
   absl::Status WaitForTargetsUp(absl::Duration timeout = absl::Seconds(30));
 
@@ -91,5 +97,10 @@ class PrometheusServer {
 // result's code is 0 and its output empty when promtool finds no problem.
 // FailedPrecondition when promtool is not installed.
 absl::StatusOr<CommandResult> PromtoolCheckMetrics(const std::string& exposition);
+
+// `promtool check rules` on a rule file with the text `rules`: code 0 when
+// it parses and every expression is valid. FailedPrecondition when promtool
+// is not installed.
+absl::StatusOr<CommandResult> PromtoolCheckRules(const std::string& rules);
 
 }  // namespace fcvm::testing

@@ -76,8 +76,13 @@ class IdentityE2eTest : public ::testing::Test {
   void SetUp() override {
     std::string missing = e2e::MissingPrerequisite();
     if (!missing.empty()) GTEST_SKIP() << missing;
+    // fcvmd's umask (daemon/main.cc), which the jailed VMs' uids depend on.
+    old_umask_ = umask(027);
     options_.state_dir = tmp_.path() + "/state";
     options_.firecracker_bin = e2e::FirecrackerPath();
+    // Jailed, as fcvmd runs VMs, wherever the jailer is present
+    // (FCVM_JAILER_BIN=/nonexistent runs the suite unjailed).
+    if (e2e::MissingJailPrerequisite().empty()) options_.jailer_bin = e2e::JailerPath();
     options_.network_prefix = "fcvi";
     options_.network_pool = "10.212.0.0/16";
     options_.warm_pool_size = 0;
@@ -90,6 +95,7 @@ class IdentityE2eTest : public ::testing::Test {
     manager_.reset();
     std::vector<std::string> left = e2e::Leftovers(tmp_.path(), "fcvi");
     EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
+    umask(old_umask_);
   }
 
   void Restart() {
@@ -116,7 +122,23 @@ class IdentityE2eTest : public ::testing::Test {
   e2e::TempDir tmp_{"fcvm-ide2e"};
   ManagerOptions options_;
   std::unique_ptr<Manager> manager_;
+  mode_t old_umask_ = 022;
 };
+
+// The VM's directory (console log, records).
+std::string DirOf(const VmInfo& vm) { return vm.console_log_path.substr(0, vm.console_log_path.rfind('/')); }
+
+// Where its Firecracker's API socket is on the host: in its chroot when
+// jailed.
+std::string ApiSocketOf(const VmInfo& vm) {
+  return vm.jailed ? vm.jail.chroot + "/run/firecracker.socket" : DirOf(vm) + "/api.sock";
+}
+
+// Where its vsock's host socket must be: the relative "vsock.sock" resolved
+// in its Firecracker's working directory, the chroot's root when jailed.
+std::string VsockOf(const VmInfo& vm) {
+  return vm.jailed ? vm.jail.chroot + "/vsock.sock" : DirOf(vm) + "/vsock.sock";
+}
 
 TEST_F(IdentityE2eTest, SnapshotRecordsItsHostAndRefusesAnotherOne) {
   ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(GuestRun("base")));
@@ -172,8 +194,7 @@ TEST_F(IdentityE2eTest, SnapshotRecordsItsHostAndRefusesAnotherOne) {
 // What a VM's own Firecracker says its MMDS holds (GET /mmds on its API
 // socket, beside its console log).
 nlohmann::json MmdsOf(const VmInfo& vm) {
-  std::string dir = vm.console_log_path.substr(0, vm.console_log_path.rfind('/'));
-  firecracker::ApiClient api(dir + "/api.sock");
+  firecracker::ApiClient api(ApiSocketOf(vm));
   absl::StatusOr<std::string> body = api.GetMmds();
   EXPECT_OK(body.status()) << vm.id;
   return nlohmann::json::parse(body.value_or("{}"), nullptr, false);
@@ -192,8 +213,7 @@ TEST_F(IdentityE2eTest, EachCloneHasItsOwnMetadata) {
   EXPECT_EQ(bm["fcvm"].value("vm_id", ""), base->id);
   EXPECT_EQ(bm["fcvm"]["network"].value("host_ip", ""), base->network.host_ip);
   // MMDS v2 by default: Firecracker reports the version it was configured with.
-  firecracker::ApiClient base_api(base->console_log_path.substr(0, base->console_log_path.rfind('/')) +
-                                  "/api.sock");
+  firecracker::ApiClient base_api(ApiSocketOf(*base));
   ASSERT_OK_AND_ASSIGN(std::string vm_config, base_api.Call("GET", "/vm/config", ""));
   nlohmann::json vc = nlohmann::json::parse(vm_config, nullptr, false);
   EXPECT_EQ(vc["mmds-config"].value("version", ""), "V2") << vm_config;
@@ -263,8 +283,7 @@ TEST_F(IdentityE2eTest, EachCloneHasItsOwnVsockSocket) {
   RunRequest r = GuestRun("vbase");
   r.config.vsock.enabled = true;
   ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(r));
-  const std::string base_dir = base.console_log_path.substr(0, base.console_log_path.rfind('/'));
-  EXPECT_EQ(base.vsock_path, base_dir + "/vsock.sock");
+  EXPECT_EQ(base.vsock_path, VsockOf(base)) << (base.jailed ? "jailed" : "unjailed");
   EXPECT_EQ(ListenerPid(base.vsock_path), base.pid) << base.vsock_path;
   ASSERT_GE(WaitTicks(base.console_log_path, 1).ok, 1);
   ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "vbase", .name = "vsnap"}));
@@ -274,13 +293,16 @@ TEST_F(IdentityE2eTest, EachCloneHasItsOwnVsockSocket) {
   ASSERT_EQ(clones.succeeded, 3u) << clones.clones[0].error;
   std::set<std::string> paths;
   for (const VmInfo& c : clones.clones) {
-    const std::string dir = c.console_log_path.substr(0, c.console_log_path.rfind('/'));
-    EXPECT_EQ(c.vsock_path, dir + "/vsock.sock");
+    EXPECT_EQ(c.jailed, base.jailed);
+    EXPECT_EQ(c.vsock_path, VsockOf(c));
     ASSERT_OK_AND_ASSIGN(VmInfo got, manager_->Get(c.id));
     EXPECT_EQ(got.vsock_path, c.vsock_path) << "GetVm reports it";
     struct stat st;
     ASSERT_EQ(stat(c.vsock_path.c_str(), &st), 0) << c.vsock_path;
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    if (c.jailed) {
+      EXPECT_EQ(st.st_uid, c.jail.uid) << "bound by the clone's jailed Firecracker";
+    }
     EXPECT_EQ(ListenerPid(c.vsock_path), c.pid) << c.vsock_path << " is not clone " << c.name << "'s";
     paths.insert(c.vsock_path);
     // The connection reaches this clone's Firecracker, which forwards it to

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
 
 #include <regex>
 #include <set>
@@ -16,10 +17,13 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
+#include "lib/firecracker/cgroup.h"
 #include "lib/vm/manager.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testing/status_matchers.h"
@@ -73,9 +77,14 @@ class ManagerE2eTest : public ::testing::Test {
   void SetUp() override {
     std::string missing = e2e::MissingPrerequisite();
     if (!missing.empty()) GTEST_SKIP() << missing;
+    // fcvmd's umask (daemon/main.cc): files it makes are not for others
+    // unless it says so, which the jailed VMs' uids depend on.
+    old_umask_ = umask(027);
     ManagerOptions o;
     o.state_dir = tmp_.path() + "/state";
     o.firecracker_bin = e2e::FirecrackerPath();
+    // Jailed, as fcvmd runs VMs, wherever the jailer is present.
+    if (e2e::MissingJailPrerequisite().empty()) o.jailer_bin = e2e::JailerPath();
     // Apart from any real fcvmd on this host.
     o.network_prefix = "fcvt";
     o.network_pool = "10.211.0.0/16";
@@ -89,6 +98,7 @@ class ManagerE2eTest : public ::testing::Test {
     manager_.reset();
     std::vector<std::string> left = e2e::Leftovers(tmp_.path());
     EXPECT_TRUE(left.empty()) << absl::StrJoin(left, "\n");
+    umask(old_umask_);
   }
 
   RunRequest GuestRun(const std::string& name) {
@@ -104,6 +114,7 @@ class ManagerE2eTest : public ::testing::Test {
 
   e2e::TempDir tmp_;
   std::unique_ptr<Manager> manager_;
+  mode_t old_umask_ = 022;
 };
 
 TEST_F(ManagerE2eTest, BootSnapshotCloneDelete) {
@@ -346,6 +357,157 @@ TEST_F(ManagerE2eTest, RestartReadoptsBootedVmAndStopsUffdClones) {
   ASSERT_OK(manager_->Delete("survivor", false, absl::Seconds(2)).status());
   ASSERT_OK(manager_->Delete(clone.id, false, absl::Seconds(1)).status());
   EXPECT_NE(kill(vm.pid, 0), 0);
+}
+
+// The cgroup directory of `pid` for `controller` (v1) or its unified cgroup
+// (v2, controller ""), as a host path; "" if not found.
+std::string CgroupDirOf(pid_t pid, const firecracker::CgroupHost& host, const std::string& controller) {
+  std::string text = ReadFile(absl::StrCat("/proc/", pid, "/cgroup")).value_or("");
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    if (controller.empty() && f[1].empty() && !host.v2_mount.empty()) return host.v2_mount + f[2];
+    if (controller.empty()) continue;
+    for (absl::string_view c : absl::StrSplit(f[1], ',')) {
+      auto m = host.v1_mounts.find(controller);
+      if (c == controller && m != host.v1_mounts.end()) return m->second + f[2];
+    }
+  }
+  return "";
+}
+
+// A limit file's value, trimmed.
+std::string CgroupValue(const std::string& dir, const std::string& file) {
+  std::string v = ReadFile(dir + "/" + file).value_or("?");
+  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+  return v;
+}
+
+// fcvmd's way: a jailed VM and 8 jailed clones, each its own uid/gid, no
+// capabilities, seccomp on every thread, its own chroot holding its own
+// files, PID namespace and cgroup with the asked limits; none can read
+// another's disk or reach its API; after delete nothing of them remains.
+TEST_F(ManagerE2eTest, JailedVmAndClonesAreConfined) {
+  if (std::string why = e2e::MissingJailPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  ASSERT_TRUE(manager_->options().jailer_bin.size() > 0);
+  ASSERT_OK_AND_ASSIGN(firecracker::CgroupHost cgroups, firecracker::CgroupHost::Detect());
+  RunRequest r = GuestRun("jailed");
+  r.config.limits = {.memory_mib = 256, .cpu_percent = 50, .cpu_weight = 200, .pids_max = 24};
+  ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(r));
+  ASSERT_GE(WaitTicks(vm.console_log_path, 1).ok, 1) << ReadFile(vm.console_log_path).value_or("");
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo snap, manager_->CreateSnapshot({.vm_ref = "jailed", .name = "jsnap"}));
+  EXPECT_TRUE(snap.jailed);
+  CloneRequest c;
+  c.snapshot_ref = "jsnap";
+  c.count = 8;
+  c.parallelism = 4;
+  c.limits = ResourceLimits{.memory_mib = 200, .cpu_percent = 25, .cpu_weight = 50, .pids_max = 20};
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone(c));
+  ASSERT_EQ(clones.succeeded, 8u) << (clones.clones.empty() ? "" : clones.clones[0].error);
+
+  std::vector<VmInfo> all = {vm};
+  for (const VmInfo& cl : clones.clones) all.push_back(cl);
+  std::set<uint32_t> uids;
+  std::set<std::string> chroots, pidns;
+  const std::string host_pidns = e2e::ReadLink("/proc/self/ns/pid");
+  for (const VmInfo& v0 : all) {
+    ASSERT_OK_AND_ASSIGN(VmInfo v, manager_->Get(v0.id));
+    SCOPED_TRACE(v.name);
+    ASSERT_TRUE(v.jailed);
+    EXPECT_EQ(v.state, VmState::kRunning);
+    EXPECT_GE(WaitTicks(v.console_log_path, 2).ok, 2) << ReadFile(v.console_log_path).value_or("");
+    EXPECT_NE(v.jail.uid, 0u);
+    EXPECT_EQ(v.jail.gid, v.jail.uid);
+    uids.insert(v.jail.uid);
+    chroots.insert(v.jail.chroot);
+    const std::string proc = absl::StrCat("/proc/", v.pid);
+    const std::string ids = absl::StrCat(v.jail.uid, "\t", v.jail.uid, "\t", v.jail.uid, "\t", v.jail.uid);
+    std::map<std::string, std::string> st = e2e::ReadStatus(proc + "/status");
+    EXPECT_EQ(st["Uid"], ids);
+    EXPECT_EQ(st["Gid"], ids);
+    std::set<std::string> tasks;
+    e2e::ListTree(proc + "/task", "", &tasks);
+    int threads = 0;
+    for (const std::string& t : tasks) {
+      if (absl::StrContains(t, '/')) continue;
+      std::map<std::string, std::string> ts = e2e::ReadStatus(absl::StrCat(proc, "/task/", t, "/status"));
+      if (ts.empty()) continue;  // a thread that just ended
+      ++threads;
+      EXPECT_EQ(ts["CapEff"], "0000000000000000") << ts["Name"];
+      EXPECT_EQ(ts["Seccomp"], "2") << ts["Name"];
+    }
+    EXPECT_GE(threads, 3);
+    // Its root is its own chroot, holding its own copy of the writable disk.
+    struct stat root_st, chroot_st;
+    ASSERT_EQ(stat((proc + "/root").c_str(), &root_st), 0);
+    ASSERT_EQ(stat(v.jail.chroot.c_str(), &chroot_st), 0);
+    EXPECT_EQ(root_st.st_ino, chroot_st.st_ino);
+    EXPECT_EQ(root_st.st_dev, chroot_st.st_dev);
+    std::set<std::string> files;
+    e2e::ListTree(v.jail.chroot, "", &files);
+    EXPECT_TRUE(files.count("run/firecracker.socket"));
+    EXPECT_TRUE(files.count("drives/data")) << absl::StrJoin(files, " ");
+    EXPECT_TRUE(files.count("dev/kvm"));
+    EXPECT_FALSE(files.count("etc")) << "host files in the jail";
+    const std::string ns = e2e::ReadLink(proc + "/ns/pid");
+    EXPECT_NE(ns, host_pidns);
+    pidns.insert(ns);
+    EXPECT_EQ(st["NSpid"], absl::StrCat(v.pid, "\t1"));
+    // The asked limits are in force, in the VM's cgroup.
+    const ResourceLimits want = v.id == vm.id ? r.config.limits : *c.limits;
+    EXPECT_EQ(v.jail.limits.memory_mib, want.memory_mib);
+    EXPECT_EQ(v.jail.limits.pids_max, want.pids_max);
+    EXPECT_EQ(v.jail.limits.cpu_percent, want.cpu_percent);
+    if (v.jail.cgroup_version == "v2") {
+      std::string dir = CgroupDirOf(v.pid, cgroups, "");
+      EXPECT_EQ(CgroupValue(dir, "memory.max"), std::to_string(uint64_t{want.memory_mib} << 20));
+      EXPECT_EQ(CgroupValue(dir, "pids.max"), std::to_string(want.pids_max));
+      EXPECT_EQ(CgroupValue(dir, "cpu.max"), absl::StrCat(want.cpu_percent * 1000, " 100000"));
+    } else {
+      EXPECT_EQ(v.jail.cgroup_version, "v1");
+      EXPECT_EQ(CgroupValue(CgroupDirOf(v.pid, cgroups, "memory"), "memory.limit_in_bytes"),
+                std::to_string(uint64_t{want.memory_mib} << 20));
+      EXPECT_EQ(CgroupValue(CgroupDirOf(v.pid, cgroups, "pids"), "pids.max"), std::to_string(want.pids_max));
+      EXPECT_EQ(CgroupValue(CgroupDirOf(v.pid, cgroups, "cpu"), "cpu.cfs_quota_us"),
+                std::to_string(want.cpu_percent * 1000));
+    }
+  }
+  EXPECT_EQ(uids.size(), all.size()) << "each VM has its own uid";
+  EXPECT_EQ(chroots.size(), all.size());
+  EXPECT_EQ(pidns.size(), all.size()) << "each VM has its own PID namespace";
+
+  // A clone's uid can neither read another VM's disk nor reach its API.
+  const VmInfo& a = clones.clones[0];
+  const VmInfo& b = clones.clones[1];
+  auto [open_err, connect_err] = e2e::TryAs(a.jail.uid, a.jail.gid, b.jail.chroot + "/drives/data",
+                                            b.jail.chroot + "/run/firecracker.socket");
+  EXPECT_EQ(open_err, EACCES);
+  EXPECT_EQ(connect_err, EACCES);
+  auto [own_open, own_connect] = e2e::TryAs(b.jail.uid, b.jail.gid, b.jail.chroot + "/drives/data",
+                                            b.jail.chroot + "/run/firecracker.socket");
+  EXPECT_EQ(own_open, EACCES) << "the chroot's root is 0700 for its uid: the host path is not its own view";
+  (void)own_connect;
+
+  // After delete: no process, chroot, cgroup or uid lease.
+  std::vector<std::string> cg_dirs;
+  for (const VmInfo& v : all) {
+    ASSERT_OK_AND_ASSIGN(VmInfo now, manager_->Get(v.id));
+    cg_dirs.push_back(CgroupDirOf(now.pid, cgroups, now.jail.cgroup_version == "v2" ? "" : "memory"));
+  }
+  for (const VmInfo& v : all) ASSERT_OK(manager_->Delete(v.id, true, absl::ZeroDuration()).status());
+  ASSERT_OK(manager_->DeleteSnapshot("jsnap", false).status());
+  const std::string leases = ReadFile(manager_->options().state_dir + "/jail-uids.json").value_or("");
+  for (size_t i = 0; i < all.size(); ++i) {
+    SCOPED_TRACE(all[i].name);
+    EXPECT_NE(kill(all[i].pid, 0), 0) << "process left";
+    // The jail directory is the chroot's parent.
+    EXPECT_NE(access(all[i].jail.chroot.c_str(), F_OK), 0) << all[i].jail.chroot;
+    const std::string jail_dir = all[i].jail.chroot.substr(0, all[i].jail.chroot.rfind('/'));
+    EXPECT_NE(access(jail_dir.c_str(), F_OK), 0) << jail_dir;
+    EXPECT_FALSE(cg_dirs[i].empty());
+    EXPECT_NE(access(cg_dirs[i].c_str(), F_OK), 0) << "cgroup left: " << cg_dirs[i];
+    EXPECT_FALSE(absl::StrContains(leases, all[i].id)) << leases;
+  }
 }
 
 TEST_F(ManagerE2eTest, CrashedFirecrackerIsMarkedFailed) {

@@ -79,14 +79,39 @@ class FakeVmService final : public v1::VmService::Service {
   grpc::Status GetVm(grpc::ServerContext*, const v1::GetVmRequest* req, v1::Vm* resp) override {
     if (req->ref() != "web-1") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no VM '" + req->ref() + "'");
     *resp = MakeVm("vm-0123456789ab", "web-1", v1::VM_STATE_RUNNING);
+    std::lock_guard<std::mutex> lock(mu);
+    get = *req;
+    if (with_usage) SetUsage(resp, 0, req->usage() == v1::USAGE_DETAIL_UNSPECIFIED);
     return grpc::Status::OK;
   }
+  // With usage: every answer is one more second later, and web-1 used half
+  // a second more CPU (50 %) and served 100 more faults meanwhile; idle-2
+  // used none.
   grpc::Status ListVms(grpc::ServerContext*, const v1::ListVmsRequest* req,
                        v1::ListVmsResponse* resp) override {
     std::lock_guard<std::mutex> lock(mu);
     list = *req;
-    *resp->add_vms() = MakeVm("vm-0123456789ab", "web-1", v1::VM_STATE_RUNNING);
+    ++list_calls;
+    v1::Vm* web = resp->add_vms();
+    *web = MakeVm("vm-0123456789ab", "web-1", v1::VM_STATE_RUNNING);
+    if (with_usage) {
+      v1::Vm* idle = resp->add_vms();
+      *idle = MakeVm("vm-00000000000b", "idle-2", v1::VM_STATE_PAUSED);
+      SetUsage(web, list_calls, req->usage() == v1::USAGE_DETAIL_FULL);
+      SetUsage(idle, 0, false);
+      *idle->mutable_usage()->mutable_sampled_at() = web->usage().sampled_at();
+    }
     return grpc::Status::OK;
+  }
+  static void SetUsage(v1::Vm* vm, int n, bool pss) {
+    vm->set_snapshot_id("snap-a");
+    v1::VmUsage* u = vm->mutable_usage();
+    *u->mutable_sampled_at() = TimeUtil::SecondsToTimestamp(1'800'000'000 + n);
+    *u->mutable_cpu_time() = TimeUtil::MillisecondsToDuration(1000 + 500 * n);
+    u->set_rss_bytes(64ull << 20);
+    if (pss) u->set_pss_bytes(20ull << 20);
+    u->set_page_faults_served(1000 + 100 * static_cast<uint64_t>(n));
+    *u->mutable_uptime() = TimeUtil::SecondsToDuration(330 + n);
   }
   grpc::Status DeleteVm(grpc::ServerContext*, const v1::DeleteVmRequest* req,
                         v1::DeleteVmResponse* resp) override {
@@ -101,7 +126,10 @@ class FakeVmService final : public v1::VmService::Service {
 
   std::mutex mu;
   v1::RunVmRequest run;
+  v1::GetVmRequest get;
   v1::ListVmsRequest list;
+  int list_calls = 0;
+  std::atomic<bool> with_usage{false};
   std::vector<v1::DeleteVmRequest> deleted;
 };
 
@@ -329,11 +357,93 @@ TEST_F(CliTest, GetJsonRoundTrips) {
 TEST_F(CliTest, LsSendsFilters) {
   Result r = Ctl({"ls", "--label", "app=web", "--state", "running", "--snapshot", "base"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_THAT(r.out, StartsWith("ID               NAME   STATE    BACKEND  SNAPSHOT  PID   IP  AGE\n"));
+  EXPECT_THAT(
+      r.out,
+      StartsWith("ID               NAME   STATE    BACKEND  SNAPSHOT  PID   IP  CPU  RSS  FAULTS  AGE\n"));
   std::lock_guard<std::mutex> lock(vms_.mu);
   EXPECT_THAT(vms_.list.label_selector(), UnorderedElementsAre(Pair("app", "web")));
   EXPECT_THAT(vms_.list.states(), ElementsAre(v1::VM_STATE_RUNNING));
   EXPECT_EQ(vms_.list.snapshot_ref(), "base");
+  EXPECT_EQ(vms_.list.usage(), v1::USAGE_DETAIL_UNSPECIFIED);
+}
+
+TEST_F(CliTest, LsAndGetShowUsage) {
+  vms_.with_usage = true;
+  Result r = Ctl({"ls", "--pss"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(
+      r.out,
+      "ID               NAME    STATE    BACKEND  SNAPSHOT  PID   IP    CPU     RSS     PSS  FAULTS  AGE\n"
+      "vm-0123456789ab  web-1   running  uffd     snap-a    4242  -   1.50s  64 MiB  20 MiB    1100  -\n"
+      "vm-00000000000b  idle-2  paused   uffd     snap-a    4242  -   1.00s  64 MiB       -    1000  -\n");
+  {
+    std::lock_guard<std::mutex> lock(vms_.mu);
+    EXPECT_EQ(vms_.list.usage(), v1::USAGE_DETAIL_FULL);
+  }
+  Result get = Ctl({"get", "web-1"});
+  ASSERT_EQ(get.code, 0) << get.err;
+  EXPECT_THAT(get.out,
+              HasSubstr("usage:\n  cpu time:      1.00s\n  rss:           64 MiB\n  pss:           20 MiB\n"
+                        "  faults served: 1000\n  uptime:        5m30s\n"));
+}
+
+TEST_F(CliTest, TopShowsCpuBetweenTwoSamplesSortedByCpu) {
+  vms_.with_usage = true;
+  Result r = Ctl({"top", "--interval", "100ms", "--iterations", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> frames = absl::StrSplit(r.out, "\n\nfcvm top", absl::SkipEmpty());
+  ASSERT_EQ(frames.size(), 2u) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("2 VMs: 1 running, 1 paused, 0 other; CPU 50.0 %, RSS 128 MiB\n\n"));
+  EXPECT_THAT(
+      r.out,
+      HasSubstr("ID               NAME    STATE    CPU%  CPU-TIME     RSS  FAULTS  FAULTS/S  UPTIME\n"
+                "vm-0123456789ab  web-1   running  50.0     2.00s  64 MiB    1200       100   5m32s\n"
+                "vm-00000000000b  idle-2  paused    0.0     1.00s  64 MiB    1000         0   5m30s\n"));
+  std::lock_guard<std::mutex> lock(vms_.mu);
+  EXPECT_EQ(vms_.list_calls, 3) << "one sample, then one per frame";
+  EXPECT_EQ(vms_.list.usage(), v1::USAGE_DETAIL_BASIC);
+}
+
+TEST_F(CliTest, TopJsonIsOneSample) {
+  vms_.with_usage = true;
+  Result r = Ctl({"--json", "top", "--interval", "100ms", "--sort", "name"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  google::protobuf::Struct doc = FromJson<google::protobuf::Struct>(r.out);
+  EXPECT_DOUBLE_EQ(doc.fields().at("interval_seconds").number_value(), 0.1);
+  const auto& vms = doc.fields().at("vms").list_value();
+  ASSERT_EQ(vms.values_size(), 2);
+  const auto& idle = vms.values(0).struct_value().fields();  // sorted by name
+  const auto& web = vms.values(1).struct_value().fields();
+  EXPECT_EQ(idle.at("name").string_value(), "idle-2");
+  EXPECT_DOUBLE_EQ(web.at("cpu_percent").number_value(), 50);
+  EXPECT_DOUBLE_EQ(web.at("faults_per_second").number_value(), 100);
+  EXPECT_DOUBLE_EQ(web.at("rss_bytes").number_value(), 64 << 20);
+  EXPECT_EQ(web.at("pss_bytes").kind_case(), google::protobuf::Value::kNullValue);
+  std::lock_guard<std::mutex> lock(vms_.mu);
+  EXPECT_EQ(vms_.list_calls, 2);
+}
+
+TEST_F(CliTest, TopEndsCleanlyOnSigint) {
+  vms_.with_usage = true;
+  Result r;
+  std::thread t([&] { r = Ctl({"top", "--interval", "1h"}); });
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    {
+      std::lock_guard<std::mutex> lock(vms_.mu);
+      if (vms_.list_calls >= 1) break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  // The handler is installed before the first sample is taken.
+  kill(getpid(), SIGINT);
+  t.join();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(r.out, "") << "interrupted before the first frame";
+  struct sigaction sa;
+  ASSERT_EQ(sigaction(SIGINT, nullptr, &sa), 0);
+  EXPECT_EQ(sa.sa_handler, SIG_DFL);
 }
 
 TEST_F(CliTest, RmReportsEachRefAndFailsIfAnyFailed) {
@@ -431,6 +541,11 @@ TEST(CliUsage, BadInputExitsTwoWithOneLineAndNoCall) {
       {{"ls", "--timeout", "soon"},
        "fcvmctl: ls: --timeout: not a positive duration: 'soon' (e.g. 500ms, 5s, 2m, inf)\n"},
       {{"stats", "a", "b"}, "fcvmctl: stats: unexpected argument 'b' (usage: fcvmctl stats [VM_REF])\n"},
+      {{"top", "--sort", "mem"},
+       "fcvmctl: top: --sort: unknown sort key 'mem' (want cpu, rss, pss, faults, uptime or name)\n"},
+      {{"top", "--interval", "1ms"},
+       "fcvmctl: top: --interval: want a duration from 100ms to 1h (e.g. 1s, 500ms), got '1ms'\n"},
+      {{"top", "--iterations", "-1"}, "fcvmctl: top: --iterations: must be 0 or more\n"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = c.args;

@@ -3,6 +3,8 @@
 
 #include "cli/format.h"
 
+#include "cli/top.h"
+
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
@@ -147,13 +149,15 @@ TEST(FormatVm, TableSummaryAndDetails) {
   v1::ListVmsResponse list;
   *list.add_vms() = vm;
   EXPECT_EQ(FormatVmTable(list, absl::FromUnixSeconds(1000 + 90)),
-            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP  AGE\n"
-            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  -   1m\n");
+            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP  CPU  RSS  FAULTS  AGE\n"
+            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  -     -    -       -  1m\n");
   v1::ListVmsResponse networked = list;
   networked.mutable_vms(0)->mutable_network()->set_host_ip("10.200.0.2");
-  EXPECT_EQ(FormatVmTable(networked, absl::FromUnixSeconds(1000 + 90)),
-            "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP          AGE\n"
-            "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  10.200.0.2  1m\n");
+  EXPECT_EQ(
+      FormatVmTable(networked, absl::FromUnixSeconds(1000 + 90)),
+      "ID               NAME   STATE    BACKEND  SNAPSHOT           PID   IP          CPU  RSS  FAULTS  AGE\n"
+      "vm-0123456789ab  web-1  running  file     snap-00000000000a  4242  10.200.0.2    -    -       -  "
+      "1m\n");
 
   EXPECT_EQ(FormatVmSummary(vm),
             "id:          vm-0123456789ab\n"
@@ -233,6 +237,21 @@ TEST(FormatSnapshot, TableAndDetails) {
   EXPECT_EQ(FormatDeleteVm(vdel), "deleted vm-1 (forced)\n");
 }
 
+// Issue 14: the page size of a snapshot and of a VM's config.
+TEST(FormatSnapshot, PageSize) {
+  v1::Snapshot s;
+  s.set_memory_page_size(2 << 20);
+  s.mutable_config()->set_huge_pages(v1::HUGE_PAGES_2M);
+  std::string details = FormatSnapshotDetails(s, absl::UnixEpoch());
+  EXPECT_THAT(details, HasSubstr("page size:      2 MiB (huge pages: UFFD clones only)\n"));
+  EXPECT_THAT(details, HasSubstr("  page size: 2 MiB (huge pages)\n"));
+  s.set_memory_page_size(4096);
+  s.mutable_config()->set_huge_pages(v1::HUGE_PAGES_NONE);
+  details = FormatSnapshotDetails(s, absl::UnixEpoch());
+  EXPECT_THAT(details, HasSubstr("page size:      4 KiB\n"));
+  EXPECT_THAT(details, HasSubstr("  page size: 4 KiB\n"));
+}
+
 TEST(FormatPageServerStats, SessionsAndTotals) {
   v1::PageServerStats stats;
   stats.set_loop_threads(2);
@@ -294,6 +313,73 @@ TEST(ToJson, ProtoFieldNamesAndDefaults) {
   const std::string line = ToJson(vm, false);
   EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
   EXPECT_EQ(line.back(), '\n');
+}
+
+TEST(FormatTop, Seconds) {
+  EXPECT_EQ(FormatSeconds(0), "0.00s");
+  EXPECT_EQ(FormatSeconds(0.35), "0.35s");
+  EXPECT_EQ(FormatSeconds(12.44), "12.4s");
+  EXPECT_EQ(FormatSeconds(303), "5m03s");
+  EXPECT_EQ(FormatSeconds(7620), "2h07m");
+  EXPECT_EQ(FormatSeconds(273600), "3d04h");
+  EXPECT_EQ(FormatSeconds(-1), "0.00s");
+}
+
+v1::Vm WithUsage(const std::string& id, const std::string& name, int64_t at_s, int64_t cpu_ms,
+                 uint64_t rss_mib, uint64_t faults) {
+  v1::Vm vm;
+  vm.set_id(id);
+  vm.set_name(name);
+  vm.set_state(v1::VM_STATE_RUNNING);
+  v1::VmUsage* u = vm.mutable_usage();
+  *u->mutable_sampled_at() = TimeUtil::SecondsToTimestamp(at_s);
+  *u->mutable_cpu_time() = TimeUtil::MillisecondsToDuration(cpu_ms);
+  u->set_rss_bytes(rss_mib << 20);
+  u->set_page_faults_served(faults);
+  return vm;
+}
+
+TEST(FormatTop, RatesBetweenSamplesAndSorting) {
+  v1::ListVmsResponse before, now;
+  *before.add_vms() = WithUsage("vm-a", "a", 100, 1000, 10, 0);
+  *before.add_vms() = WithUsage("vm-b", "b", 100, 1000, 50, 0);
+  // Two seconds later: a used 1 s of CPU (50 %), b 3 s (150 %: two vCPUs),
+  // c is new (no rate yet), d has no process.
+  *now.add_vms() = WithUsage("vm-a", "a", 102, 2000, 10, 400);
+  *now.add_vms() = WithUsage("vm-b", "b", 102, 4000, 50, 0);
+  *now.add_vms() = WithUsage("vm-c", "c", 102, 9000, 99, 0);
+  v1::Vm d;
+  d.set_id("vm-d");
+  d.set_name("d");
+  d.set_state(v1::VM_STATE_STOPPED);
+  *now.add_vms() = d;
+
+  std::vector<TopRow> cpu = ComputeTop(before, now, TopSort::kCpu);
+  ASSERT_EQ(cpu.size(), 4u);
+  EXPECT_EQ(cpu[0].name, "b");
+  EXPECT_DOUBLE_EQ(*cpu[0].cpu_percent, 150);
+  EXPECT_EQ(cpu[1].name, "a");
+  EXPECT_DOUBLE_EQ(*cpu[1].cpu_percent, 50);
+  EXPECT_DOUBLE_EQ(*cpu[1].faults_per_second, 200);
+  EXPECT_EQ(cpu[2].name, "c");  // no rate: after those with one
+  EXPECT_FALSE(cpu[2].cpu_percent.has_value());
+  EXPECT_EQ(cpu[3].name, "d");
+  EXPECT_FALSE(cpu[3].has_usage);
+
+  std::vector<TopRow> rss = ComputeTop(before, now, TopSort::kRss);
+  EXPECT_EQ(rss[0].name, "c");
+  EXPECT_EQ(rss[1].name, "b");
+  std::vector<TopRow> faults = ComputeTop(before, now, TopSort::kFaults);
+  EXPECT_EQ(faults[0].name, "a");
+  std::vector<TopRow> names = ComputeTop(now, now, TopSort::kName);
+  EXPECT_EQ(names[0].name, "a");
+  EXPECT_EQ(names[3].name, "d");
+
+  std::string frame = FormatTop(cpu, absl::FromUnixSeconds(102), /*pss=*/false);
+  EXPECT_THAT(frame, HasSubstr(", 4 VMs: 3 running, 0 paused, 1 other; CPU 200.0 %, RSS 159 MiB\n\n"));
+  EXPECT_THAT(frame, HasSubstr("\nvm-c  c     running      -     9.00s  99 MiB       0         -   0.00s\n"));
+  EXPECT_THAT(frame, HasSubstr("\nvm-d  d     stopped      -         -       -       -         -       -\n"));
+  EXPECT_THAT(FormatTop(cpu, absl::FromUnixSeconds(102), /*pss=*/true), HasSubstr("  RSS  PSS  FAULTS"));
 }
 
 }  // namespace

@@ -434,5 +434,19 @@ TEST(ParsePublishExtra, HostGuestAndProtocol) {
   }
 }
 
+// Issue 14: huge-page guests.
+TEST(ParseRunVm, HugePages) {
+  Parser p;
+  ASSERT_OK_AND_ASSIGN(v1::RunVmRequest req, ParseRunVm(p.flags, {"--kernel", "/k", "--huge-pages", "2M"}));
+  EXPECT_EQ(req.config().huge_pages(), v1::HUGE_PAGES_2M);
+  Parser d;
+  ASSERT_OK_AND_ASSIGN(v1::RunVmRequest def, ParseRunVm(d.flags, {"--kernel", "/k"}));
+  EXPECT_EQ(def.config().huge_pages(), v1::HUGE_PAGES_NONE);
+  Parser bad;
+  EXPECT_THAT(
+      ParseRunVm(bad.flags, {"--kernel", "/k", "--huge-pages", "1G"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--huge-pages: unknown huge page size '1G'")));
+}
+
 }  // namespace
 }  // namespace fcvm::cli

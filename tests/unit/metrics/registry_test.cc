@@ -321,6 +321,53 @@ TEST(RegistryTest, CallbackSamplesAreCappedAndChecked) {
   EXPECT_THAT(r.Render(), HasSubstr("fcvm_metrics_series_dropped_total{metric=\"g\"} 4\n"));
 }
 
+TEST(RegistryTest, CallbackHistogramsRenderCumulativeBuckets) {
+  Registry r;
+  std::vector<HistogramSample> now = {{{"b"}, {1, 0, 2}, 7.5}, {{"a"}, {0, 3, 0}, 1.25}};
+  ASSERT_OK_AND_ASSIGN(CallbackHandle h,
+                       r.AddHistogramCallback({.name = "lat_seconds", .help = "Latency.", .labels = {"k"}},
+                                              {0.5, 1}, [&now] { return now; }));
+  EXPECT_EQ(WithoutDropped(r.Render()),
+            "# HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\n"
+            "lat_seconds_bucket{k=\"a\",le=\"0.5\"} 0\n"
+            "lat_seconds_bucket{k=\"a\",le=\"1\"} 3\n"
+            "lat_seconds_bucket{k=\"a\",le=\"+Inf\"} 3\n"
+            "lat_seconds_sum{k=\"a\"} 1.25\n"
+            "lat_seconds_count{k=\"a\"} 3\n"
+            "lat_seconds_bucket{k=\"b\",le=\"0.5\"} 1\n"
+            "lat_seconds_bucket{k=\"b\",le=\"1\"} 1\n"
+            "lat_seconds_bucket{k=\"b\",le=\"+Inf\"} 3\n"
+            "lat_seconds_sum{k=\"b\"} 7.5\n"
+            "lat_seconds_count{k=\"b\"} 3\n");
+  // The names a histogram renders are taken while it is registered.
+  EXPECT_THAT(r.AddGauge({.name = "lat_seconds_count", .help = "h"}).status(),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  // A sample with the wrong number of buckets is dropped and counted.
+  now = {{{"a"}, {1, 1}, 0}, {{"c"}, {0, 0, 1}, 2}};
+  EXPECT_EQ(WithoutDropped(r.Render()),
+            "# HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\n"
+            "lat_seconds_bucket{k=\"c\",le=\"0.5\"} 0\n"
+            "lat_seconds_bucket{k=\"c\",le=\"1\"} 0\n"
+            "lat_seconds_bucket{k=\"c\",le=\"+Inf\"} 1\n"
+            "lat_seconds_sum{k=\"c\"} 2\n"
+            "lat_seconds_count{k=\"c\"} 1\n");
+  EXPECT_THAT(r.Render(), HasSubstr("fcvm_metrics_series_dropped_total{metric=\"lat_seconds\"} 1\n"));
+  // Bad registrations.
+  EXPECT_THAT(r.AddHistogramCallback({.name = "x_seconds", .help = "h"}, {},
+                                     [] { return std::vector<HistogramSample>{}; })
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(r.AddHistogramCallback({.name = "x_total", .help = "h"}, {1},
+                                     [] { return std::vector<HistogramSample>{}; })
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(r.AddHistogramCallback({.name = "x_seconds", .help = "h"}, {1}, nullptr).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  h.Reset();
+  EXPECT_EQ(r.Render(), "");
+  ASSERT_OK(r.AddGauge({.name = "lat_seconds_count", .help = "h"}).status());
+}
+
 TEST(RegistryTest, HandleResetWaitsForRunningCallback) {
   Registry r;
   absl::Notification entered, release, reset_starting;

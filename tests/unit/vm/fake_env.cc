@@ -79,10 +79,11 @@ std::string FakeVmstate(const std::string& format) {
 
 class FakeVmm final : public Vmm {
  public:
-  FakeVmm(std::shared_ptr<FakeWorld> world, pid_t pid, std::string dir)
+  FakeVmm(std::shared_ptr<FakeWorld> world, pid_t pid, std::string dir, std::string jail_dir = "")
       : world_(std::move(world)),
         pid_(pid),
         dir_(std::move(dir)),
+        jail_dir_(std::move(jail_dir)),
         exit_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
     {
       absl::MutexLock lock(&world_->mu);
@@ -110,6 +111,7 @@ class FakeVmm final : public Vmm {
     world_->boot_specs.push_back(spec);
     if (spec.mmds_data.has_value()) world_->mmds[pid_] = *spec.mmds_data;
     vcpus_running_ = true;
+    world_->boot_huge_pages.push_back(spec.machine.huge_pages.value_or(""));
     return absl::OkStatus();
   }
   absl::Status LoadSnapshot(const firecracker::SnapshotLoad& load, absl::Duration) override {
@@ -119,6 +121,7 @@ class FakeVmm final : public Vmm {
       n = ++world_->loads;
       world_->loads_resumed.push_back(load.resume_vm);
       vcpus_running_ = load.resume_vm;
+      world_->load_backends.push_back(load.backend);
     }
     RETURN_IF_ERROR(world_->load_gate.Wait());
     absl::MutexLock lock(&world_->mu);
@@ -135,8 +138,10 @@ class FakeVmm final : public Vmm {
       absl::MutexLock lock(&world_->mu);
       format = world_->snapshot_format;
     }
-    RETURN_IF_ERROR(WriteFileAtomic(create.snapshot_path, FakeVmstate(format), 0600));
-    return WriteFileAtomic(create.mem_file_path, std::string(64 << 10, '\0'), 0600);
+    // A jailed Firecracker's paths are in its chroot.
+    std::string root = jail_dir_.empty() ? "" : jail_dir_ + "/root";
+    RETURN_IF_ERROR(WriteFileAtomic(root + create.snapshot_path, FakeVmstate(format), 0600));
+    return WriteFileAtomic(root + create.mem_file_path, std::string(64 << 10, '\0'), 0600);
   }
   absl::Status Pause() override {
     RETURN_IF_ERROR(CheckRunning());
@@ -179,6 +184,11 @@ class FakeVmm final : public Vmm {
       ++world_->kills;
       ExitLocked(-9);
     }
+    if (!jail_dir_.empty()) {
+      // Like Vmm::Kill: the jail goes with the process.
+      (void)RemoveTree(jail_dir_);
+      world_->jails.erase(jail_dir_.substr(jail_dir_.rfind('/') + 1));
+    }
     return *exit_;
   }
   void Release() override {
@@ -189,6 +199,29 @@ class FakeVmm final : public Vmm {
     --world_->alive;
   }
   std::string RecentOutput() override { return ""; }
+
+  absl::Status PlaceFile(const firecracker::JailFile& file) override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    placed_.push_back(file.jail_path);
+    return absl::OkStatus();
+  }
+  absl::Status UpdateLimits(const firecracker::CgroupLimits& limits) override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    limits_ = limits;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<firecracker::CgroupLimits> ReadLimits() override {
+    if (jail_dir_.empty()) return absl::FailedPreconditionError("not jailed");
+    absl::MutexLock lock(&world_->mu);
+    return limits_;
+  }
+  std::string cgroup_version() const override { return jail_dir_.empty() ? "" : "v1"; }
+  void SetLimits(const firecracker::CgroupLimits& limits) {
+    absl::MutexLock lock(&world_->mu);
+    limits_ = limits;
+  }
 
   // Exits on its own (or is killed: code -9).
   void Exit(int code) {
@@ -208,7 +241,10 @@ class FakeVmm final : public Vmm {
   std::shared_ptr<FakeWorld> world_;
   const pid_t pid_;
   const std::string dir_;
+  const std::string jail_dir_;
   UniqueFd exit_fd_;
+  std::vector<std::string> placed_;   // under world_->mu
+  firecracker::CgroupLimits limits_;  // under world_->mu
   bool released_ = false;
   bool vcpus_running_ = false;  // under world_->mu
   std::optional<ExitStatus> exit_;
@@ -225,16 +261,30 @@ class FakeVmmFactory final : public VmmFactory {
       absl::MutexLock lock(&world_->mu);
       int n = ++world_->launches;
       if (spec.pooled) ++world_->pooled_launches;
+      world_->launches_merged.push_back(spec.memory_merge);
       if (world_->fail_launch_at == n) return absl::UnavailableError("fake firecracker exited at start");
     }
     RETURN_IF_ERROR(MakeDirs(spec.vm_dir, 0700));
     RETURN_IF_ERROR(WriteFileAtomic(spec.vm_dir + "/console.log", "", 0600));
     pid_t pid = g_next_pid.fetch_add(1);
+    std::string jail_dir;
     {
       absl::MutexLock lock(&world_->mu);
       world_->pids.push_back(pid);
+      if (world_->jailed != spec.jail.has_value()) {
+        return absl::InternalError("fake: a launch whose jailing does not match the factory's");
+      }
+      if (spec.jail.has_value()) {
+        if (spec.jail->uid == 0) return absl::InvalidArgumentError("fake: jailed as root");
+        jail_dir = world_->jail_base + "/firecracker/" + spec.id;
+        world_->jails.insert(spec.id);
+        world_->uids[spec.id] = spec.jail->uid;
+      }
     }
-    return std::make_unique<FakeVmm>(world_, pid, spec.vm_dir);
+    if (!jail_dir.empty()) RETURN_IF_ERROR(MakeDirs(jail_dir + "/root", 0700));
+    auto vmm = std::make_unique<FakeVmm>(world_, pid, spec.vm_dir, jail_dir);
+    if (spec.jail.has_value()) vmm->SetLimits(spec.jail->limits);
+    return vmm;
   }
 
   absl::StatusOr<std::unique_ptr<Vmm>> Adopt(pid_t pid, const std::string& vm_dir) override {
@@ -263,6 +313,33 @@ class FakeVmmFactory final : public VmmFactory {
     return world_->snapshot_format;
   }
 
+  bool jailed() const override {
+    absl::MutexLock lock(&world_->mu);
+    return world_->jailed;
+  }
+  std::string isolation() const override { return jailed() ? "jailer 1.7.0" : "none"; }
+  absl::StatusOr<firecracker::JailPaths> JailFor(const std::string& id) const override {
+    absl::MutexLock lock(&world_->mu);
+    if (!world_->jailed) return absl::FailedPreconditionError("not jailed");
+    firecracker::JailPaths p;
+    p.jail_dir = world_->jail_base + "/firecracker/" + id;
+    p.chroot_dir = p.jail_dir + "/root";
+    return p;
+  }
+  absl::Status RemoveJail(const std::string& id) override {
+    std::string dir;
+    {
+      absl::MutexLock lock(&world_->mu);
+      dir = world_->jail_base + "/firecracker/" + id;
+      world_->jails.erase(id);
+    }
+    return RemoveTree(dir);
+  }
+  std::vector<std::string> ListJails() override {
+    absl::MutexLock lock(&world_->mu);
+    return {world_->jails.begin(), world_->jails.end()};
+  }
+
  private:
   std::shared_ptr<FakeWorld> world_;
 };
@@ -289,6 +366,7 @@ class FakePageService final : public PageService {
     ++world_->listeners;
     uffd::ListenerId id = next_++;
     recorders_[id] = p == uffd::ClonePolicy::kRecord ? mem : "";
+    tags_[id] = spec.tag;
     return id;
   }
   absl::Status WaitPrefetchDone(uffd::ListenerId, absl::Time) override { return absl::OkStatus(); }
@@ -299,6 +377,7 @@ class FakePageService final : public PageService {
     // A recorder leaves its working set behind when its session ends.
     if (!it->second.empty()) world_->working_sets.insert(it->second);
     recorders_.erase(it);
+    tags_.erase(id);
     --world_->listeners;
     return absl::OkStatus();
   }
@@ -315,14 +394,32 @@ class FakePageService final : public PageService {
     absl::MutexLock lock(&world_->mu);
     return world_->working_set_pages;
   }
-  uffd::ServerStats GetStats() override { return {}; }
-  void SetEventCallback(std::function<void(const uffd::SessionEvent&)>) override {}
+  uffd::ServerStats GetStats() override {
+    absl::MutexLock lock(&world_->mu);
+    uffd::ServerStats out;
+    for (const auto& [id, tag] : tags_) {
+      uffd::ListenerStats l;
+      l.id = id;
+      l.tag = tag;
+      l.sessions_active = 1;
+      auto f = world_->faults_by_tag.find(tag);
+      if (f != world_->faults_by_tag.end()) l.stats.faults = f->second;
+      out.listeners.push_back(std::move(l));
+    }
+    out.total = world_->pager_total;
+    return out;
+  }
+  void SetEventCallback(std::function<void(const uffd::SessionEvent&)> callback) override {
+    absl::MutexLock lock(&world_->mu);
+    world_->pager_events = std::move(callback);
+  }
   void Stop() override {}
 
  private:
   std::shared_ptr<FakeWorld> world_;
   uffd::ListenerId next_ = 1;
   std::map<uffd::ListenerId, std::string> recorders_;  // under world_->mu
+  std::map<uffd::ListenerId, std::string> tags_;       // under world_->mu
 };
 
 class FakeNetwork final : public NetworkService {
@@ -333,10 +430,12 @@ class FakeNetwork final : public NetworkService {
     if (world_->network_available) return absl::OkStatus();
     return absl::UnavailableError("VM networking is not available on this host: fake");
   }
-  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>&) override {
+  absl::StatusOr<VmNetworkInfo> Setup(const std::string& vm_id, const std::vector<PortMapping>&,
+                                      uint32_t tap_owner) override {
     RETURN_IF_ERROR(Available());
     absl::MutexLock lock(&world_->mu);
     world_->networks.insert(vm_id);
+    world_->tap_owners[vm_id] = tap_owner;
     VmNetworkInfo n;
     n.netns = UniqueFd(eventfd(0, EFD_CLOEXEC));
     n.netns_name = "fake-" + vm_id;
@@ -377,6 +476,13 @@ class FakeHost final : public Host {
     absl::MutexLock lock(&world_->mu);
     return world_->mem_available_mib;
   }
+  absl::StatusOr<HugePagePool> HugePagePoolOf(uint64_t page_size) override {
+    absl::MutexLock lock(&world_->mu);
+    if (!world_->huge_pool.has_value() || world_->huge_pool->page_size != page_size) {
+      return absl::NotFoundError(absl::StrCat("no hugetlb pool of ", page_size >> 10, " KiB pages"));
+    }
+    return *world_->huge_pool;
+  }
   absl::StatusOr<uint64_t> AllocatedBytes(const std::string& path) override {
     return storage::AllocatedBytes(path);
   }
@@ -404,6 +510,15 @@ class FakeHost final : public Host {
   absl::StatusOr<firecracker::SnapshotHost> Describe() override {
     absl::MutexLock lock(&world_->mu);
     return world_->host;
+  }
+  absl::StatusOr<ProcessUsage> ReadProcessUsage(pid_t pid, bool pss) override {
+    absl::MutexLock lock(&world_->mu);
+    ++world_->usage_reads;
+    if (pss) ++world_->pss_reads;
+    auto it = world_->process_usage.find(pid);
+    ProcessUsage u = it != world_->process_usage.end() ? it->second : world_->default_usage;
+    if (!pss) u.pss_bytes.reset();
+    return u;
   }
 
  private:

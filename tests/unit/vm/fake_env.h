@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/vm/env.h"
 
@@ -63,23 +65,45 @@ struct FakeWorld {
   int boots ABSL_GUARDED_BY(mu) = 0;
   int resumes ABSL_GUARDED_BY(mu) = 0;
   std::vector<bool> loads_resumed ABSL_GUARDED_BY(mu);  // resume_vm of each load
+  // machine.huge_pages of each boot ("" when unset), memory_merge of each
+  // launch (pooled ones included), backend of each load.
+  std::vector<std::string> boot_huge_pages ABSL_GUARDED_BY(mu);
+  std::vector<bool> launches_merged ABSL_GUARDED_BY(mu);
+  std::vector<firecracker::MemBackend> load_backends ABSL_GUARDED_BY(mu);
   // Fail the n-th (1-based) launch / load / boot; 0 = never.
   int fail_launch_at ABSL_GUARDED_BY(mu) = 0;
   int fail_load_at ABSL_GUARDED_BY(mu) = 0;
   absl::Status load_error ABSL_GUARDED_BY(mu) = absl::InvalidArgumentError("PUT /snapshot/load: bad");
   // Pids that Adopt finds alive, with their VM directory; FindRunning's answer.
   std::map<pid_t, std::string> running ABSL_GUARDED_BY(mu);
+  // Jailing: when `jailed`, every launch must come with a jail spec; jails
+  // live under `jail_base` (created by the fake "jailer", removed by Kill or
+  // RemoveJail). uid of each launched VM id, and the limits it got.
+  bool jailed ABSL_GUARDED_BY(mu) = false;
+  std::string jail_base ABSL_GUARDED_BY(mu);
+  std::set<std::string> jails ABSL_GUARDED_BY(mu);
+  std::map<std::string, uint32_t> uids ABSL_GUARDED_BY(mu);
+  std::map<std::string, uint32_t> tap_owners ABSL_GUARDED_BY(mu);
   // Page server.
   int listeners ABSL_GUARDED_BY(mu) = 0;  // live
   std::set<std::string> pinned ABSL_GUARDED_BY(mu);
   std::set<std::string> recording ABSL_GUARDED_BY(mu);     // snapshot mem files with a recorder
   std::set<std::string> working_sets ABSL_GUARDED_BY(mu);  // mem files that have one
   uint64_t working_set_pages ABSL_GUARDED_BY(mu) = 0;
+  // GetStats: each live listener (tagged with its VM id) reports the faults
+  // given here for its tag; `pager_total` is the server's total.
+  std::map<std::string, uint64_t> faults_by_tag ABSL_GUARDED_BY(mu);
+  uffd::PageStats pager_total ABSL_GUARDED_BY(mu);
+  // The manager's session-event callback (SetEventCallback), for tests to
+  // fire page-server events.
+  std::function<void(const uffd::SessionEvent&)> pager_events ABSL_GUARDED_BY(mu);
   // Network.
   bool network_available ABSL_GUARDED_BY(mu) = true;
   std::set<std::string> networks ABSL_GUARDED_BY(mu);  // vm ids with a network
   // Host.
   uint64_t mem_available_mib ABSL_GUARDED_BY(mu) = 1 << 20;
+  // The host's 2 MiB huge page pool; nullopt: the host has none (NotFound).
+  std::optional<HugePagePool> huge_pool ABSL_GUARDED_BY(mu);
   bool fail_records ABSL_GUARDED_BY(mu) = false;  // WriteRecord: ENOSPC
   int disk_copies ABSL_GUARDED_BY(mu) = 0;
   // What Host::Describe and the factory say about this host and its
@@ -105,6 +129,12 @@ struct FakeWorld {
     h.page_size = 4096;
     return h;
   }
+  // ReadProcessUsage: by pid, else `default_usage` (its pss_bytes only when
+  // asked for); `usage_reads` counts calls, `pss_reads` those with pss.
+  std::map<pid_t, ProcessUsage> process_usage ABSL_GUARDED_BY(mu);
+  ProcessUsage default_usage ABSL_GUARDED_BY(mu) = {absl::Seconds(1), 16 << 20, 8 << 20};
+  int usage_reads ABSL_GUARDED_BY(mu) = 0;
+  int pss_reads ABSL_GUARDED_BY(mu) = 0;
 
   // Where the fakes block (open unless a test closes them).
   Gate launch_gate;

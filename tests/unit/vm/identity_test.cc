@@ -324,5 +324,44 @@ TEST_F(IdentityTest, VsockSocketIsRelativeSoEachCloneHasItsOwn) {
   EXPECT_EQ(plain.vsock_path, "");
 }
 
+// Jailed, Firecracker's working directory is its chroot's root: the relative
+// socket is <chroot>/vsock.sock, each clone's in its own chroot.
+TEST_F(IdentityTest, JailedVsockSocketIsInEachVmsChroot) {
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->jailed = true;
+    world_->jail_base = tmp_.Sub("jail");
+  }
+  Start();
+  RunRequest r = Guest("jbase");
+  r.config.vsock.enabled = true;
+  r.config.vsock.guest_cid = 42;
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(r));
+  ASSERT_TRUE(base.jailed);
+  EXPECT_EQ(base.vsock_path, base.jail.chroot + "/vsock.sock");
+  EXPECT_EQ(base.vsock_path, tmp_.Sub("jail") + "/firecracker/" + base.id + "/root/vsock.sock");
+  {
+    absl::MutexLock lock(&world_->mu);
+    ASSERT_EQ(world_->boot_specs.size(), 1u);
+    ASSERT_TRUE(world_->boot_specs[0].vsock.has_value());
+    EXPECT_EQ(world_->boot_specs[0].vsock->uds_path, "vsock.sock");
+    EXPECT_EQ(world_->boot_specs[0].vsock->guest_cid, 42u);
+  }
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "jbase", .name = "jgolden"}).status());
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone({.snapshot_ref = "jgolden", .count = 3}));
+  ASSERT_EQ(clones.succeeded, 3u);
+  std::set<std::string> paths;
+  for (const VmInfo& c : clones.clones) {
+    ASSERT_TRUE(c.jailed);
+    EXPECT_EQ(c.vsock_path, c.jail.chroot + "/vsock.sock");
+    EXPECT_EQ(c.config.vsock.guest_cid, 42u);
+    ASSERT_OK_AND_ASSIGN(VmInfo got, manager_->Get(c.id));
+    EXPECT_EQ(got.vsock_path, c.vsock_path);
+    paths.insert(c.vsock_path);
+  }
+  paths.insert(base.vsock_path);
+  EXPECT_EQ(paths.size(), 4u);
+}
+
 }  // namespace
 }  // namespace fcvm::vm
