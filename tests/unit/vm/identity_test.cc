@@ -41,6 +41,8 @@ class IdentityTest : public ::testing::Test {
     ManagerOptions o;
     o.state_dir = tmp_.Sub("state");
     o.clone_timeout = absl::Seconds(10);
+    // No pool filling itself in the background: tests count launches.
+    o.warm_pool_size = 0;
     manager_.reset();
     ASSERT_OK_AND_ASSIGN(manager_, Manager::Create(o, testing::MakeFakeEnv(world_)));
   }
