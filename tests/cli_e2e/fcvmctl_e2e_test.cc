@@ -197,6 +197,43 @@ TEST_F(FcvmctlE2eTest, ErrorsAreOneLineWithExitCodes) {
   EXPECT_THAT(bad_name.err, HasSubstr("vm name"));
 }
 
+// run --vsock, clones each with their own socket (in GetVm), and fcvmctl
+// vsock: the test guest has no vsock driver, so a CONNECT gets no answer.
+TEST_F(FcvmctlE2eTest, VsockSocketPerCloneAndFcvmctlVsock) {
+  RunGuest("vs-base", {"--vsock"});
+  json base = Ctl({"get", "vs-base"});
+  const std::string base_sock = base.value("vsock_uds_path", "");
+  ASSERT_FALSE(base_sock.empty()) << base.dump();
+  json snap = Ctl({"snapshot", "create", "vs-base", "--name", "vs-golden"});
+  ASSERT_EQ(snap["name"], "vs-golden") << snap.dump();
+  json clones = Ctl({"clone", "vs-golden", "--count", "2"});
+  ASSERT_EQ(clones["succeeded"], 2) << clones.dump();
+  std::set<std::string> socks = {base_sock};
+  for (const json& c : clones["clones"]) {
+    json got = Ctl({"get", c["id"]});
+    const std::string sock = got.value("vsock_uds_path", "");
+    struct stat st;
+    ASSERT_EQ(stat(sock.c_str(), &st), 0) << sock;
+    EXPECT_TRUE(S_ISSOCK(st.st_mode)) << sock;
+    socks.insert(sock);
+    absl::Time t = absl::Now();
+    Result r = CtlRaw({"vsock", c["name"], "52", "--connect-timeout", "500ms"});
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_THAT(r.err, HasSubstr("no answer from guest port 52 within 500ms")) << r.err;
+    EXPECT_GE(absl::Now() - t, absl::Milliseconds(450));
+  }
+  EXPECT_EQ(socks.size(), 3u) << "each VM its own socket";
+  RunGuest("vs-plain");
+  Result plain = CtlRaw({"vsock", "vs-plain", "52"});
+  EXPECT_EQ(plain.code, 1);
+  EXPECT_THAT(plain.err, HasSubstr("has no vsock (run it with --vsock)"));
+  // fcvmd leaves its VMs running when it stops: delete them.
+  EXPECT_EQ(CtlRaw({"snapshot", "rm", "vs-golden", "--force"}).code, 0);
+  Result rm = CtlRaw({"rm", "vs-base", "vs-plain"});
+  EXPECT_EQ(rm.code, 0) << rm.err;
+  EXPECT_TRUE(Ctl({"ls"})["vms"].empty());
+}
+
 // Three concurrent clone requests of one snapshot: 12 clones, 12 names.
 // Before, golden-0..3 came out twice and a third request failed.
 TEST_F(FcvmctlE2eTest, ConcurrentClonesGetUniqueNames) {
