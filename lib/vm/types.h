@@ -51,10 +51,10 @@ struct NetworkStatus {
   std::vector<PortMapping> publish;
 };
 
-// A virtio-vsock device. Its host-side socket is "vsock.sock" relative to
-// Firecracker's working directory, the VM's own directory (see
-// kVsockSocketName in core.h): a snapshot keeps that relative path, so each
-// clone listens in its own directory.
+// A virtio-vsock device. Its host-side socket is kVsockSocketName
+// (validate.h), relative to Firecracker's working directory: the VM's own
+// directory, or its chroot's root when jailed. A snapshot keeps that
+// relative path, so each clone listens in its own (VsockHostPath).
 struct VsockConfig {
   bool enabled = false;
   uint32_t guest_cid = 0;  // 0: kDefaultGuestCid
