@@ -1,5 +1,6 @@
 #include "lib/uffd/page_server.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -20,9 +21,11 @@
 #include <limits>
 #include <map>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -231,6 +234,7 @@ struct PageServer::Impl {
         this));
   }
   void WriterMain();
+  absl::Status Remove(ListenerId id, bool leave_peers);
   size_t PickLoop() { return round_robin.fetch_add(1) % loops.size(); }
 };
 
@@ -311,10 +315,12 @@ struct LoopCtx {
   std::vector<std::unique_ptr<HelperJob>> helping;  // other loops' prefetches this loop helps with
 
   void AddSession(std::shared_ptr<ListenerShared> ls, SessionId id, UniqueFd sock);
+  void AddAdopted(std::shared_ptr<ListenerShared> ls, SessionId id, Handshake hs, UniqueFd uffd,
+                  UniqueFd pidfd, pid_t pid);
   bool BusyHook();
   // Runs one slice of a helper job; false when the job is over (reported).
   bool HelpSlice(HelperJob& job);
-  void CloseListenerSessions(ListenerId id, const absl::Status& why);
+  void CloseListenerSessions(ListenerId id, const absl::Status& why, bool leave_peers);
   void Shutdown();
   ~LoopCtx();
 };
@@ -329,6 +335,9 @@ class Session {
         stats_(std::make_shared<AtomicPageStats>()) {}
 
   void Start();
+  // Starts a session taken over from another server (AdoptSession): ready at
+  // once, no socket; wakes the peer's threads waiting on faults.
+  void StartAdopted(Handshake hs, UniqueFd uffd, UniqueFd pidfd, pid_t pid);
   // Returns true while the session has more background work.
   bool Tick();
   // Ends the session: cancels its operations, maybe kills the peer, reports,
@@ -418,6 +427,8 @@ class Session {
   pid_t pid_ = 0;
   bool closed_ = false;
   bool ready_ = false;
+  bool adopted_ = false;
+  std::string raw_hs_;  // the handshake's bytes, when spec.handshake_copy_path asks for a copy
   io::OpId hs_poll_ = 0, hs_timer_ = 0, uffd_poll_ = 0, sock_poll_ = 0, pid_poll_ = 0;
 
   Handshake hs_;
@@ -501,6 +512,18 @@ void LoopCtx::AddSession(std::shared_ptr<ListenerShared> ls, SessionId id, Uniqu
   Session* raw = session.get();
   sessions.emplace(id, std::move(session));
   raw->Start();
+}
+
+void LoopCtx::AddAdopted(std::shared_ptr<ListenerShared> ls, SessionId id, Handshake hs, UniqueFd uffd,
+                         UniqueFd pidfd, pid_t pid) {
+  {
+    absl::MutexLock lock(&ls->mu);
+    if (ls->removed) return;
+  }
+  auto session = std::make_unique<Session>(this, std::move(ls), id, UniqueFd());
+  Session* raw = session.get();
+  sessions.emplace(id, std::move(session));
+  raw->StartAdopted(std::move(hs), std::move(uffd), std::move(pidfd), pid);
 }
 
 bool LoopCtx::BusyHook() {
@@ -614,13 +637,13 @@ bool LoopCtx::HelpSlice(HelperJob& job) {
   return false;
 }
 
-void LoopCtx::CloseListenerSessions(ListenerId id, const absl::Status& why) {
+void LoopCtx::CloseListenerSessions(ListenerId id, const absl::Status& why, bool leave_peers) {
   std::vector<Session*> victims;
   for (auto& [sid, s] : sessions) {
     if (s->listener_id() == id) victims.push_back(s.get());
   }
   for (Session* s : victims) {
-    s->Close(SessionEventKind::kClosed, why, s->spec().on_failure == FailurePolicy::kKill);
+    s->Close(SessionEventKind::kClosed, why, !leave_peers && s->spec().on_failure == FailurePolicy::kKill);
   }
   graveyard.clear();
 }
@@ -683,6 +706,35 @@ void Session::Start() {
                                                    absl::FormatDuration(ls_->spec.handshake_timeout))),
           Kill());
   });
+}
+
+void Session::StartAdopted(Handshake hs, UniqueFd uffd, UniqueFd pidfd, pid_t pid) {
+  start_ns_ = NowNs();
+  adopted_ = true;
+  pid_ = pid;
+  pidfd_ = std::move(pidfd);
+  hs_ = std::move(hs);
+  uffd_ = std::move(uffd);
+  ps_ = hs_.page_size;
+  ratio_ = ps_ / ls_->snap->page_size();
+  zero_src_ = ps_ > ls_->snap->page_size() ? ZeroSource() : nullptr;
+  {
+    absl::MutexLock lock(&ls_->mu);
+    ls_->live.push_back({id_, pid_, stats_});
+  }
+  BecomeReady();
+  if (closed_) return;
+  // Threads of the peer may wait on faults the previous server read and never
+  // resolved: woken, they fault again (to us) or find their page there.
+  for (const GuestRegion& r : hs_.regions) {
+    uffdio_range range{.start = r.base_host_virt_addr, .len = r.size};
+    if (ioctl(uffd_.get(), UFFDIO_WAKE, &range) < 0) {
+      Fail(ErrnoError(absl::StrFormat("UFFDIO_WAKE %#x+%#x", r.base_host_virt_addr, r.size)));
+      return;
+    }
+  }
+  // Faults queued while nobody served are read now.
+  ServeEvents(NowNs());
 }
 
 void Session::OnHandshakeReadable(int32_t res) {
@@ -751,6 +803,7 @@ absl::Status Session::TakeHandshake() {
     }
   }
   UniqueFd uffd = std::move(fds[0]);
+  if (!ls_->spec.handshake_copy_path.empty()) raw_hs_.assign(buf.data(), total);
   int fl = fcntl(uffd.get(), F_GETFL);
   if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
   if ((fl & O_NONBLOCK) == 0 && fcntl(uffd.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
@@ -809,8 +862,19 @@ void Session::BecomeReady() {
     }
     ServeEvents(NowNs());
   });
-  sock_poll_ = loop_->ev->PollMultishot(sock_.get(), POLLIN | POLLRDHUP,
-                                        [this](int32_t res, uint32_t) { OnSocketEvent(res); });
+  if (sock_) {
+    sock_poll_ = loop_->ev->PollMultishot(sock_.get(), POLLIN | POLLRDHUP,
+                                          [this](int32_t res, uint32_t) { OnSocketEvent(res); });
+  }
+  if (!raw_hs_.empty()) {
+    // Small and rare (once per clone, off the fault path): written here so
+    // that it is there before the peer's guest runs.
+    if (absl::Status st = WriteFileAtomic(ls_->spec.handshake_copy_path, raw_hs_, 0600); !st.ok()) {
+      spdlog::warn("page server: session {} ({}): copy of the handshake: {}", id_, ls_->spec.tag,
+                   st.ToString());
+    }
+    raw_hs_.clear();
+  }
   if (pidfd_) {
     pid_poll_ = loop_->ev->PollOnce(pidfd_.get(), POLLIN, [this](int32_t, uint32_t) {
       pid_poll_ = 0;
@@ -1455,6 +1519,107 @@ absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec, Clo
   return ls->id;
 }
 
+absl::StatusOr<ListenerId> PageServer::AdoptSession(AdoptSpec spec) {
+  ListenerSpec& ls_spec = spec.listener;
+  if (ls_spec.files.mem_file_path.empty()) return absl::InvalidArgumentError("adopt: empty mem_file_path");
+  if (spec.pid <= 0) return absl::InvalidArgumentError("adopt: no peer pid");
+  if (!spec.uffd) return absl::InvalidArgumentError("adopt: no userfaultfd");
+  if (ls_spec.fault_around_bytes > (64u << 20) ||
+      (ls_spec.fault_around_bytes != 0 &&
+       (ls_spec.fault_around_bytes & (ls_spec.fault_around_bytes - 1)) != 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adopt: bad fault_around_bytes ", ls_spec.fault_around_bytes));
+  }
+  for (auto& l : impl_->loops) {
+    if (l->ev->InLoopThread())
+      return absl::FailedPreconditionError("AdoptSession called on a page-server thread");
+  }
+  RETURN_IF_ERROR(CheckIsUserfaultfd(spec.uffd.get()));
+  int fl = fcntl(spec.uffd.get(), F_GETFL);
+  if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
+  if ((fl & O_NONBLOCK) == 0 && fcntl(spec.uffd.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
+    return ErrnoError("fcntl F_SETFL O_NONBLOCK userfaultfd");
+  }
+  // The pidfd first: from here on the pid cannot name another process.
+  UniqueFd pidfd(PidfdOpen(spec.pid, 0));
+  if (!pidfd) return ErrnoError(absl::StrCat("adopt: pidfd_open ", spec.pid));
+  impl_->FlushWrites();
+  auto snap = impl_->registry.Get(ls_spec.files);
+  if (!snap.ok()) return Annotate(snap.status(), "adopt: snapshot");
+  HandshakeMessage hm{spec.handshake, 1, false, spec.handshake.size() >= kHandshakeBufferSize};
+  absl::StatusOr<Handshake> hs = ParseHandshake(hm, (*snap)->size());
+  if (!hs.ok()) return Annotate(hs.status(), "adopt: recorded handshake");
+  const uint64_t unit = (*snap)->page_size();
+  if (hs->page_size < unit || hs->page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("adopt: page size ", hs->page_size, " is not served"));
+  }
+  if (hs->page_size > unit && ZeroSource() == nullptr) {
+    return absl::InternalError("adopt: no zero source to copy zero pages from");
+  }
+  auto ls = std::make_shared<ListenerShared>();
+  ls->id = impl_->next_listener.fetch_add(1);
+  ls->spec = ls_spec;
+  ls->spec.socket_path.clear();
+  ls->spec.policy = ClonePolicy::kNone;
+  ls->spec.paused_during_prefetch = false;
+  ls->spec.handshake_copy_path.clear();
+  ls->snap = std::move(*snap);
+  ls->accepted.store(1);
+  ls->home = impl_->PickLoop();
+  LoopCtx* home = impl_->loops[ls->home].get();
+  SessionId sid = impl_->next_session.fetch_add(1);
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->stopped) return absl::FailedPreconditionError("page server stopped");
+    impl_->listeners[ls->id] = ls;
+  }
+  auto parts = std::make_shared<std::tuple<Handshake, UniqueFd, UniqueFd>>(
+      *std::move(hs), std::move(spec.uffd), std::move(pidfd));
+  pid_t pid = spec.pid;
+  bool posted = home->ev->Post([home, ls, sid, parts, pid] {
+    auto& [h, u, p] = *parts;
+    home->AddAdopted(ls, sid, std::move(h), std::move(u), std::move(p), pid);
+  });
+  if (!posted) {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->listeners.erase(ls->id);
+    return absl::FailedPreconditionError("page server stopped");
+  }
+  spdlog::info("page server: listener {} ({}) adopts peer pid {} for {}", ls->id, ls_spec.tag, pid,
+               ls_spec.files.mem_file_path);
+  return ls->id;
+}
+
+absl::StatusOr<UniqueFd> TakeUserfaultfd(pid_t pid) {
+  const std::string dir = absl::StrCat("/proc/", pid, "/fd");
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str()); d != nullptr) {
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+  } else {
+    return ErrnoError(absl::StrCat("userfaultfd of pid ", pid, ": opendir ", dir));
+  }
+  int found = -1;
+  for (const std::string& n : names) {
+    char target[256];
+    ssize_t len = ::readlink((dir + "/" + n).c_str(), target, sizeof(target) - 1);
+    if (len < 0 || absl::string_view(target, static_cast<size_t>(len)) != "anon_inode:[userfaultfd]")
+      continue;
+    if (found >= 0)
+      return absl::FailedPreconditionError(absl::StrCat("pid ", pid, " has several userfaultfds"));
+    if (!absl::SimpleAtoi(n, &found)) continue;
+  }
+  if (found < 0) return absl::NotFoundError(absl::StrCat("pid ", pid, " has no userfaultfd"));
+  UniqueFd pidfd(PidfdOpen(pid, 0));
+  if (!pidfd) return ErrnoError(absl::StrCat("pidfd_open ", pid));
+  UniqueFd fd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), found, 0)));
+  if (!fd) return ErrnoError(absl::StrCat("pidfd_getfd fd ", found, " of pid ", pid));
+  RETURN_IF_ERROR(CheckIsUserfaultfd(fd.get()));
+  return fd;
+}
+
 absl::StatusOr<std::shared_ptr<SnapshotMemory>> PageServer::OpenSnapshot(const SnapshotFiles& files) {
   impl_->FlushWrites();
   ASSIGN_OR_RETURN(std::shared_ptr<SnapshotMemory> snap, impl_->registry.Get(files));
@@ -1485,7 +1650,12 @@ absl::Status PageServer::WaitPrefetchDone(ListenerId id, absl::Time deadline) {
   }
 }
 
-absl::Status PageServer::RemoveListener(ListenerId id) {
+absl::Status PageServer::RemoveListener(ListenerId id) { return impl_->Remove(id, false); }
+
+absl::Status PageServer::DetachListener(ListenerId id) { return impl_->Remove(id, true); }
+
+absl::Status PageServer::Impl::Remove(ListenerId id, bool leave_peers) {
+  Impl* impl_ = this;
   for (auto& l : impl_->loops) {
     if (l->ev->InLoopThread())
       return absl::FailedPreconditionError("RemoveListener called on a page-server thread");
@@ -1503,20 +1673,22 @@ absl::Status PageServer::RemoveListener(ListenerId id) {
     ls->cv.SignalAll();
   }
   std::latch done(static_cast<ptrdiff_t>(impl_->loops.size()));
-  absl::Status why = absl::CancelledError("listener removed");
+  absl::Status why = leave_peers ? absl::CancelledError("listener detached (peer left running)")
+                                 : absl::CancelledError("listener removed");
   for (auto& l : impl_->loops) {
     LoopCtx* ctx = l.get();
     bool home = ctx->index == ls->home;
-    if (!ctx->ev->Post([ctx, home, id, &why, &done] {
+    if (!ctx->ev->Post([ctx, home, id, &why, &done, leave_peers] {
           if (home) ctx->listeners.erase(id);
-          ctx->CloseListenerSessions(id, why);
+          ctx->CloseListenerSessions(id, why, leave_peers);
           done.count_down();
         })) {
       done.count_down();
     }
   }
   done.wait();
-  ::unlink(ls->spec.socket_path.c_str());  // if the loop was already stopped
+  if (!ls->spec.socket_path.empty())
+    ::unlink(ls->spec.socket_path.c_str());  // if the loop was already stopped
   PageStats total;
   {
     absl::MutexLock lock(&ls->mu);
@@ -1596,7 +1768,9 @@ void PageServer::Stop() {
   }
   for (auto& l : impl_->loops) l->ev->RequestStop();
   for (auto& l : impl_->loops) l->ev->Join();
-  for (auto& ls : all) ::unlink(ls->spec.socket_path.c_str());
+  for (auto& ls : all) {
+    if (!ls->spec.socket_path.empty()) ::unlink(ls->spec.socket_path.c_str());
+  }
   {
     absl::MutexLock lock(&impl_->wmu);
     impl_->writer_stop = true;

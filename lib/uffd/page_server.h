@@ -63,6 +63,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/base/unique_fd.h"
 #include "lib/uffd/policy.h"
 #include "lib/uffd/snapshot.h"
 #include "lib/uffd/stats.h"
@@ -107,7 +108,29 @@ struct ListenerSpec {
   // it stays on the session's own thread, where every copy is ordered after
   // the REMOVE events (balloon) read before it.
   bool paused_during_prefetch = false;
+  // Where each session keeps a copy of its peer's handshake (written when the
+  // session becomes ready; empty = nowhere). With it, a successor process can
+  // take the clone over after this one is gone (AdoptSession).
+  std::string handshake_copy_path;
 };
+
+// A clone whose previous page server is gone (fcvmd crashed, was restarted
+// or upgraded), taken over by this one: its Firecracker keeps its own copy of
+// the userfaultfd, so its faults have queued there meanwhile.
+struct AdoptSpec {
+  // files, fault_around_bytes, zero_elision, on_failure and tag are used;
+  // no socket is made (socket_path is ignored), the policy is kNone (the
+  // working set, if any, was installed or recorded by the previous server).
+  ListenerSpec listener;
+  std::string handshake;  // the handshake the peer sent (a handshake_copy_path file's contents)
+  UniqueFd uffd;          // the peer's userfaultfd (TakeUserfaultfd)
+  pid_t pid = 0;          // the peer
+};
+
+// A duplicate of process `pid`'s userfaultfd, taken with pidfd_getfd(2)
+// (root, or ptrace rights over it). NotFound when it has none,
+// FailedPrecondition when it has several.
+absl::StatusOr<UniqueFd> TakeUserfaultfd(pid_t pid);
 
 enum class SessionEventKind {
   kReady,         // handshake accepted, serving
@@ -219,6 +242,23 @@ class PageServer {
   // sessions (killing their peers under kKill). Blocks until done. NotFound
   // for an unknown id.
   absl::Status RemoveListener(ListenerId id);
+
+  // RemoveListener, but the peers are left as they are, whatever the
+  // listener's FailurePolicy: for a clean stop of a server whose successor
+  // will adopt them (their faults wait meanwhile).
+  absl::Status DetachListener(ListenerId id);
+
+  // Serves a clone another server served until now (see AdoptSpec): a
+  // listener without a socket, holding one session that starts ready. Every
+  // thread of the peer that waits on a fault the previous server had read but
+  // not resolved is woken (UFFDIO_WAKE over each region), so that it faults
+  // again, to us. Pages installed before stay (the kernel's EEXIST tells
+  // which); REMOVE events the previous server saw are not known here (a
+  // balloon-freed page that is touched again gets its snapshot content).
+  // Errors: InvalidArgument (bad handshake or spec), NotFound (no memory
+  // file), FailedPrecondition after Stop(); the returned id works with
+  // every other method.
+  absl::StatusOr<ListenerId> AdoptSession(AdoptSpec spec);
 
   // Counters of every listener, snapshot and the total. Thread-safe.
   ServerStats GetStats();

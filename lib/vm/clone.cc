@@ -106,9 +106,8 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
     // Jailed: in the chroot, which only the VM's uid (and root) can enter.
     spec.socket_path = vm->jailed() ? vm->HostPath(kJailUffdSocket) : vm->entry().dir + "/uffd.sock";
     if (vm->jailed()) spec.socket_mode = 0666;
-    spec.files.mem_file_path = mem;
-    spec.files.zero_map_path = storage::SnapshotStore::PagerDir(src.dir) + "/zeromap";
-    spec.files.working_set_path = storage::SnapshotStore::PagerDir(src.dir) + "/wset";
+    spec.files = SnapshotPagerFiles(src.dir);
+    spec.handshake_copy_path = HandshakeCopyPath(vm->entry().dir);
     spec.policy = req.policy;
     spec.max_connections = 1;
     spec.on_failure = uffd::FailurePolicy::kKill;
@@ -191,6 +190,16 @@ VmInfo FailedClone(const Source& src, const CloneRequest& req, const std::string
 }
 
 }  // namespace
+
+uffd::SnapshotFiles SnapshotPagerFiles(const std::string& snapshot_dir) {
+  uffd::SnapshotFiles files;
+  files.mem_file_path = storage::SnapshotStore::MemoryPath(snapshot_dir);
+  files.zero_map_path = storage::SnapshotStore::PagerDir(snapshot_dir) + "/zeromap";
+  files.working_set_path = storage::SnapshotStore::PagerDir(snapshot_dir) + "/wset";
+  return files;
+}
+
+std::string HandshakeCopyPath(const std::string& vm_dir) { return vm_dir + "/uffd-handshake.json"; }
 
 absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const CancelToken& cancel) {
   RETURN_IF_ERROR(core.RequireVmms());

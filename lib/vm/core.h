@@ -166,6 +166,11 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& record)
 absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(Core& core, const std::string& ref, bool force);
 
 void Reconcile(Core& core);
+// A UFFD clone's memory files as the page server sees them (clone.cc).
+uffd::SnapshotFiles SnapshotPagerFiles(const std::string& snapshot_dir);
+// Where a UFFD clone's page-server session keeps its handshake, so that the
+// next fcvmd can take the clone over (reconcile.cc).
+std::string HandshakeCopyPath(const std::string& vm_dir);
 // On the manager's destruction: what happens to each VM (see manager.h).
 void LeaveVms(Core& core);
 

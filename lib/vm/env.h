@@ -153,6 +153,14 @@ class PageService {
                                                        uffd::ClonePolicy* resolved) = 0;
   virtual absl::Status WaitPrefetchDone(uffd::ListenerId id, absl::Time deadline) = 0;
   virtual absl::Status RemoveListener(uffd::ListenerId id) = 0;
+  // RemoveListener, but the clone is left running (its faults wait for the
+  // next fcvmd, which adopts it).
+  virtual absl::Status DetachListener(uffd::ListenerId id) = 0;
+  // Takes over clone `pid`, which a previous fcvmd's page server served
+  // (uffd::AdoptSpec): `spec` is what its listener was given, `handshake` the
+  // copy its session kept (ListenerSpec::handshake_copy_path).
+  virtual absl::StatusOr<uffd::ListenerId> AdoptClone(const uffd::ListenerSpec& spec,
+                                                      const std::string& handshake, pid_t pid) = 0;
   // Keeps the server's view of a snapshot's memory loaded while no clone
   // uses it (until Unpin), so that the next clone finds it ready.
   virtual absl::Status Pin(const std::string& snapshot_id, const uffd::SnapshotFiles& files) = 0;

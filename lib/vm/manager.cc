@@ -102,21 +102,27 @@ void LeaveVms(Core& core) {
     VmInfo info = core.registry.Info(*e);
     if (e->vmm == nullptr) continue;
     const bool served = e->listener.has_value();
-    if (served || info.timings.from_warm_pool) {
-      // Nobody will serve this clone's faults once we are gone; a pooled
-      // process dies with its parent-death thread anyway.
+    if (info.timings.from_warm_pool) {
+      // A pooled process dies with its parent-death thread anyway.
       spdlog::info("vm {}: stopping (it cannot outlive this fcvmd)", info.id);
       e->deleting = true;
       core.ReleaseResources(*e);
-      core.registry.Update(*e, [served](VmInfo& v) {
+      core.registry.Update(*e, [](VmInfo& v) {
         v.state = VmState::kStopped;
-        v.error = served ? "fcvmd stopped; its page server served this clone"
-                         : "fcvmd stopped; the VM ran in a warm-pool process";
+        v.error = "fcvmd stopped; the VM ran in a warm-pool process";
       });
       (void)core.registry.Persist(*e);
     } else {
-      // Left running for the next fcvmd to re-adopt.
-      spdlog::info("vm {}: left running (pid {}) for re-adoption", info.id, info.pid);
+      // Left running for the next fcvmd to re-adopt; a UFFD clone's faults
+      // wait for its page server to take the session over.
+      if (served) {
+        if (absl::Status st = core.env.pager->DetachListener(*e->listener); !st.ok()) {
+          spdlog::warn("vm {}: detach from the page server: {}", info.id, st);
+        }
+        e->listener.reset();
+      }
+      spdlog::info("vm {}: left running (pid {}) for re-adoption{}", info.id, info.pid,
+                   served ? "; its page faults wait for the next fcvmd" : "");
       e->vmm->Release();
       e->vmm.reset();
       networks_left |= !info.network.netns.empty();

@@ -300,6 +300,16 @@ class RealPageService final : public PageService {
     return server_->WaitPrefetchDone(id, deadline);
   }
   absl::Status RemoveListener(uffd::ListenerId id) override { return server_->RemoveListener(id); }
+  absl::Status DetachListener(uffd::ListenerId id) override { return server_->DetachListener(id); }
+  absl::StatusOr<uffd::ListenerId> AdoptClone(const uffd::ListenerSpec& spec, const std::string& handshake,
+                                              pid_t pid) override {
+    uffd::AdoptSpec adopt;
+    adopt.listener = spec;
+    adopt.handshake = handshake;
+    adopt.pid = pid;
+    ASSIGN_OR_RETURN(adopt.uffd, uffd::TakeUserfaultfd(pid));
+    return server_->AdoptSession(std::move(adopt));
+  }
 
   absl::Status Pin(const std::string& snapshot_id, const uffd::SnapshotFiles& files) override {
     {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
+#include "lib/base/status.h"
 #include "lib/vm/core.h"
 #include "lib/vm/record.h"
 #include "spdlog/spdlog.h"
@@ -34,7 +35,12 @@ const char* ReconcileActionName(ReconcileAction action) {
   return "?";
 }
 
-ReconcileDecision DecideReconcile(const std::string& name, const std::optional<VmInfo>& record, bool alive) {
+bool ServedByPageServer(const VmInfo& info) {
+  return !info.snapshot_id.empty() && info.memory_backend == MemoryBackend::kUffd;
+}
+
+ReconcileDecision DecideReconcile(const std::string& name, const std::optional<VmInfo>& record, bool alive,
+                                  const absl::Status& pages) {
   ReconcileDecision d;
   if (!record.has_value() || record->id != name) {
     d.action = ReconcileAction::kDiscard;
@@ -72,15 +78,20 @@ ReconcileDecision DecideReconcile(const std::string& name, const std::optional<V
     d.message = absl::StrCat("marked ", name, " stopped: its firecracker is gone");
     return d;
   }
-  if (!v.snapshot_id.empty() && v.memory_backend == MemoryBackend::kUffd) {
+  if (ServedByPageServer(v) && !pages.ok()) {
+    // Never left frozen: nobody would serve its next fault.
     d.action = ReconcileAction::kKill;
-    d.error = "killed at fcvmd start: its memory was served by the previous fcvmd's page server";
-    d.message = absl::StrCat("killed UFFD clone ", name, " (pid ", v.pid, "): nobody can serve its faults");
+    d.error = absl::StrCat("killed at fcvmd start: the page server could not take its memory over: ",
+                           pages.message());
+    d.message = absl::StrCat("killed UFFD clone ", name, " (pid ", v.pid,
+                             "): the page server could not take it over: ", pages.message());
     return d;
   }
   d.action = ReconcileAction::kAdopt;
   d.state = v.state;
-  d.message = absl::StrCat("re-adopted ", name, " (pid ", v.pid, ")");
+  d.message = ServedByPageServer(v) ? absl::StrCat("re-adopted UFFD clone ", name, " (pid ", v.pid,
+                                                   "), its page-server session taken over")
+                                    : absl::StrCat("re-adopted ", name, " (pid ", v.pid, ")");
   return d;
 }
 
@@ -96,6 +107,23 @@ std::vector<std::string> ListDir(const std::string& path) {
   }
   closedir(dir);
   return names;
+}
+
+// This fcvmd's page server serves the live UFFD clone `record` from now on:
+// its Firecracker's own userfaultfd (pidfd_getfd) and the handshake copy its
+// previous session left in its directory.
+absl::StatusOr<uffd::ListenerId> TakeOverPages(Core& core, const VmInfo& record, const std::string& vm_dir,
+                                               pid_t pid) {
+  absl::StatusOr<storage::SnapshotRecord> snap = core.store->Get(record.snapshot_id);
+  if (!snap.ok()) return Annotate(snap.status(), absl::StrCat("its snapshot ", record.snapshot_id));
+  absl::StatusOr<std::string> handshake = ReadFile(HandshakeCopyPath(vm_dir));
+  if (!handshake.ok()) return Annotate(handshake.status(), "the copy of its page-server handshake");
+  uffd::ListenerSpec spec;
+  spec.files = SnapshotPagerFiles(core.store->Dir(snap->id));
+  spec.on_failure = uffd::FailurePolicy::kKill;
+  spec.tag = record.id;
+  RETURN_IF_ERROR(core.env.pager->Pin(snap->id, spec.files));
+  return core.env.pager->AdoptClone(spec, *handshake, pid);
 }
 
 void Report(Core& core, const std::string& vm_id, const std::string& message) {
@@ -146,7 +174,24 @@ void Reconcile(Core& core) {
         if (adopted.ok()) vmm = *std::move(adopted);
       }
     }
-    ReconcileDecision d = DecideReconcile(name, record, vmm != nullptr);
+    // A live UFFD clone: this page server takes its faults over, or it is
+    // killed (DecideReconcile).
+    absl::Status pages = absl::OkStatus();
+    std::optional<uffd::ListenerId> listener;
+    if (vmm != nullptr && record.has_value() && record->id == name && ServedByPageServer(*record) &&
+        (record->state == VmState::kRunning || record->state == VmState::kPaused)) {
+      absl::StatusOr<uffd::ListenerId> taken = TakeOverPages(core, *record, vm_dir, vmm->pid());
+      if (taken.ok()) {
+        listener = *taken;
+      } else {
+        pages = taken.status();
+      }
+    }
+    ReconcileDecision d = DecideReconcile(name, record, vmm != nullptr, pages);
+    if (listener.has_value() && d.action != ReconcileAction::kAdopt) {
+      (void)core.env.pager->RemoveListener(*listener);
+      listener.reset();
+    }
     switch (d.action) {
       case ReconcileAction::kDiscard:
         if (vmm != nullptr) (void)vmm->Kill();
@@ -174,6 +219,7 @@ void Reconcile(Core& core) {
     } else {
       e->info.pid = vmm->pid();
       e->vmm = std::move(vmm);
+      e->listener = listener;
     }
     absl::StatusOr<Registry::Reservation> names = core.registry.ReserveName(e->info.name);
     if (!names.ok()) {
@@ -184,6 +230,7 @@ void Reconcile(Core& core) {
     }
     if (absl::Status st = names.ok() ? core.registry.Insert(e, *names) : names.status(); !st.ok()) {
       spdlog::warn("reconcile: cannot keep {}: {}", name, st);
+      if (e->listener.has_value()) (void)core.env.pager->DetachListener(*e->listener);
       if (e->vmm != nullptr) e->vmm->Release();
       continue;
     }

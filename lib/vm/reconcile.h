@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
+
 #include "lib/vm/types.h"
 
 namespace fcvm::vm {
@@ -32,8 +34,12 @@ struct ReconcileDecision {
 
 // `record` is the VM's record, or nullopt when its directory has none (or an
 // unreadable one); `alive` says whether a Firecracker of this VM directory
-// runs (its recorded pid, or one found by its API socket).
+// runs (its recorded pid, or one found by its API socket). For a live clone
+// whose memory a page server served, `pages` says whether this fcvmd's page
+// server took its session over (OK) or why it could not.
 ReconcileDecision DecideReconcile(const std::string& vm_dir_name, const std::optional<VmInfo>& record,
-                                  bool alive);
+                                  bool alive, const absl::Status& pages = absl::OkStatus());
+// A clone whose memory the page server serves.
+bool ServedByPageServer(const VmInfo& info);
 
 }  // namespace fcvm::vm

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "lib/base/file_util.h"
 #include "lib/base/status.h"
 #include "tests/integration/uffd/uffd_test_util.h"
 #include "tests/testing/status_matchers.h"
@@ -412,6 +414,81 @@ TEST_F(PageServerTest, StoppedServerKillsItsClones) {
   for (auto& e : events_.All()) killed += e.peer_killed ? 1 : 0;
   EXPECT_EQ(killed, 4);
   EXPECT_THAT(server_->AddListener(Spec("late")), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+// A successor server takes a clone over (what fcvmd does after a crash or a
+// restart): the first server is detached mid-flight (the clone keeps
+// running, its faults wait), the second adopts it from the handshake copy and
+// a duplicate of the clone's own userfaultfd, and every page the clone reads,
+// before and after, is the memory file's.
+TEST_F(PageServerTest, SuccessorAdoptsADetachedCloneMidFlight) {
+  ListenerSpec spec = Spec("survivor");
+  spec.handshake_copy_path = dir_.File("survivor.handshake");
+  ASSERT_OK_AND_ASSIGN(ListenerId id, server_->AddListener(spec));
+  // 2048 pages, one fault each, 1 ms apart on 2 threads: about a second.
+  Process p = SpawnFake(spec.socket_path, mem_, {"--threads=2", "--touch-delay-us=1000", "--regions=2"});
+  ASSERT_TRUE(WaitForFile(spec.handshake_copy_path, absl::Seconds(20)));
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (StatsOf(id).stats.faults < 50 && absl::Now() < deadline) usleep(1000);
+  const uint64_t before = StatsOf(id).stats.faults;
+  ASSERT_GE(before, 50u);
+  ASSERT_OK(server_->DetachListener(id));
+  server_->Stop();
+  server_.reset();
+  // Nobody serves: the clone waits (it is neither killed nor finished).
+  usleep(200 * 1000);
+  ASSERT_EQ(kill(p.pid(), 0), 0) << "the clone died while nobody served it";
+  for (auto& e : events_.All()) EXPECT_FALSE(e.peer_killed);
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PageServer> next, PageServer::Create({.threads = 2}));
+  EventLog next_events;
+  next->SetEventCallback(next_events.Callback());
+  AdoptSpec adopt;
+  adopt.listener = spec;
+  ASSERT_OK_AND_ASSIGN(adopt.handshake, ReadFile(spec.handshake_copy_path));
+  ASSERT_OK_AND_ASSIGN(adopt.uffd, TakeUserfaultfd(p.pid()));
+  adopt.pid = p.pid();
+  ASSERT_OK_AND_ASSIGN(ListenerId nid, next->AdoptSession(std::move(adopt)));
+  ExitStatus ex = WaitChild(p);
+  EXPECT_TRUE(ex.success()) << ex.ToString();  // 3 = a wrong byte somewhere
+  auto closed = next_events.WaitFor(
+      [&](const SessionEvent& e) { return e.listener == nid && e.kind == SessionEventKind::kClosed; });
+  ASSERT_TRUE(closed.has_value());
+  EXPECT_FALSE(closed->peer_killed);
+  EXPECT_GT(closed->stats.faults, 0u);
+  EXPECT_EQ(closed->regions, 2u);
+  ASSERT_OK(next->RemoveListener(nid));
+  next->Stop();
+}
+
+TEST_F(PageServerTest, AdoptionRefusesWhatItCannotServe) {
+  ListenerSpec spec = Spec("refused");
+  // A process with no userfaultfd.
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  EXPECT_THAT(TakeUserfaultfd(child), StatusIs(absl::StatusCode::kNotFound));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_THAT(TakeUserfaultfd(999999999), StatusIs(absl::StatusCode::kNotFound));
+
+  int own = MakeUserfaultfd();
+  ASSERT_GE(own, 0);
+  AdoptSpec bad;
+  bad.listener = spec;
+  bad.handshake = "[{\"base_host_virt_addr\":4096}]";  // fields missing
+  bad.uffd = UniqueFd(own);
+  bad.pid = getpid();
+  EXPECT_THAT(server_->AdoptSession(std::move(bad)), StatusIs(absl::StatusCode::kInvalidArgument));
+  AdoptSpec not_uffd;
+  not_uffd.listener = spec;
+  not_uffd.handshake = "[]";
+  not_uffd.uffd = UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  not_uffd.pid = getpid();
+  EXPECT_THAT(server_->AdoptSession(std::move(not_uffd)), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(PageServerTest, RemoveListenerKillsItsCloneOnly) {

@@ -381,6 +381,25 @@ class FakePageService final : public PageService {
     --world_->listeners;
     return absl::OkStatus();
   }
+  absl::Status DetachListener(uffd::ListenerId id) override {
+    {
+      absl::MutexLock lock(&world_->mu);
+      ++world_->detached;
+    }
+    return RemoveListener(id);
+  }
+  absl::StatusOr<uffd::ListenerId> AdoptClone(const uffd::ListenerSpec& spec, const std::string& handshake,
+                                              pid_t pid) override {
+    absl::MutexLock lock(&world_->mu);
+    if (world_->uffd_pids.count(pid) == 0)
+      return absl::NotFoundError(absl::StrCat("pid ", pid, " has no userfaultfd"));
+    world_->adopted_handshakes[pid] = handshake;
+    ++world_->listeners;
+    uffd::ListenerId id = next_++;
+    recorders_[id] = "";
+    tags_[id] = spec.tag;
+    return id;
+  }
   absl::Status Pin(const std::string& snapshot_id, const uffd::SnapshotFiles&) override {
     absl::MutexLock lock(&world_->mu);
     world_->pinned.insert(snapshot_id);

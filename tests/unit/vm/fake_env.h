@@ -86,6 +86,11 @@ struct FakeWorld {
   std::map<std::string, uint32_t> tap_owners ABSL_GUARDED_BY(mu);
   // Page server.
   int listeners ABSL_GUARDED_BY(mu) = 0;  // live
+  int detached ABSL_GUARDED_BY(mu) = 0;   // DetachListener calls
+  // AdoptClone: the pids whose userfaultfd can be taken (others: NotFound),
+  // and the handshake each adopted clone was given.
+  std::set<pid_t> uffd_pids ABSL_GUARDED_BY(mu);
+  std::map<pid_t, std::string> adopted_handshakes ABSL_GUARDED_BY(mu);
   std::set<std::string> pinned ABSL_GUARDED_BY(mu);
   std::set<std::string> recording ABSL_GUARDED_BY(mu);     // snapshot mem files with a recorder
   std::set<std::string> working_sets ABSL_GUARDED_BY(mu);  // mem files that have one

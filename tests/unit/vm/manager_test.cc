@@ -538,11 +538,19 @@ TEST_F(ManagerTest, StopRecordsSayWhyEachVmStopped) {
   ASSERT_EQ(file.succeeded, 1u);
   std::string uffd_id = uffd.clones[0].id, file_id = file.clones[0].id;
   bool file_pooled = file.clones[0].timings.from_warm_pool;
+  bool uffd_pooled = uffd.clones[0].timings.from_warm_pool;
   manager_.reset();
   ASSERT_OK_AND_ASSIGN(VmInfo u,
                        RecordFromJson(ReadFile(VmsDir() + "/" + uffd_id + "/vm.json").value_or("")));
-  EXPECT_EQ(u.state, VmState::kStopped);
-  EXPECT_THAT(u.error, HasSubstr("page server"));
+  if (uffd_pooled) {
+    EXPECT_EQ(u.state, VmState::kStopped);
+    EXPECT_THAT(u.error, HasSubstr("warm-pool"));
+  } else {
+    // Left running, detached from the page server, for the next fcvmd.
+    EXPECT_EQ(u.state, VmState::kRunning);
+    absl::MutexLock lock(&world_->mu);
+    EXPECT_EQ(world_->detached, 1);
+  }
   ASSERT_OK_AND_ASSIGN(VmInfo f,
                        RecordFromJson(ReadFile(VmsDir() + "/" + file_id + "/vm.json").value_or("")));
   if (file_pooled) {
@@ -552,6 +560,56 @@ TEST_F(ManagerTest, StopRecordsSayWhyEachVmStopped) {
     EXPECT_EQ(f.state, VmState::kRunning);
     EXPECT_THAT(f.error, IsEmpty());
   }
+}
+
+// UFFD clones outlive the manager and the next one's page server takes them
+// over; one whose userfaultfd cannot be taken is killed, never left frozen.
+TEST_F(ManagerTest, UffdClonesOutliveTheManagerAndAreTakenOver) {
+  Start(/*warm_pool=*/0);
+  MakeSnapshot();
+  ASSERT_OK_AND_ASSIGN(CloneResult r, manager_->Clone({.snapshot_ref = "golden", .count = 3}));
+  ASSERT_EQ(r.succeeded, 3u);
+  manager_.reset();
+  {
+    absl::MutexLock lock(&world_->mu);
+    EXPECT_EQ(world_->detached, 3);
+    EXPECT_EQ(world_->listeners, 0);
+    EXPECT_EQ(world_->kills, 0);
+  }
+  const VmInfo& kept = r.clones[0];
+  const VmInfo& lost = r.clones[1];     // its userfaultfd cannot be taken
+  const VmInfo& no_copy = r.clones[2];  // no handshake copy in its directory
+  {
+    absl::MutexLock lock(&world_->mu);
+    for (const VmInfo& v : r.clones) world_->running[v.pid] = VmsDir() + "/" + v.id;
+    world_->uffd_pids = {kept.pid, lost.pid, no_copy.pid};
+    world_->uffd_pids.erase(lost.pid);
+  }
+  // The real page server writes these at each clone's handshake.
+  ASSERT_OK(WriteFileAtomic(VmsDir() + "/" + kept.id + "/uffd-handshake.json", "[kept]"));
+  ASSERT_OK(WriteFileAtomic(VmsDir() + "/" + lost.id + "/uffd-handshake.json", "[lost]"));
+  Start();
+  ASSERT_OK_AND_ASSIGN(VmInfo k, manager_->Get(kept.id));
+  EXPECT_EQ(k.state, VmState::kRunning);
+  EXPECT_EQ(k.pid, kept.pid);
+  ASSERT_OK_AND_ASSIGN(VmInfo l, manager_->Get(lost.id));
+  EXPECT_EQ(l.state, VmState::kStopped);
+  EXPECT_THAT(l.error, HasSubstr("page server could not take its memory over"));
+  EXPECT_THAT(l.error, HasSubstr("no userfaultfd"));
+  ASSERT_OK_AND_ASSIGN(VmInfo n, manager_->Get(no_copy.id));
+  EXPECT_EQ(n.state, VmState::kStopped);
+  EXPECT_THAT(n.error, HasSubstr("handshake"));
+  {
+    absl::MutexLock lock(&world_->mu);
+    EXPECT_EQ(world_->adopted_handshakes[kept.pid], "[kept]");
+    EXPECT_EQ(world_->adopted_handshakes.count(lost.pid), 0u);
+    EXPECT_EQ(world_->kills, 2);
+    EXPECT_EQ(world_->listeners, 1);
+  }
+  // The taken-over clone is like any other: deleting it ends its session.
+  ASSERT_OK(manager_->Delete(kept.id, false, absl::Seconds(1)).status());
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->listeners, 0);
 }
 
 TEST_F(ManagerTest, WarmPoolServesClonesWithoutNetwork) {

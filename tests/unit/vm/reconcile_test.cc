@@ -38,6 +38,7 @@ TEST(DecideReconcile, EveryCase) {
     std::optional<VmInfo> record;
     bool alive;
     ReconcileAction want;
+    absl::Status pages = absl::OkStatus();
   };
   VmInfo uffd = Record("vm-c", VmState::kRunning, 9);
   uffd.snapshot_id = "snap-1";
@@ -57,18 +58,21 @@ TEST(DecideReconcile, EveryCase) {
       {Record("vm-c", VmState::kPaused, 9), false, ReconcileAction::kMarkStopped},
       {Record("vm-c", VmState::kRunning, 9), true, ReconcileAction::kAdopt},
       {Record("vm-c", VmState::kPaused, 9), true, ReconcileAction::kAdopt},
-      {uffd, true, ReconcileAction::kKill},
+      {uffd, true, ReconcileAction::kKill, absl::NotFoundError("pid 9 has no userfaultfd")},
+      {uffd, true, ReconcileAction::kAdopt},  // the page server took it over
       {file, true, ReconcileAction::kAdopt},
   };
   for (const Case& c : cases) {
-    ReconcileDecision d = DecideReconcile("vm-c", c.record, c.alive);
+    ReconcileDecision d = DecideReconcile("vm-c", c.record, c.alive, c.pages);
     EXPECT_EQ(d.action, c.want) << (c.record ? StateName(c.record->state) : "no record")
                                 << " alive=" << c.alive << ": got " << ReconcileActionName(d.action);
     EXPECT_FALSE(d.message.empty());
   }
-  ReconcileDecision killed = DecideReconcile("vm-c", uffd, true);
+  ReconcileDecision killed =
+      DecideReconcile("vm-c", uffd, true, absl::NotFoundError("pid 9 has no userfaultfd"));
   EXPECT_EQ(killed.state, VmState::kStopped);
-  EXPECT_THAT(killed.error, HasSubstr("page server"));
+  EXPECT_THAT(killed.error,
+              HasSubstr("page server could not take its memory over: pid 9 has no userfaultfd"));
   EXPECT_EQ(DecideReconcile("vm-c", Record("vm-c", VmState::kRunning, 9), false).state, VmState::kStopped);
 }
 
