@@ -101,17 +101,14 @@ void LeaveVms(Core& core) {
     absl::MutexLock op(&e->op);
     VmInfo info = core.registry.Info(*e);
     if (e->vmm == nullptr) continue;
-    const bool served = e->listener.has_value();
-    if (served || info.timings.from_warm_pool) {
-      // Nobody will serve this clone's faults once we are gone; a pooled
-      // process dies with its parent-death thread anyway.
+    if (e->listener.has_value()) {
+      // Nobody will serve this clone's faults once we are gone.
       spdlog::info("vm {}: stopping (it cannot outlive this fcvmd)", info.id);
       e->deleting = true;
       core.ReleaseResources(*e);
-      core.registry.Update(*e, [served](VmInfo& v) {
+      core.registry.Update(*e, [](VmInfo& v) {
         v.state = VmState::kStopped;
-        v.error = served ? "fcvmd stopped; its page server served this clone"
-                         : "fcvmd stopped; the VM ran in a warm-pool process";
+        v.error = "fcvmd stopped; its page server served this clone";
       });
       (void)core.registry.Persist(*e);
     } else {

@@ -244,8 +244,8 @@ TEST_F(FcvmctlE2eTest, OversizedLabelsAreRefusedAndListingsKeepWorking) {
 // is when a client gives up or fcvmd is stopped.
 class SlowCloneE2eTest : public FcvmctlE2eTest {
  protected:
-  // Without the warm pool: the base VM then runs in a process of its own,
-  // which outlives fcvmd (a pooled one dies with it, see operations.md).
+  // Without the warm pool: the clones then start fresh processes, slow
+  // enough to be caught mid-creation.
   void SetUp() override {
     extra_daemon_args_ = {"--warm-pool", "0"};
     FcvmctlE2eTest::SetUp();

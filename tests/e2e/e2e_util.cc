@@ -388,6 +388,10 @@ std::vector<std::string> Leftovers(const std::string& dir, const std::string& ne
         std::string cmdline((std::istreambuf_iterator<char>(cl)), std::istreambuf_iterator<char>());
         if (absl::StrContains(cmdline, dir + "/")) {
           out.push_back(absl::StrCat("process ", pid, " ", stat.substr(0, close + 1), " runs from ", dir));
+        } else if (absl::StartsWith(ReadLink(absl::StrCat("/proc/", pid, "/root")), dir + "/")) {
+          // A jailed Firecracker: its command line has jail paths only.
+          out.push_back(
+              absl::StrCat("process ", pid, " ", stat.substr(0, close + 1), " is chrooted in ", dir));
         }
       }
     }

@@ -119,9 +119,8 @@ class UffdTestServer {
 
 // What a test left behind: child processes of this process (zombies too),
 // any other process whose command line names a path under `dir` (a
-// Firecracker left running), socket files under `dir`, mounts that mention
-// `dir`, network namespaces whose name starts with `netns_prefix` (when not
-// empty).
+// Firecracker left running) or whose root directory is under it (a jailed one), socket files under `dir`,
+// mounts that mention `dir`, network namespaces whose name starts with `netns_prefix` (when not empty).
 std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix = "");
 
 double MedianMs(std::vector<absl::Duration> v);

@@ -123,6 +123,14 @@ class ManagerTest : public ::testing::Test {
     return world_->alive;
   }
 
+  void AwaitPool(size_t n) {
+    for (absl::Time until = absl::Now() + absl::Seconds(10);
+         manager_->warm_pool_ready() < n && absl::Now() < until;) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    ASSERT_GE(manager_->warm_pool_ready(), n);
+  }
+
   ::fcvm::testing::TempDir tmp_{"fcvm-vm"};
   std::shared_ptr<FakeWorld> world_;
   std::unique_ptr<Manager> manager_;
@@ -525,32 +533,39 @@ TEST_F(ManagerTest, EventsAreNumberedAndReplayedFromTheBacklog) {
   EXPECT_EQ(later[0].sequence, seen.back().sequence);
 }
 
-// What fcvmd leaves behind when it stops: the right reason on each record.
-// Before, every stopped record said "ran in a warm-pool process".
-TEST_F(ManagerTest, StopRecordsSayWhyEachVmStopped) {
+// What fcvmd leaves behind when it stops: a UFFD clone is stopped (its
+// page server goes), a File clone and a booted VM are left running for the
+// next fcvmd, also when they took a warm-pool process. Before, VMs in
+// warm-pool processes were stopped ("ran in a warm-pool process").
+TEST_F(ManagerTest, StopLeavesVmsFromTheWarmPoolRunning) {
   Start(/*warm_pool=*/1);
-  MakeSnapshot();
+  AwaitPool(1);
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(Guest("base")));
+  ASSERT_TRUE(base.timings.from_warm_pool);
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}).status());
   ASSERT_OK_AND_ASSIGN(CloneResult uffd, manager_->Clone({.snapshot_ref = "golden"}));
+  AwaitPool(1);
   ASSERT_OK_AND_ASSIGN(CloneResult file,
                        manager_->Clone({.snapshot_ref = "golden", .backend = MemoryBackend::kFile}));
   ASSERT_EQ(uffd.succeeded, 1u);
   ASSERT_EQ(file.succeeded, 1u);
+  ASSERT_TRUE(file.clones[0].timings.from_warm_pool);
   std::string uffd_id = uffd.clones[0].id, file_id = file.clones[0].id;
-  bool file_pooled = file.clones[0].timings.from_warm_pool;
   manager_.reset();
   ASSERT_OK_AND_ASSIGN(VmInfo u,
                        RecordFromJson(ReadFile(VmsDir() + "/" + uffd_id + "/vm.json").value_or("")));
   EXPECT_EQ(u.state, VmState::kStopped);
   EXPECT_THAT(u.error, HasSubstr("page server"));
-  ASSERT_OK_AND_ASSIGN(VmInfo f,
-                       RecordFromJson(ReadFile(VmsDir() + "/" + file_id + "/vm.json").value_or("")));
-  if (file_pooled) {
-    EXPECT_EQ(f.state, VmState::kStopped);
-    EXPECT_THAT(f.error, HasSubstr("warm-pool"));
-  } else {
-    EXPECT_EQ(f.state, VmState::kRunning);
-    EXPECT_THAT(f.error, IsEmpty());
+  for (const std::string& id : {base.id, file_id}) {
+    ASSERT_OK_AND_ASSIGN(VmInfo v, RecordFromJson(ReadFile(VmsDir() + "/" + id + "/vm.json").value_or("")));
+    EXPECT_EQ(v.state, VmState::kRunning) << id;
+    EXPECT_THAT(v.error, IsEmpty()) << id;
   }
+  // Both still run (released, not killed); the pool's unused process and
+  // the UFFD clone were killed.
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->released, 2);
+  EXPECT_EQ(world_->alive, 0);
 }
 
 TEST_F(ManagerTest, WarmPoolServesClonesWithoutNetwork) {
