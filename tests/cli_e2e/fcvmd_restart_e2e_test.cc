@@ -215,5 +215,78 @@ TEST_F(FcvmdRestartE2eTest, BootedVmsAndFileClonesSurviveCrashAndCleanStop) {
   EXPECT_TRUE(Ctl({"ls"})["vms"].empty());
 }
 
+// The state directory on a small tmpfs, filled up after the snapshot.
+class FullDiskE2eTest : public FcvmdRestartE2eTest {
+ protected:
+  void PrepareStateDir() override {
+    extra_args_ = {"--warm-pool", "0"};  // only the VMs of the test in vms/
+    state_ = tmp_.path() + "/state";
+    ASSERT_OK(MakeDirs(state_, 0700));
+    // Room for the 128 MiB snapshot (and, jailed, its hard links).
+    if (mount("tmpfs", state_.c_str(), "tmpfs", 0, "size=192m,mode=0700") != 0) {
+      GTEST_SKIP() << "cannot mount a tmpfs at " << state_ << ": " << std::strerror(errno);
+    }
+    mounted_ = true;
+  }
+  void ReleaseStateDir() override {
+    if (mounted_ && umount(state_.c_str()) != 0)
+      ADD_FAILURE() << "umount " << state_ << ": " << std::strerror(errno);
+    mounted_ = false;
+  }
+
+  // Writes a file until the file system is full.
+  void Fill() {
+    int fd = open((state_ + "/filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    std::string chunk(1 << 16, 'x');
+    while (write(fd, chunk.data(), chunk.size()) > 0) {
+    }
+    std::string byte = "x";
+    while (write(fd, byte.data(), 1) > 0) {
+    }
+    EXPECT_EQ(errno, ENOSPC);
+    close(fd);
+  }
+
+  std::string state_;
+  bool mounted_ = false;
+};
+
+// A full disk while clones are made: the request fails RESOURCE_EXHAUSTED
+// naming the file it could not write, and no process, directory, jail,
+// socket or mount of the clone is left; the VM that ran before keeps
+// running. With room again, cloning works.
+TEST_F(FullDiskE2eTest, CloneOnAFullDiskFailsAndLeavesNothing) {
+  json vm = Ctl({"run", "--name", "base", "--kernel", e2e::GuestPath(), "--boot-args", e2e::kGuestBootArgs,
+                 "--memory-mib", "128"});
+  ASSERT_EQ(vm["state"], "VM_STATE_RUNNING") << vm.dump();
+  ASSERT_EQ(Ctl({"snapshot", "create", "base", "--name", "golden"})["name"], "golden");
+  ASSERT_NO_FATAL_FAILURE(Fill());
+  for (const char* backend : {"file", "uffd"}) {
+    Result r = RunCommand({FCVMCTL_PATH, "--socket", socket_, "clone", "golden", "--count", "2", "--backend",
+                           backend, "--all-or-nothing"});
+    EXPECT_EQ(r.code, 1) << backend << ": " << r.out << r.err;
+    EXPECT_THAT(r.err, ::testing::HasSubstr("resource exhausted")) << backend;
+    EXPECT_THAT(r.err, ::testing::HasSubstr("No space left on device")) << backend;
+    EXPECT_THAT(r.err, ::testing::HasSubstr(state_)) << backend << ": the error names the file";
+    std::cout << backend << ": " << r.err;
+  }
+  json ls = Ctl({"ls"});
+  ASSERT_EQ(ls["vms"].size(), 1u) << ls.dump();
+  EXPECT_EQ(ls["vms"][0]["name"], "base");
+  // Nothing of the failed clones: one VM directory, at most one jail (the
+  // base VM's jail when jailed); their processes are checked at the end.
+  EXPECT_EQ(DirEntries(state_ + "/vms").size(), 1u) << absl::StrJoin(DirEntries(state_ + "/vms"), " ");
+  EXPECT_LE(DirEntries(state_ + "/jail/firecracker").size(), 1u)
+      << absl::StrJoin(DirEntries(state_ + "/jail/firecracker"), " ");
+  ASSERT_EQ(unlink((state_ + "/filler").c_str()), 0);
+  json clones = Ctl({"clone", "golden", "--count", "1", "--backend", "file"});
+  EXPECT_EQ(clones["succeeded"], 1) << clones.dump();
+  std::vector<std::string> rm = {FCVMCTL_PATH, "--socket", socket_, "rm", "base"};
+  for (const json& c : clones["clones"]) rm.push_back(c["name"]);
+  EXPECT_EQ(RunCommand(rm).code, 0);
+  EXPECT_EQ(RunCommand({FCVMCTL_PATH, "--socket", socket_, "snapshot", "rm", "golden"}).code, 0);
+}
+
 }  // namespace
 }  // namespace fcvm

@@ -3,6 +3,7 @@
 // snapshot deletion under a running clone request, bounds, events, records.
 // No Firecracker, KVM or kernel feature needed: runs on any machine.
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,6 +177,52 @@ TEST_F(ManagerTest, RecordWriteFailureFailsRunAndLeavesNothing) {
   EXPECT_THAT(manager_->List({}), IsEmpty());
   EXPECT_EQ(Alive(), 0);
   EXPECT_THAT(VmDirs(), IsEmpty());
+}
+
+// The same for clones of both backends, from the warm pool or not: each
+// clone fails RESOURCE_EXHAUSTED naming its record file, and nothing of it
+// is left (process, directory, page-server listener); with all_or_nothing
+// the request itself fails so.
+TEST_F(ManagerTest, RecordWriteFailureFailsClonesAndLeavesNothing) {
+  Start(/*warm_pool=*/1);
+  MakeSnapshot();
+  AwaitPool(1);
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->fail_records = true;
+  }
+  for (MemoryBackend backend : {MemoryBackend::kFile, MemoryBackend::kUffd}) {
+    ASSERT_OK_AND_ASSIGN(CloneResult r,
+                         manager_->Clone({.snapshot_ref = "golden", .count = 2, .backend = backend}));
+    EXPECT_EQ(r.succeeded, 0u);
+    ASSERT_EQ(r.failed, 2u);
+    for (const VmInfo& c : r.clones) {
+      EXPECT_EQ(c.state, VmState::kFailed);
+      EXPECT_THAT(c.error, HasSubstr("vm.json"));
+      EXPECT_THAT(c.error, HasSubstr("No space left on device"));
+    }
+    EXPECT_THAT(manager_->Clone({.snapshot_ref = "golden", .backend = backend, .all_or_nothing = true}),
+                StatusIs(absl::StatusCode::kResourceExhausted));
+  }
+  ASSERT_EQ(manager_->List({}).size(), 1u);  // the base VM only
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->fail_records = false;
+  }
+  manager_.reset();
+  // Only the base VM's directory is left (its process released to run on).
+  std::vector<std::string> dirs;
+  if (DIR* d = opendir(VmsDir().c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') dirs.push_back(e->d_name);
+    }
+    closedir(d);
+  }
+  EXPECT_EQ(dirs.size(), 1u) << ::testing::PrintToString(dirs);
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->alive, 0);
+  EXPECT_EQ(world_->released, 1);
+  EXPECT_EQ(world_->listeners, 0);
 }
 
 TEST_F(ManagerTest, RunFailureUndoesEverythingAndReportsIt) {
