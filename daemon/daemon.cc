@@ -209,7 +209,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
         return manager->Subscribe(std::move(callback), replay_after);
       },
       [manager](uint64_t token) { manager->Unsubscribe(token); });
-  daemon->cache_ = std::make_unique<RequestCache>();
+  RequestCache::Options cache;
+  cache.path = daemon->options_.manager.state_dir + "/request-ids";
+  daemon->cache_ = std::make_unique<RequestCache>(cache);
+  if (absl::Status st = daemon->cache_->Load(); !st.ok()) {
+    spdlog::warn("client_request_id answers of the previous fcvmd are lost: {}", st);
+  }
   daemon->calls_ = std::make_unique<CallTracker>();
   daemon->pool_ = std::make_unique<WorkerPool>(options.workers);
   ServiceDeps deps{manager,

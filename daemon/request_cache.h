@@ -15,8 +15,15 @@
 //
 // Bounds: entries expire `ttl` after the request began; beyond `max_entries`
 // or `max_bytes` the oldest finished entries are evicted first (running ones
-// never are: their waiters need them). Lives in memory only; a restarted
-// fcvmd has forgotten every id.
+// never are: their waiters need them).
+//
+// Persistence (Options::path, fcvmd's <state>/request-ids): every Finish
+// rewrites the file with the finished answers (newest first up to
+// `max_persisted_bytes`), atomically (written to a temporary file, then
+// renamed), and Load reads it back at start, so a retry after a restart or a
+// crash still gets the first answer. A request that was still running when
+// fcvmd died has no answer there: its retry runs it again (start-up
+// reconcile has undone what the first one made unless it had finished).
 //
 // Thread-safe. Callbacks run without the cache's lock held, on the thread
 // that calls Finish/Abandon.
@@ -45,6 +52,10 @@ class RequestCache {
     size_t max_entries = 10000;
     // Sum of stored fingerprints and responses.
     size_t max_bytes = 64 << 20;
+    // Where finished answers are kept across restarts; empty: memory only.
+    std::string path;
+    // Bound of that file (the newest answers that fit are kept).
+    size_t max_persisted_bytes = 16 << 20;
     // Injected for tests.
     std::function<absl::Time()> now = [] { return absl::Now(); };
   };
@@ -80,6 +91,11 @@ class RequestCache {
 
   size_t size() const;
 
+  // Reads back the answers a previous fcvmd kept at Options::path (those not
+  // expired). OK when there is no file yet; DataLoss naming the file when it
+  // is not one this cache wrote (nothing is loaded then).
+  absl::Status Load();
+
  private:
   using Key = std::pair<std::string, std::string>;  // method, id
   struct Entry {
@@ -92,6 +108,9 @@ class RequestCache {
   };
 
   void EvictLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rewrites Options::path from the finished entries; logs a failure (the
+  // answers stay cached in memory).
+  void Persist();
   void EraseLocked(std::map<Key, Entry>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
@@ -99,6 +118,9 @@ class RequestCache {
   std::map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::list<Key> order_ ABSL_GUARDED_BY(mu_);  // by start time, oldest first
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Serializes Persist (taken before mu_), so files are written in order.
+  absl::Mutex persist_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  bool persist_failed_ ABSL_GUARDED_BY(persist_mu_) = false;
 };
 
 }  // namespace fcvm::daemon

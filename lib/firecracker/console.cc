@@ -66,12 +66,16 @@ namespace {
 constexpr mode_t kLogMode = 0640;
 }  // namespace
 
-absl::StatusOr<CappedLogFile> CappedLogFile::Open(std::string path, size_t max_bytes) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, kLogMode));
+absl::StatusOr<CappedLogFile> CappedLogFile::Open(std::string path, size_t max_bytes, bool append) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC, kLogMode));
   if (!fd) return ErrnoError(absl::StrCat("open ", path));
   // A file left by an earlier run keeps its mode through O_CREAT: set it.
   if (fchmod(fd.get(), kLogMode) < 0) return ErrnoError(absl::StrCat("chmod ", path));
-  return CappedLogFile(std::move(path), max_bytes == 0 ? 1 : max_bytes, std::move(fd));
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
+  CappedLogFile log(std::move(path), max_bytes == 0 ? 1 : max_bytes, std::move(fd));
+  log.size_ = static_cast<size_t>(st.st_size);
+  return log;
 }
 
 absl::Status CappedLogFile::Rotate() {
@@ -107,7 +111,8 @@ absl::Status CappedLogFile::Write(absl::string_view data) {
 absl::StatusOr<std::unique_ptr<ConsoleCapture>> ConsoleCapture::Start(UniqueFd read_end,
                                                                       ConsoleOptions options) {
   if (!read_end) return absl::InvalidArgumentError("console capture: no pipe");
-  ASSIGN_OR_RETURN(CappedLogFile log, CappedLogFile::Open(options.log_path, options.max_log_bytes));
+  ASSIGN_OR_RETURN(CappedLogFile log,
+                   CappedLogFile::Open(options.log_path, options.max_log_bytes, options.append));
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoError("eventfd");
   std::unique_ptr<ConsoleCapture> c(

@@ -64,7 +64,8 @@ class LineRing {
 // a new one is started. At most 2 * max_bytes on disk. Not thread-safe.
 class CappedLogFile {
  public:
-  static absl::StatusOr<CappedLogFile> Open(std::string path, size_t max_bytes);
+  // Truncates an existing file unless `append` (then its size counts).
+  static absl::StatusOr<CappedLogFile> Open(std::string path, size_t max_bytes, bool append = false);
   absl::Status Write(absl::string_view data);
   const std::string& path() const { return path_; }
   size_t size() const { return size_; }
@@ -81,7 +82,8 @@ class CappedLogFile {
 };
 
 struct ConsoleOptions {
-  std::string log_path;  // created or truncated
+  std::string log_path;  // created or truncated (appended to if `append`)
+  bool append = false;
   size_t max_log_bytes = 1 << 20;
   size_t ring_lines = 200;
 };
@@ -90,8 +92,8 @@ struct ConsoleOptions {
 // while the drain thread appends.
 class ConsoleCapture {
  public:
-  // Takes the read end of the pipe. Errors: opening the log file, creating
-  // the wake-up eventfd.
+  // Takes the read end of the pipe (or FIFO), blocking. Errors: opening the
+  // log file, creating the wake-up eventfd.
   static absl::StatusOr<std::unique_ptr<ConsoleCapture>> Start(UniqueFd read_end, ConsoleOptions options);
   // Stops (see Stop).
   ~ConsoleCapture();

@@ -114,6 +114,38 @@ absl::StatusOr<FirecrackerBinary> FirecrackerBinary::Probe(const std::string& pa
   return FirecrackerBinary(path, version, format.value_or(Version{}));
 }
 
+// --------------------------------------------------------------- console
+
+std::string ConsoleFifoPath(const std::string& vm_dir) { return absl::StrCat(vm_dir, "/console.fifo"); }
+
+absl::StatusOr<UniqueFd> OpenConsoleFifo(const std::string& vm_dir, bool create) {
+  const std::string path = ConsoleFifoPath(vm_dir);
+  if (create) {
+    if (unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoError(absl::StrCat("unlink ", path));
+    if (mkfifo(path.c_str(), 0600) < 0) return ErrnoError(absl::StrCat("mkfifo ", path));
+  } else {
+    struct stat st;
+    if (lstat(path.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", path));
+    if (!S_ISFIFO(st.st_mode)) return absl::FailedPreconditionError(absl::StrCat(path, " is not a FIFO"));
+  }
+  // Non-blocking so that opening does not wait for a writer; reads block.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return ErrnoError(absl::StrCat("open ", path));
+  int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) < 0)
+    return ErrnoError(absl::StrCat("fcntl ", path));
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<ConsoleCapture>> ReattachConsole(const std::string& vm_dir,
+                                                                size_t max_log_bytes, size_t ring_lines) {
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenConsoleFifo(vm_dir, /*create=*/false));
+  return ConsoleCapture::Start(std::move(fd), {.log_path = absl::StrCat(vm_dir, "/console.log"),
+                                               .append = true,
+                                               .max_log_bytes = max_log_bytes,
+                                               .ring_lines = ring_lines});
+}
+
 // ------------------------------------------------------------------- Vmm
 
 absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary, VmmOptions options) {
@@ -161,10 +193,9 @@ absl::StatusOr<std::unique_ptr<Vmm>> Vmm::Launch(const FirecrackerBinary& binary
     spawn.cwd = dir;
   }
 
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) return ErrnoError("pipe2");
-  UniqueFd console_r(p[0]);
-  UniqueFd console_w(p[1]);
+  ASSIGN_OR_RETURN(UniqueFd console_r, OpenConsoleFifo(dir, /*create=*/true));
+  UniqueFd console_w(::open(ConsoleFifoPath(dir).c_str(), O_WRONLY | O_CLOEXEC));
+  if (!console_w) return ErrnoError(absl::StrCat("open ", ConsoleFifoPath(dir), " for writing"));
   spawn.fds = {{console_w.get(), 1}, {stderr_fd.get(), 2}};
 
   absl::Time start = absl::Now();

@@ -3,9 +3,13 @@
 // Launching and supervising one Firecracker process.
 //
 // A Vmm owns a Firecracker child held by a pidfd (fcvm::Process) that got
-// exactly three fds: /dev/null as stdin, a pipe as stdout (the guest's serial
-// console, drained by a ConsoleCapture into <vm_dir>/console.log, size-capped)
-// and <vm_dir>/firecracker.stderr as stderr. Firecracker's own log goes to
+// exactly three fds: /dev/null as stdin, the FIFO <vm_dir>/console.fifo as
+// stdout (the guest's serial console, drained by a ConsoleCapture into
+// <vm_dir>/console.log, size-capped) and <vm_dir>/firecracker.stderr as
+// stderr. A FIFO rather than a pipe so that the next fcvmd can take over the
+// reading (ReattachConsole) of a Firecracker that outlived the previous one.
+// While nobody reads, Firecracker's serial writes fail with EPIPE, which it
+// survives (it handles SIGPIPE): that output is lost, the guest never stalls. Firecracker's own log goes to
 // <vm_dir>/firecracker.log and its metrics to <vm_dir>/metrics.json (both
 // given on the command line, so nothing is logged to the console even before
 // the API is up). The API socket is <vm_dir>/api.sock; Launch returns once it
@@ -84,6 +88,19 @@ class FirecrackerBinary {
   Version version_;
   Version snapshot_format_;
 };
+
+// <vm_dir>/console.fifo: where a Firecracker started by Vmm::Launch writes
+// its serial console.
+std::string ConsoleFifoPath(const std::string& vm_dir);
+// Opens the console FIFO of `vm_dir` for reading (blocking reads), making a
+// new one first if `create`. FailedPrecondition when it is not a FIFO.
+absl::StatusOr<UniqueFd> OpenConsoleFifo(const std::string& vm_dir, bool create);
+// Captures again the console of a Firecracker that runs on without its Vmm
+// (one a previous fcvmd launched): appends to <vm_dir>/console.log, capped
+// at `max_log_bytes` as before. The capture closes when Firecracker exits.
+absl::StatusOr<std::unique_ptr<ConsoleCapture>> ReattachConsole(const std::string& vm_dir,
+                                                                size_t max_log_bytes,
+                                                                size_t ring_lines = 200);
 
 // Firecracker runs with the VM directory (unjailed) or its chroot (jailed)
 // as its working directory, so that a relative path it is given is per VM.
@@ -192,8 +209,9 @@ class Vmm {
   absl::StatusOr<ExitStatus> Kill();
 
   // Lets Firecracker outlive this Vmm (a daemon restart re-adopts it by pid):
-  // stops capturing the console (its pipe closes; Firecracker's later serial
-  // output is lost) and gives up the process without killing it. The API
+  // stops capturing the console (after draining what is buffered; its
+  // later serial output is lost until someone calls ReattachConsole) and
+  // gives up the process without killing it. The API
   // socket and the jail stay. Returns the pid. The Vmm is finished afterwards.
   pid_t Detach();
 

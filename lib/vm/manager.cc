@@ -102,17 +102,7 @@ void LeaveVms(Core& core) {
     VmInfo info = core.registry.Info(*e);
     if (e->vmm == nullptr) continue;
     const bool served = e->listener.has_value();
-    if (info.timings.from_warm_pool) {
-      // A pooled process dies with its parent-death thread anyway.
-      spdlog::info("vm {}: stopping (it cannot outlive this fcvmd)", info.id);
-      e->deleting = true;
-      core.ReleaseResources(*e);
-      core.registry.Update(*e, [](VmInfo& v) {
-        v.state = VmState::kStopped;
-        v.error = "fcvmd stopped; the VM ran in a warm-pool process";
-      });
-      (void)core.registry.Persist(*e);
-    } else {
+    {
       // Left running for the next fcvmd to re-adopt; a UFFD clone's faults
       // wait for its page server to take the session over.
       if (served) {

@@ -44,9 +44,10 @@ struct ManagerOptions {
   // Reconcile the state directory at Create (tests may turn it off).
   bool reconcile = true;
   // Pre-started, unconfigured Firecracker processes kept ready so that a
-  // clone (or a boot) skips process start-up. 0 turns the pool off. Pooled
-  // processes die with fcvmd (PR_SET_PDEATHSIG), and so do the VMs made from
-  // them: see docs/operations.md.
+  // clone (or a boot) skips process start-up. 0 turns the pool off. A VM
+  // made from a pooled process outlives fcvmd like any other; unused pooled
+  // processes are killed at stop, or by the next start-up after a crash:
+  // see docs/operations.md.
   uint32_t warm_pool_size = 2;
   // Every Firecracker process started (warm pool, boots, clones of either
   // backend) gets PR_SET_MEMORY_MERGE before exec, so that KSM can merge the

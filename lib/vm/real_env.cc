@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/base/file_util.h"
@@ -52,6 +53,19 @@ class RealVmm final : public Vmm {
     // An adopted process that nobody released or killed is left running: it
     // was not ours to begin with. (A launched one is killed by its Vmm.)
     if (adopted_.valid()) adopted_.Release();
+  }
+
+  // An adopted Firecracker's console goes on into its console.log. A VM
+  // started by an fcvmd without a console FIFO keeps running uncaptured.
+  void CaptureConsole(size_t max_log_bytes) {
+    absl::StatusOr<std::unique_ptr<firecracker::ConsoleCapture>> console =
+        firecracker::ReattachConsole(vm_dir_, max_log_bytes);
+    if (console.ok()) {
+      console_ = *std::move(console);
+    } else {
+      spdlog::warn("vm {}: its console is not captured: {}", vm_dir_.substr(vm_dir_.rfind('/') + 1),
+                   console.status());
+    }
   }
 
   pid_t pid() const override { return vmm_ ? vmm_->pid() : adopted_.pid(); }
@@ -99,10 +113,16 @@ class RealVmm final : public Vmm {
     if (vmm_) {
       vmm_->Detach();
     } else {
+      if (console_ != nullptr) console_->Stop();
       adopted_.Release();
     }
   }
-  std::string RecentOutput() override { return vmm_ ? vmm_->RecentOutput() : ""; }
+  std::string RecentOutput() override {
+    if (vmm_) return vmm_->RecentOutput();
+    if (console_ == nullptr) return "";
+    std::vector<std::string> con = console_->LastLines(4);
+    return con.empty() ? "" : absl::StrCat("; console: [", absl::StrJoin(con, " | "), "]");
+  }
 
   absl::Status PlaceFile(const firecracker::JailFile& file) override {
     if (!vmm_) return absl::FailedPreconditionError("a re-adopted Firecracker takes no new files");
@@ -132,6 +152,7 @@ class RealVmm final : public Vmm {
   std::unique_ptr<firecracker::ApiClient> api_;
   RealVmmFactory* factory_ = nullptr;
   std::string jail_id_;
+  std::unique_ptr<firecracker::ConsoleCapture> console_;  // adopted only
 };
 
 class RealVmmFactory final : public VmmFactory {
@@ -150,7 +171,11 @@ class RealVmmFactory final : public VmmFactory {
     o.id = spec.id;
     o.console_max_bytes = options_.console_max_bytes;
     o.start_timeout = options_.start_timeout;
-    o.parent_death_signal = spec.pooled ? SIGKILL : 0;
+    // No parent-death signal, not even for a pooled process: it may become a
+    // VM that must outlive fcvmd, and a signal cannot be taken back once
+    // Firecracker runs (the jailer's uid change clears it anyway). An unused
+    // pooled process left by a crash has no record: the next start-up
+    // reconcile kills it.
     if (jailer_.has_value()) {
       if (!spec.jail.has_value()) return absl::InternalError("launch: a jailed VM without a jail spec");
       firecracker::JailOptions j;
@@ -185,8 +210,10 @@ class RealVmmFactory final : public VmmFactory {
         p.Release();
         return absl::NotFoundError(absl::StrCat("pid ", pid, " is no longer the VM's firecracker"));
       }
-      return std::make_unique<RealVmm>(std::move(p), vm_dir, paths->chroot_dir + "/run/firecracker.socket",
-                                       this, id);
+      auto vmm = std::make_unique<RealVmm>(std::move(p), vm_dir,
+                                           paths->chroot_dir + "/run/firecracker.socket", this, id);
+      vmm->CaptureConsole(options_.console_max_bytes);
+      return std::unique_ptr<Vmm>(std::move(vmm));
     }
     // The pid must still be this VM's Firecracker: its command line names the
     // VM's API socket.
@@ -195,7 +222,9 @@ class RealVmmFactory final : public VmmFactory {
       p.Release();
       return absl::NotFoundError(absl::StrCat("pid ", pid, " is no longer the VM's firecracker"));
     }
-    return std::make_unique<RealVmm>(std::move(p), vm_dir, vm_dir + "/api.sock", this, "");
+    auto vmm = std::make_unique<RealVmm>(std::move(p), vm_dir, vm_dir + "/api.sock", this, "");
+    vmm->CaptureConsole(options_.console_max_bytes);
+    return std::unique_ptr<Vmm>(std::move(vmm));
   }
 
   std::map<pid_t, std::string> FindRunning(const std::string& vms_dir) override {

@@ -68,8 +68,7 @@ std::optional<WarmPool::Process> WarmPool::Take() {
   }
 }
 
-// Runs on its own thread, which is also the parent-death thread of the
-// pooled processes.
+// Runs on its own thread.
 void WarmPool::RefillLoop() {
   while (true) {
     {

@@ -6,8 +6,10 @@
 // kRefillHoldBack) while clones are being restored: starting a Firecracker
 // takes a core for several milliseconds, which a restore needs more.
 //
-// Pooled processes die with fcvmd (parent-death signal of the refill thread),
-// and so do the VMs made from them: see docs/operations.md.
+// A VM made from a pooled process outlives fcvmd like any other (no
+// parent-death signal). Stop() kills the unused ones; after a crash, the
+// next fcvmd's start-up reconcile kills them (they have no VM record): see
+// docs/operations.md.
 //
 // Thread-safe.
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -281,8 +282,8 @@ TEST_F(FcvmctlE2eTest, OversizedLabelsAreRefusedAndListingsKeepWorking) {
 // is when a client gives up or fcvmd is stopped.
 class SlowCloneE2eTest : public FcvmctlE2eTest {
  protected:
-  // Without the warm pool: the base VM then runs in a process of its own,
-  // which outlives fcvmd (a pooled one dies with it, see operations.md).
+  // Without the warm pool: the clones then start fresh processes, slow
+  // enough to be caught mid-creation.
   void SetUp() override {
     extra_daemon_args_ = {"--warm-pool", "0"};
     FcvmctlE2eTest::SetUp();
@@ -395,6 +396,69 @@ TEST_F(SlowCloneE2eTest, SigtermMidCloneStopsWithinTenSeconds) {
   EXPECT_EQ(ls["vms"][0]["state"], "VM_STATE_RUNNING");
   Result events = CtlRaw({"--json", "--timeout", "1s", "watch", "--from-start"});
   EXPECT_THAT(events.out, HasSubstr("re-adopted")) << events.out << events.err;
+  EXPECT_EQ(CtlRaw({"rm", "base"}).code, 0);
+  EXPECT_EQ(CtlRaw({"snapshot", "rm", "golden"}).code, 0);
+}
+
+// Live processes other than `except` running from `dir`: by command line
+// (unjailed Firecracker) or root directory (jailed).
+std::set<pid_t> ProcessesUnder(const std::string& dir, pid_t except) {
+  std::set<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid) || pid == except || pid == getpid()) continue;
+    std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat")).value_or("");
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos || stat.substr(close + 2, 1) == "Z") continue;
+    std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline")).value_or("");
+    if (absl::StrContains(cmdline, dir + "/") || e2e::IsJailedUnder(pid, dir)) {
+      out.insert(pid);
+    }
+  }
+  closedir(d);
+  return out;
+}
+
+// kill -9 of fcvmd while a 4-clone request copies a 1 GiB drive per clone,
+// then a restart on the same state directory: fcvmd lists the base VM only,
+// and no process runs from the state directory that it does not list (the
+// clones being made are killed and removed at start-up, jails included).
+TEST_F(SlowCloneE2eTest, KillMidCloneLeavesNothingUnlisted) {
+  MakeGolden();
+  SpawnOptions so;
+  so.argv = {FCVMCTL_PATH, "--socket", socket_, "clone", "golden", "--count", "4"};
+  ASSERT_OK_AND_ASSIGN(Process ctl, Process::Spawn(so));
+  absl::Time until = absl::Now() + absl::Seconds(60);
+  auto copying = [&] {
+    int n = 0;
+    for (const std::string& base : {tmp_.path() + "/state/vms/", tmp_.path() + "/state/jail/firecracker/"}) {
+      const std::string suffix = absl::StrContains(base, "/jail/") ? "/root/drives/data" : "/drives/data";
+      if (DIR* d = opendir(base.c_str())) {
+        while (dirent* e = readdir(d)) {
+          struct stat st;
+          if (lstat(absl::StrCat(base, e->d_name, suffix).c_str(), &st) == 0 && S_ISREG(st.st_mode)) ++n;
+        }
+        closedir(d);
+      }
+    }
+    return n;
+  };
+  while (copying() < 2 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_GE(copying(), 2) << DaemonLog();
+  ASSERT_OK(daemon_.Signal(SIGKILL));
+  ASSERT_OK(daemon_.Wait(absl::Seconds(10)).status());
+  ASSERT_OK(ctl.Wait(absl::Seconds(30)).status());
+  daemon_ = Process();
+  StartDaemon();
+  json ls = Ctl({"ls"});
+  ASSERT_EQ(ls["vms"].size(), 1u) << ls.dump();
+  EXPECT_EQ(ls["vms"][0]["name"], "base");
+  EXPECT_EQ(ls["vms"][0]["state"], "VM_STATE_RUNNING");
+  std::set<pid_t> listed = {static_cast<pid_t>(ls["vms"][0]["pid"].get<int64_t>())};
+  // --warm-pool 0: the base VM's Firecracker is the only process there.
+  EXPECT_EQ(ProcessesUnder(tmp_.path() + "/state", daemon_.pid()), listed);
   EXPECT_EQ(CtlRaw({"rm", "base"}).code, 0);
   EXPECT_EQ(CtlRaw({"snapshot", "rm", "golden"}).code, 0);
 }

@@ -128,6 +128,36 @@ TEST_F(DaemonTest, VersionAndLsThenCleanSigterm) {
   EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "socket left behind";
 }
 
+// The answers to client_request_ids outlive fcvmd, also kill -9: the next
+// one on the same state directory replays them and refuses an id reused for
+// another request. Before, a restarted fcvmd had forgotten every id (the
+// reused id ran as a new request: NOT_FOUND for "other").
+TEST_F(DaemonTest, ClientRequestIdSurvivesKillAndRestart) {
+  StartDaemon();
+  v1::PauseVmRequest pause;
+  pause.set_ref("ghost");
+  pause.set_client_request_id("req-1");
+  v1::Vm vm;
+  auto call = [&](const v1::PauseVmRequest& req) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return v1::VmService::NewStub(Channel())->PauseVm(&ctx, req, &vm);
+  };
+  grpc::Status first = call(pause);
+  ASSERT_EQ(first.error_code(), grpc::StatusCode::NOT_FOUND) << first.error_message();
+  ASSERT_OK(daemon_.Kill().status());
+  StartDaemon();
+  // The reused id first: a forgetful fcvmd would run it (NOT_FOUND "other").
+  pause.set_ref("other");
+  grpc::Status conflict = call(pause);
+  EXPECT_EQ(conflict.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << conflict.error_message();
+  EXPECT_THAT(conflict.error_message(), HasSubstr("req-1"));
+  pause.set_ref("ghost");
+  grpc::Status again = call(pause);
+  EXPECT_EQ(again.error_code(), first.error_code());
+  EXPECT_EQ(again.error_message(), first.error_message());
+}
+
 TEST_F(DaemonTest, SigintAlsoStopsCleanly) {
   StartDaemon();
   ExitStatus exit = StopDaemon(SIGINT);

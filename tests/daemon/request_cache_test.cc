@@ -5,8 +5,11 @@
 
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "lib/base/file_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::daemon {
 namespace {
@@ -162,6 +165,83 @@ TEST(RequestCacheTest, AbandonAnswersWaitersAndForgets) {
   EXPECT_THAT(got[0].status, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_EQ(cache.size(), 0u);
   EXPECT_EQ(cache.Start("RunVm", "id", "req", nullptr, &r), Begin::kRun);
+}
+
+// A second cache on the same file (the next fcvmd) replays the first one's
+// answers, OK and errors alike, refuses an id reused for another request,
+// runs again what never finished, and forgets what expired. Before, a
+// restarted fcvmd had forgotten every id.
+TEST(RequestCacheTest, AnswersSurviveARestart) {
+  ::fcvm::testing::TempDir dir;
+  FakeClock clock;
+  RequestCache::Options o = Opts(&clock);
+  o.path = dir.path() + "/request-ids";
+  {
+    RequestCache first(o);
+    ASSERT_OK(first.Load());  // no file yet
+    Result r;
+    ASSERT_EQ(first.Start("RunVm", "a", "req-a", nullptr, &r), Begin::kRun);
+    first.Finish("RunVm", "a", {absl::OkStatus(), std::string("vm\0a", 4)});
+    ASSERT_EQ(first.Start("PauseVm", "b", "req-b", nullptr, &r), Begin::kRun);
+    first.Finish("PauseVm", "b", {absl::NotFoundError("vm ghost not found"), ""});
+    ASSERT_EQ(first.Start("RunVm", "c", "req-c", nullptr, &r), Begin::kRun);  // never finishes
+  }
+  RequestCache second(o);
+  ASSERT_OK(second.Load());
+  EXPECT_EQ(second.size(), 2u);
+  Result r;
+  ASSERT_EQ(second.Start("RunVm", "a", "req-a", nullptr, &r), Begin::kDone);
+  EXPECT_OK(r.status);
+  EXPECT_EQ(r.response, std::string("vm\0a", 4));
+  ASSERT_EQ(second.Start("PauseVm", "b", "req-b", nullptr, &r), Begin::kDone);
+  EXPECT_THAT(r.status, StatusIs(absl::StatusCode::kNotFound, "vm ghost not found"));
+  EXPECT_EQ(second.Start("PauseVm", "b", "other", nullptr, &r), Begin::kConflict);
+  EXPECT_EQ(second.Start("RunVm", "c", "req-c", nullptr, &r), Begin::kRun);
+
+  // 24 hours after the first requests they are gone, also from the file.
+  clock.now += absl::Hours(25);
+  ASSERT_EQ(second.Start("RunVm", "d", "req-d", nullptr, &r), Begin::kRun);
+  second.Finish("RunVm", "d", {absl::OkStatus(), "d"});
+  RequestCache third(o);
+  ASSERT_OK(third.Load());
+  EXPECT_EQ(third.size(), 1u);
+  EXPECT_EQ(third.Start("RunVm", "a", "req-a", nullptr, &r), Begin::kRun);
+  EXPECT_EQ(third.Start("RunVm", "d", "req-d", nullptr, &r), Begin::kDone);
+}
+
+TEST(RequestCacheTest, PersistedFileIsBounded) {
+  ::fcvm::testing::TempDir dir;
+  FakeClock clock;
+  RequestCache::Options o = Opts(&clock);
+  o.path = dir.path() + "/request-ids";
+  o.max_persisted_bytes = 4096;
+  RequestCache first(o);
+  Result r;
+  for (int i = 0; i < 10; ++i) {
+    std::string id = absl::StrCat("id-", i);
+    ASSERT_EQ(first.Start("CloneSnapshot", id, "", nullptr, &r), Begin::kRun);
+    first.Finish("CloneSnapshot", id, {absl::OkStatus(), std::string(1000, 'x')});
+  }
+  EXPECT_EQ(first.size(), 10u);
+  ASSERT_OK_AND_ASSIGN(std::string file, ReadFile(o.path));
+  EXPECT_LE(file.size(), 4096u);
+  RequestCache second(o);
+  ASSERT_OK(second.Load());
+  EXPECT_GE(second.size(), 3u);
+  EXPECT_LT(second.size(), 10u);
+  // The newest are the ones kept.
+  EXPECT_EQ(second.Start("CloneSnapshot", "id-9", "", nullptr, &r), Begin::kDone);
+  EXPECT_EQ(second.Start("CloneSnapshot", "id-0", "", nullptr, &r), Begin::kRun);
+}
+
+TEST(RequestCacheTest, AFileItDidNotWriteIsDataLoss) {
+  ::fcvm::testing::TempDir dir;
+  RequestCache::Options o;
+  o.path = dir.path() + "/request-ids";
+  ASSERT_OK(WriteFileAtomic(o.path, "FCVMRQ1\n\x05\x00\x00\x00ab", 0600, false));
+  RequestCache cache(o);
+  EXPECT_THAT(cache.Load(), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(cache.size(), 0u);
 }
 
 }  // namespace

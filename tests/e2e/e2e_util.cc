@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <grp.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -364,6 +365,26 @@ absl::Status UffdTestServer::Serve() {
 
 // ------------------------------------------------------------ Leftovers
 
+bool IsJailedUnder(pid_t pid, const std::string& dir) {
+  struct stat root;
+  if (stat(absl::StrCat("/proc/", pid, "/root").c_str(), &root) != 0) return false;
+  // /proc/<pid>/root reads "/" inside the jail's own mount namespace: compare
+  // the directory itself with every chroot under `dir`.
+  for (const std::string& pattern : {dir + "/jail/firecracker/*/root", dir + "/*/jail/firecracker/*/root"}) {
+    glob_t g;
+    if (glob(pattern.c_str(), GLOB_NOSORT, nullptr, &g) != 0) continue;
+    bool match = false;
+    for (size_t i = 0; i < g.gl_pathc && !match; ++i) {
+      struct stat chroot;
+      match =
+          stat(g.gl_pathv[i], &chroot) == 0 && chroot.st_dev == root.st_dev && chroot.st_ino == root.st_ino;
+    }
+    globfree(&g);
+    if (match) return true;
+  }
+  return false;
+}
+
 std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix) {
   std::vector<std::string> out;
   pid_t self = getpid();
@@ -388,6 +409,10 @@ std::vector<std::string> Leftovers(const std::string& dir, const std::string& ne
         std::string cmdline((std::istreambuf_iterator<char>(cl)), std::istreambuf_iterator<char>());
         if (absl::StrContains(cmdline, dir + "/")) {
           out.push_back(absl::StrCat("process ", pid, " ", stat.substr(0, close + 1), " runs from ", dir));
+        } else if (IsJailedUnder(pid, dir)) {
+          // A jailed Firecracker: its command line has jail paths only.
+          out.push_back(
+              absl::StrCat("process ", pid, " ", stat.substr(0, close + 1), " is chrooted in ", dir));
         }
       }
     }

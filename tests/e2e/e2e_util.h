@@ -4,6 +4,8 @@
 // prerequisites (FCVM_FIRECRACKER_BIN, /dev/kvm, the test guest), reading the
 // test guest's console, a minimal Uffd page server, and leftover checks.
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -119,10 +121,13 @@ class UffdTestServer {
 
 // What a test left behind: child processes of this process (zombies too),
 // any other process whose command line names a path under `dir` (a
-// Firecracker left running), socket files under `dir`, mounts that mention
-// `dir`, network namespaces whose name starts with `netns_prefix` (when not
-// empty).
+// Firecracker left running) or whose root directory is under it (a jailed one), socket files under `dir`,
+// mounts that mention `dir`, network namespaces whose name starts with `netns_prefix` (when not empty).
 std::vector<std::string> Leftovers(const std::string& dir, const std::string& netns_prefix = "");
+
+// True when `pid` runs chrooted in a jail under `dir` (<dir>/jail/firecracker/
+// <id>/root or <dir>/<sub>/jail/firecracker/<id>/root).
+bool IsJailedUnder(pid_t pid, const std::string& dir);
 
 double MedianMs(std::vector<absl::Duration> v);
 

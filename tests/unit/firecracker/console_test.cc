@@ -1,6 +1,7 @@
 #include "lib/firecracker/console.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
+#include "lib/firecracker/vmm.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -124,6 +126,35 @@ TEST(ConsoleCapture, DrainsToFileAndWaitsForLines) {
   EXPECT_TRUE(absl::StartsWith(content, "TICK 0 OK\nTICK 1 OK\n"));
   EXPECT_TRUE(absl::EndsWith(content, "TICK 9 OK\nlast words without newline"));
   EXPECT_OK(console->log_error());
+}
+
+// The console FIFO outlives its reader: while nobody reads, a write fails
+// with EPIPE (Firecracker survives it), and a new reader (the next fcvmd)
+// takes over and appends to the same log.
+TEST(ConsoleFifo, ANewReaderTakesOverAndAppends) {
+  signal(SIGPIPE, SIG_IGN);  // as Firecracker handles it
+  TempDir dir;
+  std::string log = dir.path() + "/console.log";
+  ASSERT_OK_AND_ASSIGN(UniqueFd r, OpenConsoleFifo(dir.path(), /*create=*/true));
+  UniqueFd w(open(ConsoleFifoPath(dir.path()).c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(w);
+  auto is = [](const char* want) { return [want](absl::string_view l) { return l == want; }; };
+  {
+    ASSERT_OK_AND_ASSIGN(auto first, ConsoleCapture::Start(std::move(r), {.log_path = log}));
+    WriteAll(w.get(), "one\n");
+    ASSERT_OK(first->WaitForLine(is("one"), 0, absl::Now() + absl::Seconds(10)).status());
+  }
+  EXPECT_EQ(write(w.get(), "lost\n", 5), -1);
+  EXPECT_EQ(errno, EPIPE);
+  ASSERT_OK_AND_ASSIGN(auto second, ReattachConsole(dir.path(), 1 << 20));
+  WriteAll(w.get(), "two\n");
+  ASSERT_OK(second->WaitForLine(is("two"), 0, absl::Now() + absl::Seconds(10)).status());
+  w.Reset();  // the writer exits: the capture ends
+  EXPECT_THAT(second->WaitForLine(is("never"), 0, absl::Now() + absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(ReadFile(log).value_or(""), "one\ntwo\n");
+  // Reattaching where there is no FIFO fails, naming it.
+  EXPECT_THAT(ReattachConsole(dir.path() + "/nope", 1 << 20), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST(ConsoleCapture, StopDrainsWhileTheWriterLives) {

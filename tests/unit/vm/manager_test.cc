@@ -3,6 +3,7 @@
 // snapshot deletion under a running clone request, bounds, events, records.
 // No Firecracker, KVM or kernel feature needed: runs on any machine.
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,6 +124,14 @@ class ManagerTest : public ::testing::Test {
     return world_->alive;
   }
 
+  void AwaitPool(size_t n) {
+    for (absl::Time until = absl::Now() + absl::Seconds(10);
+         manager_->warm_pool_ready() < n && absl::Now() < until;) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    ASSERT_GE(manager_->warm_pool_ready(), n);
+  }
+
   ::fcvm::testing::TempDir tmp_{"fcvm-vm"};
   std::shared_ptr<FakeWorld> world_;
   std::unique_ptr<Manager> manager_;
@@ -168,6 +177,52 @@ TEST_F(ManagerTest, RecordWriteFailureFailsRunAndLeavesNothing) {
   EXPECT_THAT(manager_->List({}), IsEmpty());
   EXPECT_EQ(Alive(), 0);
   EXPECT_THAT(VmDirs(), IsEmpty());
+}
+
+// The same for clones of both backends, from the warm pool or not: each
+// clone fails RESOURCE_EXHAUSTED naming its record file, and nothing of it
+// is left (process, directory, page-server listener); with all_or_nothing
+// the request itself fails so.
+TEST_F(ManagerTest, RecordWriteFailureFailsClonesAndLeavesNothing) {
+  Start(/*warm_pool=*/1);
+  MakeSnapshot();
+  AwaitPool(1);
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->fail_records = true;
+  }
+  for (MemoryBackend backend : {MemoryBackend::kFile, MemoryBackend::kUffd}) {
+    ASSERT_OK_AND_ASSIGN(CloneResult r,
+                         manager_->Clone({.snapshot_ref = "golden", .count = 2, .backend = backend}));
+    EXPECT_EQ(r.succeeded, 0u);
+    ASSERT_EQ(r.failed, 2u);
+    for (const VmInfo& c : r.clones) {
+      EXPECT_EQ(c.state, VmState::kFailed);
+      EXPECT_THAT(c.error, HasSubstr("vm.json"));
+      EXPECT_THAT(c.error, HasSubstr("No space left on device"));
+    }
+    EXPECT_THAT(manager_->Clone({.snapshot_ref = "golden", .backend = backend, .all_or_nothing = true}),
+                StatusIs(absl::StatusCode::kResourceExhausted));
+  }
+  ASSERT_EQ(manager_->List({}).size(), 1u);  // the base VM only
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->fail_records = false;
+  }
+  manager_.reset();
+  // Only the base VM's directory is left (its process released to run on).
+  std::vector<std::string> dirs;
+  if (DIR* d = opendir(VmsDir().c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') dirs.push_back(e->d_name);
+    }
+    closedir(d);
+  }
+  EXPECT_EQ(dirs.size(), 1u) << ::testing::PrintToString(dirs);
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->alive, 0);
+  EXPECT_EQ(world_->released, 1);
+  EXPECT_EQ(world_->listeners, 0);
 }
 
 TEST_F(ManagerTest, RunFailureUndoesEverythingAndReportsIt) {
@@ -526,40 +581,37 @@ TEST_F(ManagerTest, EventsAreNumberedAndReplayedFromTheBacklog) {
   EXPECT_EQ(later[0].sequence, seen.back().sequence);
 }
 
-// What fcvmd leaves behind when it stops: the right reason on each record.
-// Before, every stopped record said "ran in a warm-pool process".
-TEST_F(ManagerTest, StopRecordsSayWhyEachVmStopped) {
+// What fcvmd leaves behind when it stops: UFFD and File clones and booted
+// VMs are left running for the next fcvmd, also when they took a warm-pool
+// process. Before, VMs in
+// warm-pool processes were stopped ("ran in a warm-pool process").
+TEST_F(ManagerTest, StopLeavesVmsFromTheWarmPoolRunning) {
   Start(/*warm_pool=*/1);
-  MakeSnapshot();
+  AwaitPool(1);
+  ASSERT_OK_AND_ASSIGN(VmInfo base, manager_->Run(Guest("base")));
+  ASSERT_TRUE(base.timings.from_warm_pool);
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "base", .name = "golden"}).status());
   ASSERT_OK_AND_ASSIGN(CloneResult uffd, manager_->Clone({.snapshot_ref = "golden"}));
+  AwaitPool(1);
   ASSERT_OK_AND_ASSIGN(CloneResult file,
                        manager_->Clone({.snapshot_ref = "golden", .backend = MemoryBackend::kFile}));
   ASSERT_EQ(uffd.succeeded, 1u);
   ASSERT_EQ(file.succeeded, 1u);
+  ASSERT_TRUE(file.clones[0].timings.from_warm_pool);
   std::string uffd_id = uffd.clones[0].id, file_id = file.clones[0].id;
-  bool file_pooled = file.clones[0].timings.from_warm_pool;
-  bool uffd_pooled = uffd.clones[0].timings.from_warm_pool;
   manager_.reset();
-  ASSERT_OK_AND_ASSIGN(VmInfo u,
-                       RecordFromJson(ReadFile(VmsDir() + "/" + uffd_id + "/vm.json").value_or("")));
-  if (uffd_pooled) {
-    EXPECT_EQ(u.state, VmState::kStopped);
-    EXPECT_THAT(u.error, HasSubstr("warm-pool"));
-  } else {
-    // Left running, detached from the page server, for the next fcvmd.
-    EXPECT_EQ(u.state, VmState::kRunning);
-    absl::MutexLock lock(&world_->mu);
-    EXPECT_EQ(world_->detached, 1);
+  // All three left running (released, not killed): the UFFD clone detached
+  // from the page server, for the next fcvmd to take over.
+  for (const std::string& id : {base.id, uffd_id, file_id}) {
+    ASSERT_OK_AND_ASSIGN(VmInfo v, RecordFromJson(ReadFile(VmsDir() + "/" + id + "/vm.json").value_or("")));
+    EXPECT_EQ(v.state, VmState::kRunning) << id;
+    EXPECT_THAT(v.error, IsEmpty()) << id;
   }
-  ASSERT_OK_AND_ASSIGN(VmInfo f,
-                       RecordFromJson(ReadFile(VmsDir() + "/" + file_id + "/vm.json").value_or("")));
-  if (file_pooled) {
-    EXPECT_EQ(f.state, VmState::kStopped);
-    EXPECT_THAT(f.error, HasSubstr("warm-pool"));
-  } else {
-    EXPECT_EQ(f.state, VmState::kRunning);
-    EXPECT_THAT(f.error, IsEmpty());
-  }
+  // The pool's unused process was killed.
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->released, 3);
+  EXPECT_EQ(world_->detached, 1);
+  EXPECT_EQ(world_->alive, 0);
 }
 
 // UFFD clones outlive the manager and the next one's page server takes them
