@@ -9,8 +9,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
@@ -277,6 +279,120 @@ TEST_F(FcvmctlE2eTest, OversizedLabelsAreRefusedAndListingsKeepWorking) {
   json ls = Ctl({"ls"});
   EXPECT_TRUE(ls["vms"].empty()) << ls.dump();
 }
+
+// UFFD clones outlive fcvmd: killed with SIGKILL (crash) or stopped with
+// SIGTERM (restart, upgrade), the next fcvmd takes each clone's page-server
+// session over. Every clone keeps its process, is listed running, and keeps
+// running: its page faults are served again (the count grows) and its vCPUs
+// use CPU (a guest frozen on a fault would use none). Then everything is
+// deleted and nothing is left.
+class UffdSurvivalE2eTest : public FcvmctlE2eTest, public ::testing::WithParamInterface<int> {
+ protected:
+  void SetUp() override {
+    // Without the warm pool: this test is about the page server (a pooled
+    // process is another matter).
+    extra_daemon_args_ = {"--warm-pool", "0"};
+    FcvmctlE2eTest::SetUp();
+  }
+
+  struct Seen {
+    int pid = 0;
+    uint64_t faults = 0;
+    double cpu_s = 0;
+    std::string state;
+  };
+  Seen Look(const std::string& id) {
+    json vm = Ctl({"get", id});
+    Seen s;
+    s.pid = vm.value("pid", 0);
+    s.state = vm.value("state", "");
+    const json& u = vm["usage"];
+    if (u.contains("page_faults_served")) {
+      const json& f = u["page_faults_served"];
+      s.faults = f.is_string() ? std::stoull(f.get<std::string>()) : f.get<uint64_t>();
+    }
+    if (u.contains("cpu_time")) {
+      std::string d = u["cpu_time"];  // "1.230s"
+      s.cpu_s = std::stod(d.substr(0, d.size() - 1));
+    }
+    return s;
+  }
+};
+
+TEST_P(UffdSurvivalE2eTest, ClonesKeepRunningAcrossTheRestart) {
+  const int sig = GetParam();
+  RunGuest("base");
+  ASSERT_EQ(Ctl({"snapshot", "create", "base", "--name", "golden"})["name"], "golden");
+  // On-demand: no working set, so the guests keep faulting pages in.
+  json clones = Ctl({"clone", "golden", "--count", "4", "--prefetch", "none"});
+  ASSERT_EQ(clones["succeeded"], 4) << clones.dump();
+  // fcvmd goes at once, while the clones are still faulting their memory in.
+  std::vector<std::string> ids;
+  std::map<std::string, std::string> console;
+  std::map<std::string, Seen> before;
+  for (const json& c : clones["clones"]) {
+    ids.push_back(c["id"]);
+    console[c["id"]] = c["console_log_path"];
+    before[c["id"]].pid = c.value("pid", 0);
+    ASSERT_GT(before[c["id"]].pid, 0);
+  }
+
+  ASSERT_OK(daemon_.Signal(sig));
+  ASSERT_OK_AND_ASSIGN(ExitStatus st, daemon_.Wait(absl::Seconds(30)));
+  if (sig == SIGTERM) {
+    EXPECT_TRUE(st.success()) << st.ToString() << DaemonLog();
+  }
+  // Nobody serves their faults now: they wait, none is killed.
+  absl::SleepFor(absl::Milliseconds(300));
+  for (const std::string& id : ids) EXPECT_EQ(kill(before[id].pid, 0), 0) << id << " died with fcvmd";
+  absl::Time restart = absl::Now();
+  StartDaemon();
+  const absl::Duration gap = absl::Now() - restart;
+
+  for (const std::string& id : ids) {
+    Seen now = Look(id);
+    EXPECT_EQ(now.state, "VM_STATE_RUNNING") << id << "\n" << DaemonLog();
+    EXPECT_EQ(now.pid, before[id].pid) << id;
+    // Served again (the new server's count starts at 0), not frozen, and its
+    // memory exact: two more OK ticks, never a BAD one (the console is
+    // captured again by this fcvmd).
+    int bad = 0;
+    const int ok_now = OkTicks(console[id], &bad);
+    absl::Time until = absl::Now() + absl::Seconds(30);
+    Seen later = now;
+    while ((later.faults == 0 || later.cpu_s <= now.cpu_s || OkTicks(console[id], &bad) < ok_now + 2) &&
+           bad == 0 && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(200));
+      later = Look(id);
+    }
+    EXPECT_GT(later.faults, 0u) << id << " gets no pages after the restart\n" << DaemonLog();
+    EXPECT_GT(later.cpu_s, now.cpu_s) << id << " uses no CPU after the restart (frozen?)";
+    EXPECT_GE(OkTicks(console[id], &bad), ok_now + 2) << ReadFile(console[id]).value_or("");
+    EXPECT_EQ(bad, 0) << ReadFile(console[id]).value_or("");
+    EXPECT_EQ(kill(before[id].pid, 0), 0) << id;
+    std::cout << id << ": " << later.faults << " faults served since the restart\n";
+  }
+  EXPECT_THAT(DaemonLog(), HasSubstr("page-server session taken over"));
+  std::cout << "restart (" << strsignal(sig) << "): fcvmd answered " << absl::FormatDuration(gap)
+            << " after it was started again\n";
+
+  std::vector<std::string> rm = {"rm"};
+  rm.insert(rm.end(), ids.begin(), ids.end());
+  rm.push_back("base");
+  Result r = CtlRaw(rm);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(CtlRaw({"snapshot", "rm", "golden"}).code, 0);
+  for (const std::string& id : ids) {
+    absl::Time until = absl::Now() + absl::Seconds(10);
+    while (kill(before[id].pid, 0) == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+    EXPECT_NE(kill(before[id].pid, 0), 0) << id << " still runs after rm";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, UffdSurvivalE2eTest, ::testing::Values(SIGKILL, SIGTERM),
+                         [](const ::testing::TestParamInfo<int>& p) {
+                           return std::string(p.param == SIGKILL ? "Crash" : "Restart");
+                         });
 
 // A 1 GiB data drive every clone copies: the clones are slow to make, which
 // is when a client gives up or fcvmd is stopped.
