@@ -181,9 +181,9 @@ TEST_F(JailTest, WarmPoolProcessesAreJailedAndTakeTheClonesLimits) {
   EXPECT_TRUE(r.clones[0].jailed);
   EXPECT_EQ(r.clones[0].jail.limits.memory_mib, 16u + 32u);
   manager_.reset();
-  // The pooled processes' jails and uids went with the pool; the clone (it
-  // ran in a pooled process) is stopped; the base VM is left running.
-  EXPECT_EQ(Jails().size(), 1u);
+  // The unused pooled process's jail and uid went with the pool; the clone
+  // (in a pooled process) and the base VM are left running, jails and all.
+  EXPECT_EQ(Jails().size(), 2u);
 }
 
 TEST_F(JailTest, AnUnjailedSnapshotIsNotClonedJailed) {
