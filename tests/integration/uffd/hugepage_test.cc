@@ -243,7 +243,9 @@ TEST_F(HugePageTest, RecordThenPrefetchSpreadOverLoopsInWholeHugePages) {
   WaitSessionsGone(rid);
   ASSERT_OK(server_->RemoveListener(rid));
 
-  // On disk in 4 KiB units, each recorded fault standing for its huge page.
+  // On disk in 4 KiB units, each recorded fault standing for its huge page
+  // (written by the server's writer thread: it may land just after).
+  ASSERT_TRUE(WaitForFile(mem_ + ".wset", absl::Seconds(20)));
   ASSERT_OK_AND_ASSIGN(std::string wset, ReadFile(mem_ + ".wset"));
   ASSERT_OK_AND_ASSIGN(auto snap, SnapshotMemory::Open({mem_}));
   uint64_t block = 0;
