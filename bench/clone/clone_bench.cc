@@ -46,6 +46,7 @@ absl::StatusOr<std::vector<int>> Ints(const std::string& flag, const std::string
 int Main(int argc, char** argv) {
   Options o;
   if (const char* fc = std::getenv("FCVM_FIRECRACKER_BIN")) o.firecracker = fc;
+  std::string isolation = "jailed,unjailed";
   std::string suites = "latency", fanout_n = "32,100", huge_n = "32", active_n = "32", ksm_rates = "1000/20";
   FlagParser flags(
       "fcvm-clone-bench [options]\n\nCloning through fcvmd against same-run baselines (needs Firecracker, "
@@ -61,6 +62,10 @@ int Main(int argc, char** argv) {
   flags.Int("parallelism", &o.parallelism,
             "clones restored at once within a request, and by the bare "
             "driver (default 4)");
+  flags.String("isolation", &isolation,
+               "latency: passes to run, each with its own fcvmd: jailed (the jailer beside Firecracker), "
+               "unjailed (--no-jailer); default both, the A/B",
+               "LIST");
   flags.Int("warm-pool", &o.warm_pool, "latency: warm pool size for the 'warm' runs (default 4)");
   flags.String("fanout-n", &fanout_n, "fanout: batch sizes of idle guests (default 32,100)", "LIST");
   flags.String("huge-n", &huge_n, "fanout: batch sizes also run with 2 MiB pages (default 32; empty: none)",
@@ -88,6 +93,13 @@ int Main(int argc, char** argv) {
     return 0;
   }
   o.suites = absl::StrSplit(suites, ',', absl::SkipEmpty());
+  o.isolation = absl::StrSplit(isolation, ',', absl::SkipEmpty());
+  for (const std::string& i : o.isolation) {
+    if (i != "jailed" && i != "unjailed") {
+      std::cerr << "fcvm-clone-bench: --isolation: '" << i << "' is not jailed or unjailed\n";
+      return 2;
+    }
+  }
   absl::StatusOr<std::vector<int>> f = Ints("fanout-n", fanout_n), h = Ints("huge-n", huge_n),
                                    a = Ints("active-n", active_n);
   for (const auto* s : {&f, &h, &a}) {

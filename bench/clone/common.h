@@ -33,6 +33,9 @@ struct Options {
   int64_t batch = 32;
   int64_t parallelism = 4;
   int64_t warm_pool = 4;
+  // Each a pass of its own fcvmd: "jailed" (fcvmd's default: the jailer
+  // beside Firecracker) and/or "unjailed" (--no-jailer), for the A/B.
+  std::vector<std::string> isolation = {"jailed", "unjailed"};
   // fanout
   std::vector<int> fanout_n = {32, 100};
   std::vector<int> huge_n = {32};

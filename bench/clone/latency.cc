@@ -15,6 +15,7 @@ namespace fcvm::bench {
 namespace {
 
 struct Row {
+  std::string isolation;  // "jailed" or "unjailed"
   std::string backend;
   bool warm = false;
   std::string kind;  // "single" or "batch"
@@ -84,16 +85,36 @@ absl::StatusOr<Row> Measure(Fcvmd& d, const Options& o, const std::string& snap,
 absl::Status RunLatencySuite(const Options& o, std::string* json) {
   std::vector<Row> rows;
   std::string load_before = LoadAverage();
-  for (bool warm : {false, true}) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d,
-                     Fcvmd::Start(o, {"--warm-pool", absl::StrCat(warm ? o.warm_pool : 0)}));
-    ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap,
-                     PrepareSnapshot(*d, o, {.name = "bench-base", .tick_ms = 1000}));
-    for (auto backend : {fcvm::v1::MEMORY_BACKEND_UFFD, fcvm::v1::MEMORY_BACKEND_FILE}) {
-      for (bool batch : {false, true}) {
-        ASSIGN_OR_RETURN(Row row, Measure(*d, o, snap.id(), backend, warm, batch));
-        rows.push_back(row);
-        if (!o.json) std::cerr << "." << std::flush;
+  for (const std::string& isolation : o.isolation) {
+    for (bool warm : {false, true}) {
+      std::vector<std::string> args = {"--warm-pool", absl::StrCat(warm ? o.warm_pool : 0)};
+      if (isolation == "unjailed") args.push_back("--no-jailer");
+      ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d, Fcvmd::Start(o, args));
+      ASSIGN_OR_RETURN(fcvm::v1::Snapshot snap,
+                       PrepareSnapshot(*d, o, {.name = "bench-base", .tick_ms = 1000}));
+      for (auto backend : {fcvm::v1::MEMORY_BACKEND_UFFD, fcvm::v1::MEMORY_BACKEND_FILE}) {
+        for (bool batch : {false, true}) {
+          ASSIGN_OR_RETURN(Row row, Measure(*d, o, snap.id(), backend, warm, batch));
+          row.isolation = isolation;
+          rows.push_back(row);
+          if (!o.json) std::cerr << "." << std::flush;
+        }
+      }
+    }
+  }
+  // The A/B: each jailed row's p50 over the same unjailed row's.
+  struct Ratio {
+    std::string what;
+    double p50 = 0;
+  };
+  std::vector<Ratio> ratios;
+  for (const Row& j : rows) {
+    if (j.isolation != "jailed") continue;
+    for (const Row& u : rows) {
+      if (u.isolation == "unjailed" && u.backend == j.backend && u.warm == j.warm && u.kind == j.kind &&
+          u.p50_ms > 0) {
+        ratios.push_back(
+            {absl::StrCat(j.backend, " warm ", j.warm ? "on" : "off", " ", j.kind), j.p50_ms / u.p50_ms});
       }
     }
   }
@@ -106,24 +127,30 @@ absl::Status RunLatencySuite(const Options& o, std::string* json) {
       absl::StrAppend(
           json,
           absl::StrFormat(
-              "  {\"backend\": \"%s\", \"warm_pool\": %s, \"kind\": \"%s\", \"n\": %d, \"p50_ms\": %.2f, "
+              "  {\"isolation\": \"%s\", \"backend\": \"%s\", \"warm_pool\": %s, \"kind\": \"%s\", \"n\": "
+              "%d, \"p50_ms\": %.2f, "
               "\"p99_ms\": %.2f, \"batch_wall_ms\": %.1f, \"server_p50_ms\": %.2f, \"load_p50_ms\": %.2f, "
               "\"prefetch_p50_ms\": %.2f, \"pss_mib\": %d, \"pooled\": %d, \"failed\": %d}%s\n",
-              r.backend, r.warm ? "true" : "false", r.kind, r.n, r.p50_ms, r.p99_ms, r.total_ms,
+              r.isolation, r.backend, r.warm ? "true" : "false", r.kind, r.n, r.p50_ms, r.p99_ms, r.total_ms,
               r.server_p50_ms, r.load_p50_ms, r.prefetch_p50_ms, r.pss_mib, r.pooled, r.failed,
               i + 1 < rows.size() ? "," : ""));
     }
-    absl::StrAppend(json, "]}");
+    absl::StrAppend(json, "], \"jailed_over_unjailed_p50\": {");
+    for (size_t i = 0; i < ratios.size(); ++i) {
+      absl::StrAppend(json, absl::StrFormat("\"%s\": %.3f%s", ratios[i].what, ratios[i].p50,
+                                            i + 1 < ratios.size() ? ", " : ""));
+    }
+    absl::StrAppend(json, "}}");
     return absl::OkStatus();
   }
   std::cout << "\nlatency (load " << load_before << " -> " << load_after << ")\n"
-            << absl::StrFormat("%-7s %-5s %-7s %4s %9s %9s %10s %9s %9s %9s %8s %6s %6s\n", "backend", "warm",
-                               "kind", "n", "p50 ms", "p99 ms", "wall ms", "srv p50", "load p50", "pref p50",
-                               "PSS MiB", "pooled", "failed");
+            << absl::StrFormat("%-8s %-7s %-5s %-7s %4s %9s %9s %10s %9s %9s %9s %8s %6s %6s\n", "jail",
+                               "backend", "warm", "kind", "n", "p50 ms", "p99 ms", "wall ms", "srv p50",
+                               "load p50", "pref p50", "PSS MiB", "pooled", "failed");
   for (const Row& r : rows) {
-    std::cout << absl::StrFormat("%-7s %-5s %-7s %4d %9.2f %9.2f %10s %9.2f %9.2f %9.2f %8s %6d %6d\n",
-                                 r.backend, r.warm ? "on" : "off", r.kind, r.n, r.p50_ms, r.p99_ms,
-                                 r.kind == "batch" ? absl::StrFormat("%.1f", r.total_ms) : "-",
+    std::cout << absl::StrFormat("%-8s %-7s %-5s %-7s %4d %9.2f %9.2f %10s %9.2f %9.2f %9.2f %8s %6d %6d\n",
+                                 r.isolation, r.backend, r.warm ? "on" : "off", r.kind, r.n, r.p50_ms,
+                                 r.p99_ms, r.kind == "batch" ? absl::StrFormat("%.1f", r.total_ms) : "-",
                                  r.server_p50_ms, r.load_p50_ms, r.prefetch_p50_ms,
                                  r.kind == "batch" ? absl::StrCat(r.pss_mib) : "-", r.pooled, r.failed);
   }
@@ -131,6 +158,10 @@ absl::Status RunLatencySuite(const Options& o, std::string* json) {
       << "\nsingle: p50/p99 of request sent -> clone running, measured by the client over --runs requests;\n"
          "batch: one request of --batch clones; p50/p99 of each clone's request -> running time (fcvmd),\n"
          "wall = the whole request at the client; PSS = the batch's Firecracker processes summed.\n";
+  if (!ratios.empty()) {
+    std::cout << "\njailed / unjailed p50, same run:\n";
+    for (const Ratio& r : ratios) std::cout << absl::StrFormat("  %-22s %.2fx\n", r.what, r.p50);
+  }
   return absl::OkStatus();
 }
 
