@@ -303,7 +303,14 @@ TEST_F(HugePagesE2E, EmptyPoolKillsTheCloneInsteadOfFreezingIt) {
   EXPECT_TRUE(failed->peer_killed);
   EXPECT_EQ(failed->status.code(), absl::StatusCode::kResourceExhausted) << failed->status;
   std::printf("empty pool: load %s; session %s\n", st.ToString().c_str(), failed->status.ToString().c_str());
-  EXPECT_THAT(vmm->CheckRunning(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("killed by signal 9")));
+  // The SIGKILL is sent; the process may take a moment to be gone (jailed:
+  // the jailer's PID namespace tears down first).
+  absl::Status running = vmm->CheckRunning();
+  for (absl::Time until = absl::Now() + absl::Seconds(10); running.ok() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(10));
+    running = vmm->CheckRunning();
+  }
+  EXPECT_THAT(running, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("killed by signal 9")));
 }
 
 }  // namespace
