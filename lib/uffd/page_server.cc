@@ -112,6 +112,41 @@ const uint8_t* ZeroSource() {
   return zero;
 }
 
+// Where a guest of `page_size` pages over a snapshot of `unit` pages gets its
+// zero pages: null (UFFDIO_ZEROPAGE) for base pages, else the shared zero
+// mapping. InvalidArgument for a page size not served.
+absl::StatusOr<const uint8_t*> ZeroSourceFor(uint64_t page_size, uint64_t unit) {
+  if (page_size < unit || page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page size ", page_size, " is not served (from the host's ", unit, " to ", kMaxPageSize, " bytes)"));
+  }
+  if (page_size == unit) return nullptr;
+  const uint8_t* zero = ZeroSource();
+  if (zero == nullptr)
+    return absl::InternalError("page size > base page: no zero source to copy zero pages from");
+  return zero;
+}
+
+absl::Status SetNonblocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
+  if ((fl & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    return ErrnoError("fcntl F_SETFL O_NONBLOCK userfaultfd");
+  }
+  return absl::OkStatus();
+}
+
+// A listener's fault-around block: 0, or a power of two up to 64 MiB.
+absl::Status CheckFaultAround(uint64_t bytes) {
+  if (bytes > (64u << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("fault_around_bytes ", bytes, " is larger than 64 MiB"));
+  }
+  if (bytes != 0 && (bytes & (bytes - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fault_around_bytes ", bytes, " is not a power of two"));
+  }
+  return absl::OkStatus();
+}
+
 const char* IoctlName(const uint8_t* src, const uint8_t* zero_src) {
   if (src == nullptr) return "UFFDIO_ZEROPAGE";
   return src == zero_src ? "UFFDIO_COPY (zeros)" : "UFFDIO_COPY";
@@ -717,7 +752,7 @@ void Session::StartAdopted(Handshake hs, UniqueFd uffd, UniqueFd pidfd, pid_t pi
   uffd_ = std::move(uffd);
   ps_ = hs_.page_size;
   ratio_ = ps_ / ls_->snap->page_size();
-  zero_src_ = ps_ > ls_->snap->page_size() ? ZeroSource() : nullptr;
+  zero_src_ = ZeroSourceFor(ps_, ls_->snap->page_size()).value_or(nullptr);  // checked by AdoptSession
   {
     absl::MutexLock lock(&ls_->mu);
     ls_->live.push_back({id_, pid_, stats_});
@@ -790,30 +825,16 @@ absl::Status Session::TakeHandshake() {
   ASSIGN_OR_RETURN(Handshake hs, ParseHandshake(hm, ls_->snap->size()));
   RETURN_IF_ERROR(CheckIsUserfaultfd(fds[0].get()));
   const uint64_t unit = ls_->snap->page_size();
-  if (hs.page_size < unit || hs.page_size > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("bad handshake: page size ", hs.page_size,
-                                                   " is not served (from the host's ", unit, " to ",
-                                                   kMaxPageSize, " bytes)"));
-  }
-  const uint8_t* zero_src = nullptr;
-  if (hs.page_size > unit) {
-    zero_src = ZeroSource();
-    if (zero_src == nullptr) {
-      return absl::InternalError("page size > base page: no zero source to copy zero pages from");
-    }
-  }
+  absl::StatusOr<const uint8_t*> zero_src = ZeroSourceFor(hs.page_size, unit);
+  if (!zero_src.ok()) return Annotate(zero_src.status(), "bad handshake");
   UniqueFd uffd = std::move(fds[0]);
   if (!ls_->spec.handshake_copy_path.empty()) raw_hs_.assign(buf.data(), total);
-  int fl = fcntl(uffd.get(), F_GETFL);
-  if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
-  if ((fl & O_NONBLOCK) == 0 && fcntl(uffd.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
-    return ErrnoError("fcntl F_SETFL O_NONBLOCK userfaultfd");
-  }
+  RETURN_IF_ERROR(SetNonblocking(uffd.get()));
   uffd_ = std::move(uffd);
   hs_ = std::move(hs);
   ps_ = hs_.page_size;
   ratio_ = ps_ / unit;
-  zero_src_ = zero_src;
+  zero_src_ = *zero_src;
   return absl::OkStatus();
 }
 
@@ -1444,14 +1465,7 @@ void PageServer::SetEventCallback(std::function<void(const SessionEvent&)> callb
 absl::StatusOr<ListenerId> PageServer::AddListener(const ListenerSpec& spec, ClonePolicy* resolved) {
   if (spec.socket_path.empty()) return absl::InvalidArgumentError("listener: empty socket_path");
   if (spec.files.mem_file_path.empty()) return absl::InvalidArgumentError("listener: empty mem_file_path");
-  if (spec.fault_around_bytes > (64u << 20)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("listener: fault_around_bytes ", spec.fault_around_bytes, " is larger than 64 MiB"));
-  }
-  if (spec.fault_around_bytes != 0 && (spec.fault_around_bytes & (spec.fault_around_bytes - 1)) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("listener: fault_around_bytes ", spec.fault_around_bytes, " is not a power of two"));
-  }
+  RETURN_IF_ERROR(Annotate(CheckFaultAround(spec.fault_around_bytes), "listener"));
   if (spec.handshake_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("listener: handshake_timeout must be positive");
   }
@@ -1524,22 +1538,13 @@ absl::StatusOr<ListenerId> PageServer::AdoptSession(AdoptSpec spec) {
   if (ls_spec.files.mem_file_path.empty()) return absl::InvalidArgumentError("adopt: empty mem_file_path");
   if (spec.pid <= 0) return absl::InvalidArgumentError("adopt: no peer pid");
   if (!spec.uffd) return absl::InvalidArgumentError("adopt: no userfaultfd");
-  if (ls_spec.fault_around_bytes > (64u << 20) ||
-      (ls_spec.fault_around_bytes != 0 &&
-       (ls_spec.fault_around_bytes & (ls_spec.fault_around_bytes - 1)) != 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("adopt: bad fault_around_bytes ", ls_spec.fault_around_bytes));
-  }
+  RETURN_IF_ERROR(Annotate(CheckFaultAround(ls_spec.fault_around_bytes), "adopt"));
   for (auto& l : impl_->loops) {
     if (l->ev->InLoopThread())
       return absl::FailedPreconditionError("AdoptSession called on a page-server thread");
   }
   RETURN_IF_ERROR(CheckIsUserfaultfd(spec.uffd.get()));
-  int fl = fcntl(spec.uffd.get(), F_GETFL);
-  if (fl < 0) return ErrnoError("fcntl F_GETFL userfaultfd");
-  if ((fl & O_NONBLOCK) == 0 && fcntl(spec.uffd.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
-    return ErrnoError("fcntl F_SETFL O_NONBLOCK userfaultfd");
-  }
+  RETURN_IF_ERROR(SetNonblocking(spec.uffd.get()));
   // The pidfd first: from here on the pid cannot name another process.
   UniqueFd pidfd(PidfdOpen(spec.pid, 0));
   if (!pidfd) return ErrnoError(absl::StrCat("adopt: pidfd_open ", spec.pid));
@@ -1549,12 +1554,8 @@ absl::StatusOr<ListenerId> PageServer::AdoptSession(AdoptSpec spec) {
   HandshakeMessage hm{spec.handshake, 1, false, spec.handshake.size() >= kHandshakeBufferSize};
   absl::StatusOr<Handshake> hs = ParseHandshake(hm, (*snap)->size());
   if (!hs.ok()) return Annotate(hs.status(), "adopt: recorded handshake");
-  const uint64_t unit = (*snap)->page_size();
-  if (hs->page_size < unit || hs->page_size > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("adopt: page size ", hs->page_size, " is not served"));
-  }
-  if (hs->page_size > unit && ZeroSource() == nullptr) {
-    return absl::InternalError("adopt: no zero source to copy zero pages from");
+  if (absl::StatusOr<const uint8_t*> zero = ZeroSourceFor(hs->page_size, (*snap)->page_size()); !zero.ok()) {
+    return Annotate(zero.status(), "adopt");
   }
   auto ls = std::make_shared<ListenerShared>();
   ls->id = impl_->next_listener.fetch_add(1);

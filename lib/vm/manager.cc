@@ -101,22 +101,20 @@ void LeaveVms(Core& core) {
     absl::MutexLock op(&e->op);
     VmInfo info = core.registry.Info(*e);
     if (e->vmm == nullptr) continue;
+    // Every VM is left running for the next fcvmd to re-adopt; a UFFD
+    // clone's faults wait for its page server to take the session over.
     const bool served = e->listener.has_value();
-    {
-      // Left running for the next fcvmd to re-adopt; a UFFD clone's faults
-      // wait for its page server to take the session over.
-      if (served) {
-        if (absl::Status st = core.env.pager->DetachListener(*e->listener); !st.ok()) {
-          spdlog::warn("vm {}: detach from the page server: {}", info.id, st);
-        }
-        e->listener.reset();
+    if (served) {
+      if (absl::Status st = core.env.pager->DetachListener(*e->listener); !st.ok()) {
+        spdlog::warn("vm {}: detach from the page server: {}", info.id, st);
       }
-      spdlog::info("vm {}: left running (pid {}) for re-adoption{}", info.id, info.pid,
-                   served ? "; its page faults wait for the next fcvmd" : "");
-      e->vmm->Release();
-      e->vmm.reset();
-      networks_left |= !info.network.netns.empty();
+      e->listener.reset();
     }
+    spdlog::info("vm {}: left running (pid {}) for re-adoption{}", info.id, info.pid,
+                 served ? "; its page faults wait for the next fcvmd" : "");
+    e->vmm->Release();
+    e->vmm.reset();
+    networks_left |= !info.network.netns.empty();
   }
   // The shared host rules go with the last VM network (the next fcvmd puts
   // them back at start).
