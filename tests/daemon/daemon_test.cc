@@ -45,15 +45,23 @@ class DaemonTest : public ::testing::Test {
     log_ = dir_ + "/fcvmd.log";
   }
 
+  // A clean stop first: it also stops whatever Firecracker the daemon started
+  // (a SIGKILLed fcvmd leaves that to the next fcvmd's reconcile, and the temp
+  // dir cannot be removed under a running jailer).
   void TearDown() override {
-    if (daemon_.valid()) (void)daemon_.Kill();
+    if (!daemon_.valid()) return;
+    if (daemon_.Signal(SIGTERM).ok() && daemon_.Wait(absl::Seconds(20)).ok()) return;
+    (void)daemon_.Kill();
   }
 
   void StartDaemon(std::vector<std::string> extra = {}) {
     int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     ASSERT_GE(log_fd, 0);
     SpawnOptions opts;
-    opts.argv = {FCVMD_PATH, "--socket", socket_, "--state-dir", dir_ + "/state", "--log-level", "debug"};
+    // No warm pool: these tests are about the daemon, and a pooled Firecracker
+    // would outlive the fcvmd a test kills with SIGKILL.
+    opts.argv = {FCVMD_PATH, "--socket",    socket_, "--state-dir", dir_ + "/state", "--log-level",
+                 "debug",    "--warm-pool", "0"};
     opts.argv.insert(opts.argv.end(), extra.begin(), extra.end());
     opts.fds = {{log_fd, 2}};
     ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(opts));
