@@ -525,6 +525,36 @@ int CmdClone(Env& env, const Args& args) {
   return 1;
 }
 
+// fork exits 1 when any fork failed, after printing them all.
+int CmdFork(Env& env, const Args& args) {
+  absl::StatusOr<v1::ForkVmRequest> req = ParseForkVm(env.flags, args);
+  std::optional<Client> client;
+  if (auto code = Start(env, req.status(), &client)) return *code;
+  auto stub = client->MakeStub<v1::SnapshotService>();
+  grpc::ClientContext ctx;
+  client->Prepare(&ctx);
+  v1::ForkVmResponse resp;
+  grpc::Status st;
+  {
+    std::unique_ptr<Progress> p =
+        MaybeProgress(env, absl::StrCat("forking ", req->vm_ref(), " x", req->count()));
+    st = stub->ForkVm(&ctx, *req, &resp);
+  }
+  if (!st.ok()) return client->Fail(st, "fork " + req->vm_ref(), ctx);
+  if (env.g.json) {
+    client->PrintJson(resp);
+  } else {
+    env.out << FormatForkResult(resp);
+  }
+  int failed = 0;
+  for (const v1::Vm& vm : resp.forks()) failed += vm.state() == v1::VM_STATE_FAILED ? 1 : 0;
+  failed = std::max(failed, static_cast<int>(resp.failed()));
+  if (failed == 0) return 0;
+  env.err << "fcvmctl: fork " << req->vm_ref() << ": " << failed << " of "
+          << std::max(resp.forks_size(), failed) << " forks failed\n";
+  return 1;
+}
+
 int CmdStats(Env& env, const Args& args) {
   return Unary<v1::SystemService>(
       env, args, ParseGetPageServerStats, &v1::SystemService::Stub::GetPageServerStats,
@@ -670,6 +700,9 @@ const std::vector<Command>& Commands() {
       {"snapshot rm", "snapshot rm REF [--force]", "delete a snapshot", absl::Minutes(2), CmdSnapshotRm},
       {"clone", "clone SNAPSHOT_REF [options]", "start clones of a snapshot, with timings", absl::Minutes(10),
        CmdClone},
+      {"fork", "fork VM_REF [options]",
+       "fork a running VM live: clones of it as it is now (paused only to write what changed)",
+       absl::Minutes(10), CmdFork},
       {"vsock", "vsock VM_REF PORT [--connect-timeout D]",
        "connect stdin/stdout to a guest vsock port (Firecracker's CONNECT protocol)", kQuick, CmdVsock},
       {"metadata get", "metadata get VM_REF", "print a VM's metadata (its MMDS contents)", kQuick,

@@ -441,6 +441,20 @@ std::string FormatCloneResult(const fcvm::v1::CloneSnapshotResponse& resp) {
   return out;
 }
 
+std::string FormatForkResult(const fcvm::v1::ForkVmResponse& resp) {
+  fcvm::v1::CloneSnapshotResponse as_clones;
+  *as_clones.mutable_clones() = resp.forks();
+  *as_clones.mutable_total() = resp.total();
+  as_clones.set_succeeded(resp.succeeded());
+  as_clones.set_failed(resp.failed());
+  std::string out = FormatCloneResult(as_clones);
+  const fcvm::v1::Snapshot& s = resp.snapshot();
+  absl::StrAppend(&out, "source paused ", FormatMs(DurationMs(resp.source_pause())), " ms: ", resp.kind(),
+                  " snapshot ", s.name(), " (", s.id(), "), ", FormatMs(resp.written_bytes() / 1048576.0),
+                  " MiB written, ", s.memory_layers(), " memory layer(s)\n");
+  return out;
+}
+
 std::string FormatPageServerStats(const fcvm::v1::PageServerStats& stats) {
   const std::vector<bool> right = {false, false, true, false, true, true, true, true, true, true};
   Table sessions(

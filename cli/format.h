@@ -85,6 +85,9 @@ std::string FormatDeleteVm(const fcvm::v1::DeleteVmResponse& resp);
 // "N succeeded, M failed in T ms; clone total p50 X ms, p99 Y ms" (the
 // percentiles are over the clones that succeeded).
 std::string FormatCloneResult(const fcvm::v1::CloneSnapshotResponse& resp);
+// The forks (as clones), then the snapshot the fork made and how long the
+// source was paused.
+std::string FormatForkResult(const fcvm::v1::ForkVmResponse& resp);
 
 // stats: one row per clone session, a TOTAL row, then the snapshots' mappings.
 std::string FormatPageServerStats(const fcvm::v1::PageServerStats& stats);

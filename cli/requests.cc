@@ -575,6 +575,55 @@ absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& fl
   return req;
 }
 
+absl::StatusOr<fcvm::v1::ForkVmRequest> ParseForkVm(FlagParser& flags, const Args& args) {
+  int64_t count = 1, parallelism = 0;
+  std::string prefetch = "auto", name_prefix, snapshot_name;
+  std::vector<std::string> labels;
+  bool stay_paused = false, all_or_nothing = false;
+  flags.Int("count", &count, "how many forks, 1-1024 (default 1)");
+  flags.String("prefetch", &prefetch, "working set: auto (default), none, record or prefetch", "POLICY");
+  flags.String("name-prefix", &name_prefix, "forks are named PREFIX-0, PREFIX-1, ... (default: VM-fork)",
+               "PREFIX");
+  flags.String("snapshot-name", &snapshot_name,
+               "name of the snapshot (memory layer) the fork makes (default: VM-fork-HEX)", "NAME");
+  flags.List("label", &labels, "label every fork; repeatable", "KEY=VALUE");
+  flags.Bool("stay-paused", &stay_paused, "leave the forks paused");
+  flags.Bool("all-or-nothing", &all_or_nothing, "if one fork fails, delete the others and fail");
+  flags.Int("parallelism", &parallelism, "forks restored at once (default: fcvmd's)");
+  std::string metadata;
+  flags.String("metadata", &metadata,
+               "metadata (MMDS) for every fork, beside its own fcvm keys: a JSON object from a file, or '-' "
+               "for stdin",
+               "FILE");
+  LimitFlags limits;
+  limits.Register(flags);
+  ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
+  fcvm::v1::ForkVmRequest req;
+  if (flags.help_requested()) return req;
+  RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF"}, 0, "fork VM_REF [options]"));
+  req.set_vm_ref(positional[0]);
+  ASSIGN_OR_RETURN(uint32_t n, InRange(count, 1, 1024, "--count"));
+  req.set_count(n);
+  req.set_memory_backend(fcvm::v1::MEMORY_BACKEND_UFFD);
+  absl::StatusOr<fcvm::v1::PrefetchPolicy> p = ParsePrefetchPolicy(prefetch);
+  if (!p.ok()) return ForFlag(p.status(), "--prefetch");
+  req.set_prefetch_policy(*p);
+  req.set_name_prefix(name_prefix);
+  req.set_snapshot_name(snapshot_name);
+  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+  SetLabels(label_map, req.mutable_labels());
+  req.set_stay_paused(stay_paused);
+  req.set_all_or_nothing(all_or_nothing);
+  if (limits.set()) RETURN_IF_ERROR(limits.Fill(req.mutable_limits()));
+  ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
+  req.set_parallelism(par);
+  if (!metadata.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
+    req.set_metadata_json(std::move(text));
+  }
+  return req;
+}
+
 absl::StatusOr<VsockRequest> ParseVsock(FlagParser& flags, const Args& args) {
   std::string timeout = "5s";
   flags.String("connect-timeout", &timeout, "how long to wait for the guest to accept (default 5s)",

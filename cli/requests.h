@@ -90,6 +90,7 @@ absl::StatusOr<fcvm::v1::DeleteSnapshotRequest> ParseDeleteSnapshot(FlagParser& 
 //       [--prefetch auto|none|record|prefetch] [--name-prefix P]
 //       [--label K=V]... [--stay-paused] [--all-or-nothing] [--parallelism N]
 absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args);
+absl::StatusOr<fcvm::v1::ForkVmRequest> ParseForkVm(FlagParser& flags, const Args& args);
 // vsock VM_REF PORT [--connect-timeout D]
 struct VsockRequest {
   fcvm::v1::GetVmRequest vm;

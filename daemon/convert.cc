@@ -341,6 +341,9 @@ void ToProto(const vm::SnapshotInfo& info, v1::Snapshot* out) {
   out->set_firecracker_version(info.firecracker_version);
   out->set_memory_bytes(info.memory_bytes);
   out->set_memory_page_size(info.memory_page_size);
+  out->set_parent_id(info.parent_id);
+  out->set_memory_layers(info.memory_layers);
+  out->set_memory_allocated_bytes(info.memory_allocated_bytes);
   out->set_vmstate_bytes(info.vmstate_bytes);
   out->set_zero_pages(info.zero_pages);
   out->set_working_set_pages(info.working_set_pages);
@@ -477,6 +480,46 @@ absl::StatusOr<vm::CloneRequest> FromProto(const v1::CloneSnapshotRequest& reque
   out.parallelism = request.parallelism();
   out.metadata_json = request.metadata_json();
   return out;
+}
+
+absl::StatusOr<vm::ForkRequest> FromProto(const v1::ForkVmRequest& request) {
+  if (request.vm_ref().empty()) return absl::InvalidArgumentError("vm_ref is required");
+  if (request.count() < 1 || request.count() > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("count must be 1-1024, got ", request.count()));
+  }
+  vm::ForkRequest out;
+  out.vm_ref = request.vm_ref();
+  out.snapshot_name = request.snapshot_name();
+  vm::CloneRequest& c = out.clone;
+  c.count = request.count();
+  absl::StatusOr<vm::MemoryBackend> backend = FromProto(request.memory_backend());
+  if (!backend.ok())
+    return absl::InvalidArgumentError(absl::StrCat("memory_backend: ", backend.status().message()));
+  c.backend = *backend;
+  absl::StatusOr<vm::ClonePolicy> policy = FromProto(request.prefetch_policy());
+  if (!policy.ok())
+    return absl::InvalidArgumentError(absl::StrCat("prefetch_policy: ", policy.status().message()));
+  c.policy = *policy;
+  c.name_prefix = request.name_prefix();
+  c.labels = ToMap(request.labels());
+  c.stay_paused = request.stay_paused();
+  c.all_or_nothing = request.all_or_nothing();
+  if (request.has_limits()) c.limits = FromProto(request.limits());
+  c.parallelism = request.parallelism();
+  c.metadata_json = request.metadata_json();
+  return out;
+}
+
+void ToProto(const vm::ForkResult& result, v1::ForkVmResponse* out) {
+  out->Clear();
+  ToProto(result.snapshot, out->mutable_snapshot());
+  out->set_kind(result.kind);
+  ToProto(result.source_pause, out->mutable_source_pause());
+  out->set_written_bytes(result.written_bytes);
+  for (const vm::VmInfo& fork : result.forks.clones) ToProto(fork, out->add_forks());
+  ToProto(result.total, out->mutable_total());
+  out->set_succeeded(result.forks.succeeded);
+  out->set_failed(result.forks.failed);
 }
 
 void ToProto(const vm::DeleteResult& result, v1::DeleteVmResponse* out) {

@@ -80,11 +80,13 @@ absl::StatusOr<vm::SnapshotRequest> FromProto(const fcvm::v1::CreateSnapshotRequ
 // CloneRequest::network_enabled, which the manager checks against the
 // snapshot's.
 absl::StatusOr<vm::CloneRequest> FromProto(const fcvm::v1::CloneSnapshotRequest& request);
+absl::StatusOr<vm::ForkRequest> FromProto(const fcvm::v1::ForkVmRequest& request);
 
 // Responses.
 void ToProto(const vm::DeleteResult& result, fcvm::v1::DeleteVmResponse* out);
 void ToProto(const vm::DeleteSnapshotResult& result, fcvm::v1::DeleteSnapshotResponse* out);
 void ToProto(const vm::CloneResult& result, fcvm::v1::CloneSnapshotResponse* out);
+void ToProto(const vm::ForkResult& result, fcvm::v1::ForkVmResponse* out);
 
 // What PageServerStats needs beyond uffd::ServerStats, which knows memory
 // files and listener tags (a clone's VM id) but not snapshots or policies.

@@ -612,4 +612,20 @@ grpc::ServerUnaryReactor* SnapshotServiceImpl::CloneSnapshot(grpc::CallbackServe
                      });
 }
 
+grpc::ServerUnaryReactor* SnapshotServiceImpl::ForkVm(grpc::CallbackServerContext* context,
+                                                      const v1::ForkVmRequest* request,
+                                                      v1::ForkVmResponse* response) {
+  vm::Manager* manager = deps_.manager;
+  return RunOnWorker(deps_, "ForkVm", context, request, response,
+                     [manager](const v1::ForkVmRequest& req, v1::ForkVmResponse* out,
+                               const CancelToken& cancel) -> absl::Status {
+                       absl::StatusOr<vm::ForkRequest> fork = FromProto(req);
+                       if (!fork.ok()) return fork.status();
+                       absl::StatusOr<vm::ForkResult> result = manager->Fork(*fork, cancel);
+                       if (!result.ok()) return result.status();
+                       ToProto(*result, out);
+                       return absl::OkStatus();
+                     });
+}
+
 }  // namespace fcvm::daemon

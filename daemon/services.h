@@ -129,6 +129,9 @@ class SnapshotServiceImpl final : public fcvm::v1::SnapshotService::CallbackServ
   grpc::ServerUnaryReactor* CloneSnapshot(grpc::CallbackServerContext* context,
                                           const fcvm::v1::CloneSnapshotRequest* request,
                                           fcvm::v1::CloneSnapshotResponse* response) override;
+  grpc::ServerUnaryReactor* ForkVm(grpc::CallbackServerContext* context,
+                                   const fcvm::v1::ForkVmRequest* request,
+                                   fcvm::v1::ForkVmResponse* response) override;
 
  private:
   ServiceDeps deps_;

@@ -58,32 +58,37 @@ absl::Status CopyFileContents(const std::string& from, const std::string& to) {
     unlink(to.c_str());
     return ErrnoError(err, absl::StrCat(what, " ", from, " -> ", to));
   };
-  // copy_file_range first; kernels refuse some pairs of file systems (EXDEV,
-  // EINVAL, EOPNOTSUPP): then plain reads and writes.
-  bool buffered = false;
-  while (!buffered) {
-    ssize_t n = copy_file_range(in.get(), nullptr, out.get(), nullptr, size_t{1} << 30, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
-      buffered = true;
-      break;
-    }
-    if (n < 0) return fail("copy");
-    if (n == 0) return absl::OkStatus();
-  }
+  // Holes stay holes: a live fork's memory layer is a sparse file whose holes
+  // mean "read the layer below", so only data extents are copied, into a file
+  // of the same size.
+  struct stat st;
+  if (fstat(in.get(), &st) < 0) return fail("stat");
+  if (ftruncate(out.get(), st.st_size) < 0) return fail("truncate");
   std::string buf(size_t{1} << 20, '\0');
-  while (true) {
-    ssize_t n = read(in.get(), buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail("read");
-    if (n == 0) return absl::OkStatus();
-    for (ssize_t done = 0; done < n;) {
-      ssize_t w = write(out.get(), buf.data() + done, static_cast<size_t>(n - done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return fail("write");
-      done += w;
+  off_t pos = 0;
+  while (pos < st.st_size) {
+    off_t begin = lseek(in.get(), pos, SEEK_DATA);
+    if (begin < 0 && errno == ENXIO) break;
+    if (begin < 0) return fail("seek data");
+    off_t end = lseek(in.get(), begin, SEEK_HOLE);
+    if (end < 0) return fail("seek hole");
+    for (off_t at = begin; at < end;) {
+      ssize_t n =
+          pread(in.get(), buf.data(), std::min<size_t>(buf.size(), static_cast<size_t>(end - at)), at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return fail("read");
+      if (n == 0) break;
+      for (ssize_t done = 0; done < n;) {
+        ssize_t w = pwrite(out.get(), buf.data() + done, static_cast<size_t>(n - done), at + done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return fail("write");
+        done += w;
+      }
+      at += n;
     }
+    pos = end;
   }
+  return absl::OkStatus();
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/escaping.h"
@@ -64,6 +65,8 @@ std::string RecordToJson(const SnapshotRecord& r) {
   j["disk_ids"] = r.disk_ids;
   j["memory_bytes"] = r.memory_bytes;
   if (r.memory_page_size != 0) j["memory_page_size"] = r.memory_page_size;
+  if (!r.parent_id.empty()) j["parent_id"] = r.parent_id;
+  j["memory_allocated_bytes"] = r.memory_allocated_bytes;
   j["vmstate_bytes"] = r.vmstate_bytes;
   j["memory_sha256"] = r.memory_sha256;
   j["vmstate_sha256"] = r.vmstate_sha256;
@@ -89,6 +92,8 @@ absl::StatusOr<SnapshotRecord> RecordFromJson(const std::string& text) {
     r.memory_bytes = j.at("memory_bytes").get<uint64_t>();
     r.vmstate_bytes = j.at("vmstate_bytes").get<uint64_t>();
     r.memory_page_size = j.value("memory_page_size", uint64_t{0});
+    r.parent_id = j.value("parent_id", "");
+    r.memory_allocated_bytes = j.value("memory_allocated_bytes", uint64_t{0});
     r.memory_sha256 = j.value("memory_sha256", "");
     r.vmstate_sha256 = j.value("vmstate_sha256", "");
     r.created_at = absl::FromUnixNanos(j.value("created_at_unix_ns", int64_t{0}));
@@ -174,8 +179,18 @@ absl::StatusOr<SnapshotRecord> SnapshotStore::Commit(const PendingSnapshot& pend
   record.vmstate_bytes = static_cast<uint64_t>(st.st_size);
   if (stat(memory.c_str(), &st) < 0) return ErrnoError(absl::StrCat("snapshot memory ", memory));
   record.memory_bytes = static_cast<uint64_t>(st.st_size);
+  record.memory_allocated_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
   ASSIGN_OR_RETURN(record.vmstate_sha256, Sha256File(vmstate));
-  ASSIGN_OR_RETURN(record.memory_sha256, Sha256File(memory));
+  if (record.parent_id.empty()) {
+    ASSIGN_OR_RETURN(record.memory_sha256, Sha256File(memory));
+  } else {
+    record.memory_sha256.clear();
+    absl::MutexLock lock(&mu_);
+    if (by_id_.count(record.parent_id) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("snapshot ", record.parent_id, " (the layer under ", pending.name, ") is gone"));
+    }
+  }
   if (record.created_at == absl::Time()) record.created_at = absl::Now();
   RETURN_IF_ERROR(WriteFileAtomic(pending.dir + "/meta.json", RecordToJson(record), 0600));
   std::string final_dir = Dir(pending.id);
@@ -213,12 +228,80 @@ std::vector<SnapshotRecord> SnapshotStore::List() const {
 absl::Status SnapshotStore::Delete(const std::string& id) {
   {
     absl::MutexLock lock(&mu_);
-    if (by_id_.erase(id) == 0) return absl::NotFoundError(absl::StrCat("snapshot '", id, "' not found"));
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return absl::NotFoundError(absl::StrCat("snapshot '", id, "' not found"));
+    for (const auto& [other, r] : by_id_) {
+      if (r.parent_id == id) {
+        return absl::FailedPreconditionError(absl::StrCat("snapshot ", it->second.name,
+                                                          " is the memory layer under snapshot ", r.name,
+                                                          "; delete that one first"));
+      }
+    }
+    by_id_.erase(it);
   }
   std::string trash = absl::StrCat(root_, "/.trash-", id);
   std::string dir = Dir(id);
   if (rename(dir.c_str(), trash.c_str()) < 0) return ErrnoError(absl::StrCat("rename ", dir, " -> ", trash));
   return RemoveTree(trash);
+}
+
+std::vector<std::string> SnapshotStore::Children(const std::string& id) const {
+  std::vector<std::string> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [other, r] : by_id_) {
+    if (r.parent_id == id) out.push_back(other);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> SnapshotStore::MemoryLayers(const SnapshotRecord& record) const {
+  std::vector<std::string> layers{MemoryPath(Dir(record.id))};
+  std::string parent = record.parent_id;
+  absl::MutexLock lock(&mu_);
+  while (!parent.empty()) {
+    auto it = by_id_.find(parent);
+    if (it == by_id_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("snapshot ", record.name, ": its memory layer ", parent, " is gone"));
+    }
+    if (layers.size() > 1024) {
+      return absl::DataLossError(absl::StrCat("snapshot ", record.name, ": its memory layers form a loop"));
+    }
+    layers.push_back(MemoryPath(Dir(parent)));
+    parent = it->second.parent_id;
+  }
+  std::reverse(layers.begin(), layers.end());
+  return layers;
+}
+
+absl::Status SnapshotStore::ReplaceWithWholeMemory(const std::string& id, const std::string& merged_memory) {
+  SnapshotRecord updated;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return absl::NotFoundError(absl::StrCat("snapshot '", id, "' not found"));
+    updated = it->second;
+  }
+  struct stat st;
+  if (stat(merged_memory.c_str(), &st) < 0) return ErrnoError(absl::StrCat("stat ", merged_memory));
+  if (static_cast<uint64_t>(st.st_size) != updated.memory_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("merged memory ", merged_memory, " has ", st.st_size,
+                                                   " bytes, the snapshot ", updated.memory_bytes));
+  }
+  updated.parent_id.clear();
+  updated.memory_allocated_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+  ASSIGN_OR_RETURN(updated.memory_sha256, Sha256File(merged_memory));
+  // The whole file first: a crash between the two leaves a whole memory file
+  // under a record that still names its parent (still right: the top layer
+  // hides everything under it).
+  const std::string dir = Dir(id);
+  if (rename(merged_memory.c_str(), MemoryPath(dir).c_str()) < 0) {
+    return ErrnoError(absl::StrCat("rename ", merged_memory, " -> ", MemoryPath(dir)));
+  }
+  RETURN_IF_ERROR(WriteFileAtomic(dir + "/meta.json", RecordToJson(updated), 0600));
+  absl::MutexLock lock(&mu_);
+  by_id_[id] = updated;
+  return absl::OkStatus();
 }
 
 }  // namespace fcvm::storage

@@ -49,7 +49,15 @@ struct SnapshotRecord {
   // 2 MiB for a hugetlbfs guest, which Firecracker restores only through a
   // page server); 0 in records written before it was recorded.
   uint64_t memory_page_size = 0;
-  // Filled in by Commit.
+  // Layered memory (a live fork's Diff snapshot): the snapshot whose memory
+  // lies under this one's. The memory file then holds only the pages written
+  // since that one (a sparse file: a hole is a page to read from the layer
+  // below). Empty: the memory file is whole.
+  std::string parent_id;
+  // Filled in by Commit (memory_sha256 stays empty for a layer: it is the
+  // hash of nothing a VM ever had).
+  // Pages the memory file really holds (its allocated blocks), in bytes.
+  uint64_t memory_allocated_bytes = 0;
   uint64_t memory_bytes = 0;
   uint64_t vmstate_bytes = 0;
   std::string memory_sha256;
@@ -84,8 +92,19 @@ class SnapshotStore {
   // By id or name. NotFound "snapshot 'x' not found".
   absl::StatusOr<SnapshotRecord> Get(const std::string& ref) const;
   std::vector<SnapshotRecord> List() const;
-  // NotFound for an unknown id.
+  // NotFound for an unknown id; FailedPrecondition while another snapshot's
+  // memory lies on it (parent_id).
   absl::Status Delete(const std::string& id);
+  // The snapshots whose memory lies directly on snapshot `id`.
+  std::vector<std::string> Children(const std::string& id) const;
+  // The memory files a restore of `record` reads, bottom layer first (the
+  // record's own last): one file for a whole snapshot. FailedPrecondition
+  // when a layer below is missing.
+  absl::StatusOr<std::vector<std::string>> MemoryLayers(const SnapshotRecord& record) const;
+  // Replaces the memory of snapshot `id` by `merged_memory` (a whole memory
+  // file with the same content: compaction) and makes it whole (parent_id
+  // cleared), atomically: the record on disk first, then the rename.
+  absl::Status ReplaceWithWholeMemory(const std::string& id, const std::string& merged_memory);
 
   const std::string& root() const { return root_; }
   std::string Dir(const std::string& id) const { return root_ + "/" + id; }

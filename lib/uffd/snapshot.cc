@@ -144,9 +144,13 @@ absl::StatusOr<std::shared_ptr<SnapshotMemory>> SnapshotMemory::Open(const Snaps
     return absl::InvalidArgumentError(absl::StrCat("memory file ", path, ": size ", id.size,
                                                    " is not a non-zero multiple of ", id.page_size));
   }
-  void* map = ::mmap(nullptr, id.size, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (map == MAP_FAILED) return ErrnoError(absl::StrCat("mmap ", path));
-  snap->data_ = static_cast<uint8_t*>(map);
+  if (files.lower_layers.empty()) {
+    void* map = ::mmap(nullptr, id.size, PROT_READ, MAP_SHARED, fd.get(), 0);
+    if (map == MAP_FAILED) return ErrnoError(absl::StrCat("mmap ", path));
+    snap->data_ = static_cast<uint8_t*>(map);
+  } else {
+    RETURN_IF_ERROR(snap->MapLayers(fd.get()));
+  }
   RETURN_IF_ERROR(snap->LoadOrComputeZeroMap());
   auto ws = ReadFile(snap->files_.working_set_path);
   if (ws.ok()) {
@@ -161,6 +165,59 @@ absl::StatusOr<std::shared_ptr<SnapshotMemory>> SnapshotMemory::Open(const Snaps
     }
   }
   return snap;
+}
+
+absl::Status SnapshotMemory::MapLayers(int top_fd) {
+  const uint64_t size = id_.size;
+  const uint64_t page = id_.page_size;
+  std::vector<UniqueFd> fds;
+  std::vector<std::string> paths = files_.lower_layers;
+  for (const std::string& p : files_.lower_layers) {
+    UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return ErrnoError(absl::StrCat("open memory layer ", p));
+    struct stat st;
+    if (fstat(fd.get(), &st) < 0) return ErrnoError(absl::StrCat("fstat ", p));
+    if (static_cast<uint64_t>(st.st_size) != size) {
+      return absl::InvalidArgumentError(absl::StrCat("memory layer ", p, " has ", st.st_size,
+                                                     " bytes, the top layer ", files_.mem_file_path, " ",
+                                                     size));
+    }
+    fds.push_back(std::move(fd));
+  }
+  // The bottom layer whole; data_ owns the range from here on (the
+  // destructor unmaps it, with every extent mapped over it).
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fds[0].get(), 0);
+  if (map == MAP_FAILED) return ErrnoError(absl::StrCat("mmap ", paths[0]));
+  data_ = static_cast<uint8_t*>(map);
+  paths.push_back(files_.mem_file_path);
+  for (size_t i = 1; i < paths.size(); ++i) {
+    const int fd = i < fds.size() ? fds[i].get() : top_fd;
+    off_t pos = 0;
+    while (static_cast<uint64_t>(pos) < size) {
+      off_t begin = ::lseek(fd, pos, SEEK_DATA);
+      if (begin < 0) {
+        if (errno == ENXIO) break;  // no data after pos
+        return ErrnoError(absl::StrCat("seek data in memory layer ", paths[i]));
+      }
+      off_t end = ::lseek(fd, begin, SEEK_HOLE);
+      if (end < 0) return ErrnoError(absl::StrCat("seek hole in memory layer ", paths[i]));
+      // Whole pages (a file system block is never larger than a page here).
+      uint64_t first = static_cast<uint64_t>(begin) / page * page;
+      uint64_t last = std::min(size, (static_cast<uint64_t>(end) + page - 1) / page * page);
+      if (last > first) {
+        if (++layer_extents_ > kMaxLayerExtents) {
+          return absl::ResourceExhaustedError(absl::StrCat("memory layers of ", files_.mem_file_path,
+                                                           " have more than ", kMaxLayerExtents,
+                                                           " extents; compact them"));
+        }
+        void* at = ::mmap(data_ + first, last - first, PROT_READ, MAP_SHARED | MAP_FIXED, fd,
+                          static_cast<off_t>(first));
+        if (at == MAP_FAILED) return ErrnoError(absl::StrCat("mmap memory layer ", paths[i]));
+      }
+      pos = static_cast<off_t>(last > static_cast<uint64_t>(end) ? last : static_cast<uint64_t>(end));
+    }
+  }
+  return absl::OkStatus();
 }
 
 SnapshotMemory::~SnapshotMemory() {

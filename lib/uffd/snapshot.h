@@ -48,7 +48,14 @@
 namespace fcvm::uffd {
 
 struct SnapshotFiles {
+  // The memory file; with lower_layers, the top layer of a layered memory.
   std::string mem_file_path;
+  // Layered memory (a live fork's Diff snapshots), bottom first: a whole
+  // memory file, then sparse files of the same size holding only the pages
+  // written since the layer under them (a hole: read the layer below).
+  // mem_file_path lies on the last. Served through one composite mapping:
+  // nothing is merged.
+  std::vector<std::string> lower_layers;
   std::string zero_map_path;     // empty: "<mem_file_path>.zeromap"
   std::string working_set_path;  // empty: "<mem_file_path>.wset"
 };
@@ -82,12 +89,24 @@ class SnapshotMemory {
   // loads the working set if present. Errors: the errno status of open/mmap
   // ("open /x: No such file or directory"); InvalidArgument for an empty file
   // or one whose size is not a multiple of the page size.
+  //
+  // Layered (files.lower_layers): the bottom layer is mapped whole, and each
+  // data extent of every layer above it (SEEK_DATA/SEEK_HOLE) is mapped over
+  // it in order, so data() reads each page from the topmost layer that holds
+  // it. InvalidArgument when the layers' sizes differ; ResourceExhausted past
+  // kMaxLayerExtents extents (compact the layers).
   static absl::StatusOr<std::shared_ptr<SnapshotMemory>> Open(const SnapshotFiles& files);
   ~SnapshotMemory();
   SnapshotMemory(const SnapshotMemory&) = delete;
   SnapshotMemory& operator=(const SnapshotMemory&) = delete;
 
+  static constexpr uint64_t kMaxLayerExtents = 16384;
+
   const std::string& path() const { return files_.mem_file_path; }
+  // Layers served (1: a whole memory file) and the extents mapped from the
+  // layers above the bottom one.
+  uint32_t layers() const { return static_cast<uint32_t>(files_.lower_layers.size() + 1); }
+  uint64_t layer_extents() const { return layer_extents_; }
   const SnapshotFiles& files() const { return files_; }
   const FileIdentity& identity() const { return id_; }
   const uint8_t* data() const { return data_; }
@@ -132,10 +151,12 @@ class SnapshotMemory {
  private:
   SnapshotMemory() = default;
   absl::Status LoadOrComputeZeroMap();
+  absl::Status MapLayers(int top_fd);
 
   SnapshotFiles files_;
   FileIdentity id_;
   uint8_t* data_ = nullptr;
+  uint64_t layer_extents_ = 0;
   std::vector<uint64_t> zero_bits_;
   uint64_t zero_count_ = 0;
   bool zero_map_loaded_ = false;

@@ -68,6 +68,9 @@ absl::StatusOr<VmInfo> RunVm(Core& core, const RunRequest& request, const Cancel
   spec.machine.vcpu_count = static_cast<int>(config.vcpu_count);
   spec.machine.mem_size_mib = config.memory_mib;
   if (config.huge_pages == HugePages::k2M) spec.machine.huge_pages = "2M";
+  // Its dirty pages logged from the start, so that it can be forked live
+  // (not a huge-page guest: KVM would log its writes in 4 KiB pages).
+  if (config.huge_pages != HugePages::k2M) spec.machine.track_dirty_pages = true;
   spec.drives = core.FirecrackerDrives(config);
   if (config.network.enabled) {
     firecracker::NetworkInterface nic;

@@ -34,6 +34,7 @@ struct Source {
   storage::SnapshotRecord snap;
   VmConfig config;
   std::string dir;
+  uffd::SnapshotFiles pager_files;   // every memory layer
   firecracker::CgroupLimits limits;  // of each clone (jailed)
 };
 
@@ -66,6 +67,7 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   info.labels = req.labels;
   info.config = config;
   info.snapshot_id = src.snap.id;
+  info.memory_base = src.snap.id;  // its dirty-page log starts at the load
   info.memory_backend = req.backend;
   info.prefetch_policy = req.policy;
   // The snapshot opens a tap with the source VM's name: a clone with a
@@ -106,7 +108,7 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
     // Jailed: in the chroot, which only the VM's uid (and root) can enter.
     spec.socket_path = vm->jailed() ? vm->HostPath(kJailUffdSocket) : vm->entry().dir + "/uffd.sock";
     if (vm->jailed()) spec.socket_mode = 0666;
-    spec.files = SnapshotPagerFiles(src.dir);
+    spec.files = src.pager_files;
     spec.handshake_copy_path = HandshakeCopyPath(vm->entry().dir);
     spec.policy = req.policy;
     spec.max_connections = 1;
@@ -130,6 +132,9 @@ absl::StatusOr<VmInfo> CloneOne(Core& core, const Source& src, const CloneReques
   core.registry.Update(vm->entry(), [&](VmInfo& v) { v.resolved_policy = resolved; });
   // Loaded paused: the clone's own metadata goes in before its vCPUs run.
   load.resume_vm = false;
+  // Its dirty pages logged, so that it can be forked live (4 KiB guests:
+  // KVM would log a huge-page guest's writes in 4 KiB pages).
+  load.track_dirty_pages = SnapshotPageSize(src.snap, config) == 4096;
 
   absl::Time t = absl::Now();
   if (absl::Status st = vm->vmm().LoadSnapshot(load, core.options.clone_timeout); !st.ok()) return fail(st);
@@ -191,11 +196,15 @@ VmInfo FailedClone(const Source& src, const CloneRequest& req, const std::string
 
 }  // namespace
 
-uffd::SnapshotFiles SnapshotPagerFiles(const std::string& snapshot_dir) {
+absl::StatusOr<uffd::SnapshotFiles> SnapshotPagerFiles(const storage::SnapshotStore& store,
+                                                       const storage::SnapshotRecord& record) {
+  const std::string dir = store.Dir(record.id);
   uffd::SnapshotFiles files;
-  files.mem_file_path = storage::SnapshotStore::MemoryPath(snapshot_dir);
-  files.zero_map_path = storage::SnapshotStore::PagerDir(snapshot_dir) + "/zeromap";
-  files.working_set_path = storage::SnapshotStore::PagerDir(snapshot_dir) + "/wset";
+  files.mem_file_path = storage::SnapshotStore::MemoryPath(dir);
+  files.zero_map_path = storage::SnapshotStore::PagerDir(dir) + "/zeromap";
+  files.working_set_path = storage::SnapshotStore::PagerDir(dir) + "/wset";
+  ASSIGN_OR_RETURN(files.lower_layers, store.MemoryLayers(record));
+  files.lower_layers.pop_back();  // the record's own
   return files;
 }
 
@@ -215,6 +224,16 @@ absl::StatusOr<CloneResult> CloneVms(Core& core, const CloneRequest& req, const 
   ASSIGN_OR_RETURN(src.config, ConfigFromJson(src.snap.config_json));
   src.dir = core.store->Dir(src.snap.id);
   RETURN_IF_ERROR(core.CheckRestorable(src.snap, src.dir));
+  ASSIGN_OR_RETURN(src.pager_files, SnapshotPagerFiles(*core.store, src.snap));
+  if (!src.pager_files.lower_layers.empty() && req.backend == MemoryBackend::kFile) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("snapshot ", src.snap.name, " is a live fork's memory layer over ",
+                     src.pager_files.lower_layers.size(),
+                     " other(s): only the page server (UFFD backend) reads layers; a File-backed clone needs "
+                     "a whole memory "
+                     "file, which fcvmd makes in the background once a chain is ",
+                     kCompactLayers, " layers deep (or take a full snapshot: fcvmctl snapshot create)"));
+  }
 
   const VmConfig& config = src.config;
   if (req.network_enabled.has_value() && *req.network_enabled != config.network.enabled) {

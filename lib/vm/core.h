@@ -160,14 +160,43 @@ absl::StatusOr<std::string> ComposeMetadata(const VmInfo& info, absl::string_vie
 absl::StatusOr<std::string> GetMetadata(Core& core, const std::string& ref);
 absl::StatusOr<std::string> SetMetadata(Core& core, const std::string& ref, const std::string& user_json);
 
+// One snapshot of a running or paused VM, under its operation lock: pause,
+// Firecracker writes vmstate + memory (Full, or with parent_id a Diff: the
+// pages written since the VM's memory base, a layer over parent_id), private
+// drives copied, resume (unless !resume), commit. The VM's memory base
+// becomes the new snapshot (cleared first: a failure leaves it unknown).
+struct SnapshotTake {
+  std::string id;
+  std::string name;
+  Labels labels;
+  std::string parent_id;  // set: a Diff snapshot over this one
+  bool resume = true;
+};
+struct TakenSnapshot {
+  storage::SnapshotRecord record;
+  absl::Duration took;   // pause -> files written and drives copied
+  absl::Duration pause;  // paused -> resumed (zero: was paused, or stays paused)
+};
+absl::StatusOr<TakenSnapshot> TakeSnapshot(Core& core, VmEntry& entry, const SnapshotTake& take,
+                                           const CancelToken& cancel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(entry.op);
 absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
                                             const CancelToken& cancel);
+// Live fork (fork.cc).
+absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& request, const CancelToken& cancel);
+// Merges a layered snapshot's memory into one whole file (in the
+// background after a fork deepens a chain past kCompactLayers; at once when a
+// fork would go past kMaxLayers). Clones keep working throughout.
+absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const CancelToken& cancel);
+inline constexpr uint32_t kCompactLayers = 4;
+inline constexpr uint32_t kMaxLayers = 8;
 SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& record);
 absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(Core& core, const std::string& ref, bool force);
 
 void Reconcile(Core& core);
-// A UFFD clone's memory files as the page server sees them (clone.cc).
-uffd::SnapshotFiles SnapshotPagerFiles(const std::string& snapshot_dir);
+// A UFFD clone's memory files as the page server sees them, every layer
+// (clone.cc). FailedPrecondition when a layer is missing.
+absl::StatusOr<uffd::SnapshotFiles> SnapshotPagerFiles(const storage::SnapshotStore& store,
+                                                       const storage::SnapshotRecord& record);
 // Where a UFFD clone's page-server session keeps its handshake, so that the
 // next fcvmd can take the clone over (reconcile.cc).
 std::string HandshakeCopyPath(const std::string& vm_dir);

@@ -208,6 +208,16 @@ absl::StatusOr<CloneResult> Manager::Clone(const CloneRequest& request, const Ca
   return CloneVms(*core_, request, op.token());
 }
 
+absl::StatusOr<ForkResult> Manager::Fork(const ForkRequest& request, const CancelToken& cancel) {
+  ASSIGN_OR_RETURN(Operations::Op op, core_->operations.Begin(cancel));
+  absl::StatusOr<ForkResult> out = ForkVm(*core_, request, op.token());
+  if (out.ok()) {
+    core_->metrics->SnapshotCreated(absl::OkStatus(), out->source_pause,
+                                    out->snapshot.memory_allocated_bytes + out->snapshot.vmstate_bytes);
+  }
+  return out;
+}
+
 uffd::ServerStats Manager::PageServerStats() const { return core_->env.pager->GetStats(); }
 
 std::map<std::string, VmUsage> Manager::Usage(const std::vector<std::string>& ids, bool pss) const {

@@ -85,6 +85,8 @@ class Manager {
   absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(const std::string& ref, bool force);
 
   absl::StatusOr<CloneResult> Clone(const CloneRequest& request, const CancelToken& cancel = {});
+  // Live fork (fork.cc): clones of a running or paused VM as it is now.
+  absl::StatusOr<ForkResult> Fork(const ForkRequest& request, const CancelToken& cancel = {});
 
   // A VM's metadata (MMDS) as its Firecracker holds it; SetMetadata replaces
   // the caller's keys (a JSON object, see ValidateMetadata) and keeps fcvm's,

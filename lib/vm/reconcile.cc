@@ -119,7 +119,7 @@ absl::StatusOr<uffd::ListenerId> TakeOverPages(Core& core, const VmInfo& record,
   absl::StatusOr<std::string> handshake = ReadFile(HandshakeCopyPath(vm_dir));
   if (!handshake.ok()) return Annotate(handshake.status(), "the copy of its page-server handshake");
   uffd::ListenerSpec spec;
-  spec.files = SnapshotPagerFiles(core.store->Dir(snap->id));
+  ASSIGN_OR_RETURN(spec.files, SnapshotPagerFiles(*core.store, *snap));
   spec.on_failure = uffd::FailurePolicy::kKill;
   spec.tag = record.id;
   RETURN_IF_ERROR(core.env.pager->Pin(snap->id, spec.files));

@@ -38,6 +38,10 @@ SnapshotInfo DescribeSnapshot(Core& core, const storage::SnapshotRecord& r) {
   s.jailed = r.jailed;
   s.path = core.store->Dir(r.id);
   s.clone_count = core.registry.LiveCloneCount(r.id);
+  s.parent_id = r.parent_id;
+  s.memory_allocated_bytes = r.memory_allocated_bytes;
+  if (absl::StatusOr<std::vector<std::string>> layers = core.store->MemoryLayers(r); layers.ok())
+    s.memory_layers = static_cast<uint32_t>(layers->size());
   if (!r.host_json.empty()) {
     absl::StatusOr<firecracker::SnapshotHost> host = firecracker::SnapshotHostFromJson(r.host_json);
     s.host_recorded = host.ok();
@@ -59,13 +63,14 @@ namespace {
 // Has the paused VM write its vmstate and memory into the pending snapshot,
 // 0640 root. A jailed Firecracker writes them, as its own uid, into a
 // directory of its jail; they are then moved out of it.
-absl::Status WriteSnapshotFiles(VmEntry& e, const VmInfo& info, const storage::PendingSnapshot& pending) {
+absl::Status WriteSnapshotFiles(VmEntry& e, const VmInfo& info, const storage::PendingSnapshot& pending,
+                                firecracker::SnapshotType type) {
   const std::string vmstate = storage::SnapshotStore::VmstatePath(pending.dir);
   const std::string memory = storage::SnapshotStore::MemoryPath(pending.dir);
   // Snapshots of large VMs take a while: a minute per GiB, at least 60 s.
   absl::Duration timeout = std::max(absl::Seconds(60), absl::Seconds(60) * (info.config.memory_mib / 1024));
   firecracker::SnapshotCreate create;
-  create.type = firecracker::SnapshotType::kFull;
+  create.type = type;
   if (!info.jailed) {
     create.snapshot_path = vmstate;
     create.mem_file_path = memory;
@@ -90,83 +95,119 @@ absl::Status WriteSnapshotFiles(VmEntry& e, const VmInfo& info, const storage::P
 
 }  // namespace
 
+absl::StatusOr<TakenSnapshot> TakeSnapshot(Core& core, VmEntry& e, const SnapshotTake& take,
+                                           const CancelToken& cancel) {
+  VmInfo info = core.registry.Info(e);
+  if (e.deleting) return absl::NotFoundError(absl::StrCat("vm '", info.name, "' not found"));
+  if (info.state != VmState::kRunning && info.state != VmState::kPaused) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("vm ", info.id, " is ", StateName(info.state), "; cannot snapshot"));
+  }
+  if (e.vmm == nullptr) return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
+  const bool diff = !take.parent_id.empty();
+  // Where the VM's private drive copies are: in its jail, or its directory.
+  auto drive_copy = [&](const DriveConfig& d) {
+    return info.jailed ? info.jail.chroot + "/drives/" + d.drive_id : e.dir + "/drives/" + d.drive_id;
+  };
+  // The memory file is written in full (a diff: at most in full); the drives
+  // are copied (reflinked where possible, but a snapshot must not count on
+  // it).
+  uint64_t need = (uint64_t{info.config.memory_mib} << 20) + (1 << 20);
+  for (const DriveConfig& d : info.config.drives) {
+    if (!d.read_only) need += core.env.host->AllocatedBytes(drive_copy(d)).value_or(0);
+  }
+  RETURN_IF_ERROR(
+      core.env.host->CheckFreeSpace(core.store->root(), need, absl::StrCat("a snapshot of vm ", info.id)));
+  RETURN_IF_ERROR(cancel.Check());
+  ASSIGN_OR_RETURN(storage::PendingSnapshot pending, core.store->Begin(take.id, take.name));
+  absl::Cleanup abort = [&core, &pending] { core.store->Abort(pending); };
+
+  // Firecracker resets the VM's dirty-page log as it writes the snapshot:
+  // from here on the VM's memory base is unknown until this snapshot is
+  // committed (a later fork over the old base would miss pages).
+  if (!info.memory_base.empty()) {
+    core.registry.Update(e, [](VmInfo& v) { v.memory_base.clear(); });
+    if (absl::Status st = core.registry.Persist(e); !st.ok())
+      return Annotate(st, "record vm before snapshot");
+  }
+  bool was_running = info.state == VmState::kRunning;
+  TakenSnapshot out;
+  absl::Time start = absl::Now();
+  absl::Time paused_at = start;
+  if (was_running) {
+    RETURN_IF_ERROR(Annotate(e.vmm->Pause(), absl::StrCat("pause vm ", info.id, " for snapshot")));
+    (void)core.registry.Transition(e, VmState::kPaused, "pause", "paused for snapshot");
+  }
+  auto resume = [&] {
+    if (was_running && e.vmm->Resume().ok()) {
+      out.pause = absl::Now() - paused_at;
+      (void)core.registry.Transition(e, VmState::kRunning, "resume");
+    }
+    was_running = false;
+  };
+  absl::Cleanup resume_on_error = resume;
+  RETURN_IF_ERROR(WriteSnapshotFiles(
+      e, info, pending, diff ? firecracker::SnapshotType::kDiff : firecracker::SnapshotType::kFull));
+  storage::SnapshotRecord record;
+  record.jailed = info.jailed;
+  record.parent_id = take.parent_id;
+  for (const DriveConfig& d : info.config.drives) {
+    if (d.read_only) continue;
+    RETURN_IF_ERROR(
+        Annotate(storage::CopyDisk(drive_copy(d), storage::SnapshotStore::DiskPath(pending.dir, d.drive_id),
+                                   {.durable = true, .mode = 0600, .cancel = cancel})
+                     .status(),
+                 absl::StrCat("snapshot drive ", d.drive_id)));
+    record.disk_ids.push_back(d.drive_id);
+  }
+  absl::Duration took = absl::Now() - start;
+  if (take.resume) {
+    std::move(resume_on_error).Cancel();
+    resume();
+  }
+  record.labels = take.labels;
+  record.source_vm_id = info.id;
+  record.config_json = ConfigToJson(info.config);
+  record.memory_page_size = GuestPageSize(info.config.huge_pages);
+  record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
+  if (absl::StatusOr<firecracker::SnapshotHost> host = core.ThisHost(); host.ok()) {
+    // The format the vmstate really has (the binary may have been replaced
+    // since fcvmd started).
+    absl::StatusOr<firecracker::Version> format =
+        firecracker::ReadVmstateFormat(storage::SnapshotStore::VmstatePath(pending.dir));
+    if (format.ok()) host->snapshot_format = format->ToString();
+    record.host_json = firecracker::SnapshotHostToJson(*host);
+  }
+  record.create_duration = took;
+  ASSIGN_OR_RETURN(out.record, core.store->Commit(pending, record));
+  std::move(abort).Cancel();
+  if (!take.resume) std::move(resume_on_error).Cancel();
+  // The VM's memory now equals this snapshot's, plus what it writes from here.
+  core.registry.Update(e, [&](VmInfo& v) { v.memory_base = out.record.id; });
+  if (absl::Status st = core.registry.Persist(e); !st.ok()) spdlog::warn("record vm {}: {}", info.id, st);
+  out.took = took;
+  return out;
+}
+
 absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
                                             const CancelToken& cancel) {
   ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, core.registry.Find(request.vm_ref));
-  std::string id = NewId("snap");
-  std::string name = request.name.empty() ? id : request.name;
-  RETURN_IF_ERROR(ValidateName("snapshot name", name));
+  SnapshotTake take;
+  take.id = NewId("snap");
+  take.name = request.name.empty() ? take.id : request.name;
+  RETURN_IF_ERROR(ValidateName("snapshot name", take.name));
   RETURN_IF_ERROR(ValidateLabels("snapshot labels", request.labels));
+  take.labels = request.labels;
+  take.resume = request.after == AfterSnapshot::kResume;
   SnapshotInfo out;
+  std::string vm_id;
   {
     absl::MutexLock op(&e->op);
-    VmInfo info = core.registry.Info(*e);
-    if (e->deleting) return absl::NotFoundError(absl::StrCat("vm '", request.vm_ref, "' not found"));
-    if (info.state != VmState::kRunning && info.state != VmState::kPaused) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("vm ", info.id, " is ", StateName(info.state), "; cannot snapshot"));
-    }
-    if (e->vmm == nullptr)
-      return absl::FailedPreconditionError(absl::StrCat("vm ", info.id, " has no process"));
-    // Where the VM's private drive copies are: in its jail, or its directory.
-    auto drive_copy = [&](const DriveConfig& d) {
-      return info.jailed ? info.jail.chroot + "/drives/" + d.drive_id : e->dir + "/drives/" + d.drive_id;
-    };
-    // The memory file is written in full; the drives are copied (reflinked
-    // where possible, but a snapshot must not count on it).
-    uint64_t need = (uint64_t{info.config.memory_mib} << 20) + (1 << 20);
-    for (const DriveConfig& d : info.config.drives) {
-      if (!d.read_only) need += core.env.host->AllocatedBytes(drive_copy(d)).value_or(0);
-    }
-    RETURN_IF_ERROR(
-        core.env.host->CheckFreeSpace(core.store->root(), need, absl::StrCat("a snapshot of vm ", info.id)));
-    RETURN_IF_ERROR(cancel.Check());
-    ASSIGN_OR_RETURN(storage::PendingSnapshot pending, core.store->Begin(id, name));
-    absl::Cleanup abort = [&core, &pending] { core.store->Abort(pending); };
-
-    bool was_running = info.state == VmState::kRunning;
-    absl::Time start = absl::Now();
-    if (was_running) {
-      RETURN_IF_ERROR(Annotate(e->vmm->Pause(), absl::StrCat("pause vm ", info.id, " for snapshot")));
-      (void)core.registry.Transition(*e, VmState::kPaused, "pause", "paused for snapshot");
-    }
-    absl::Cleanup resume = [&] {
-      if (was_running && e->vmm->Resume().ok())
-        (void)core.registry.Transition(*e, VmState::kRunning, "resume");
-    };
-    RETURN_IF_ERROR(WriteSnapshotFiles(*e, info, pending));
-    storage::SnapshotRecord record;
-    record.jailed = info.jailed;
-    for (const DriveConfig& d : info.config.drives) {
-      if (d.read_only) continue;
-      RETURN_IF_ERROR(
-          Annotate(storage::CopyDisk(drive_copy(d), storage::SnapshotStore::DiskPath(pending.dir, d.drive_id),
-                                     {.durable = true, .mode = 0600, .cancel = cancel})
-                       .status(),
-                   absl::StrCat("snapshot drive ", d.drive_id)));
-      record.disk_ids.push_back(d.drive_id);
-    }
-    absl::Duration took = absl::Now() - start;
-    record.labels = request.labels;
-    record.source_vm_id = info.id;
-    record.config_json = ConfigToJson(info.config);
-    record.memory_page_size = GuestPageSize(info.config.huge_pages);
-    record.firecracker_version = core.env.vmms != nullptr ? core.env.vmms->version() : "";
-    if (absl::StatusOr<firecracker::SnapshotHost> host = core.ThisHost(); host.ok()) {
-      // The format the vmstate really has (the binary may have been replaced
-      // since fcvmd started).
-      absl::StatusOr<firecracker::Version> format =
-          firecracker::ReadVmstateFormat(storage::SnapshotStore::VmstatePath(pending.dir));
-      if (format.ok()) host->snapshot_format = format->ToString();
-      record.host_json = firecracker::SnapshotHostToJson(*host);
-    }
-    record.create_duration = took;
-    ASSIGN_OR_RETURN(storage::SnapshotRecord done, core.store->Commit(pending, record));
-    std::move(abort).Cancel();
-    if (request.after != AfterSnapshot::kResume) std::move(resume).Cancel();
-    out = DescribeSnapshot(core, done);
-    spdlog::info("snapshot {} ({}) of vm {}: {} MiB in {}", done.id, done.name, info.id,
-                 done.memory_bytes >> 20, absl::FormatDuration(took));
+    ASSIGN_OR_RETURN(TakenSnapshot done, TakeSnapshot(core, *e, take, cancel));
+    out = DescribeSnapshot(core, done.record);
+    vm_id = done.record.source_vm_id;
+    spdlog::info("snapshot {} ({}) of vm {}: {} MiB in {}", done.record.id, done.record.name, vm_id,
+                 done.record.memory_bytes >> 20, absl::FormatDuration(done.took));
   }
   Event ev;
   ev.kind = EventKind::kSnapshotCreated;
@@ -189,6 +230,11 @@ absl::StatusOr<DeleteSnapshotResult> DeleteSnapshot(Core& core, const std::strin
   if (!clones.empty() && !force) {
     return absl::FailedPreconditionError(absl::StrCat("snapshot ", r.name, " has ", clones.size(),
                                                       " clone(s); delete them first or use force"));
+  }
+  if (std::vector<std::string> children = core.store->Children(r.id); !children.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("snapshot ", r.name, " is the memory layer under ",
+                                                      children.size(), " fork snapshot(s) (",
+                                                      children.front(), "); delete those first"));
   }
   DeleteSnapshotResult result;
   result.id = r.id;

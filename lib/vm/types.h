@@ -126,6 +126,12 @@ struct VmInfo {
   VmState state = VmState::kCreating;
   VmConfig config;
   std::string snapshot_id;  // set for clones
+  // The snapshot whose memory equals this VM's as of its dirty-page log's
+  // last reset (its last snapshot, fork or restore): a live fork writes only
+  // the pages written since, as a layer on it. Empty: none known (a booted
+  // VM, or a snapshot or fork that failed after the log was reset), and the
+  // next fork writes the whole memory.
+  std::string memory_base;
   MemoryBackend memory_backend = MemoryBackend::kUffd;
   // For clones: what was asked, and what the page server made of it (kAuto
   // resolved to record, prefetch or none; kNone for the File backend).
@@ -189,6 +195,12 @@ struct SnapshotInfo {
   firecracker::SnapshotHost host;
   bool host_recorded = false;
   bool jailed = false;  // made by a jailed VM: only a jailing fcvmd can clone it
+  // Layered memory (a live fork's): the snapshot under this one, the number
+  // of memory files a restore reads (1: whole) and the bytes this snapshot's
+  // own memory file holds.
+  std::string parent_id;
+  uint32_t memory_layers = 1;
+  uint64_t memory_allocated_bytes = 0;
 };
 
 enum class EventKind { kVmState, kSnapshotCreated, kSnapshotDeleted, kPageServerDrop, kReconcile };
@@ -268,6 +280,29 @@ struct CloneResult {
   absl::Duration total;
   uint32_t succeeded = 0;
   uint32_t failed = 0;
+};
+
+// A live fork: N clones of a running (or paused) VM as it is now. The
+// source is paused only while the pages written since its memory base are
+// written (a Diff snapshot), which becomes a memory layer over that base; the
+// forks restore from the layers through the page server. `clone` says how
+// the forks are made (its snapshot_ref is ignored; the UFFD backend only).
+struct ForkRequest {
+  std::string vm_ref;
+  CloneRequest clone;  // name_prefix default: "<vm name>-fork"
+  // Name of the snapshot the fork makes; default "<vm name>-fork-<id>".
+  std::string snapshot_name;
+};
+
+struct ForkResult {
+  SnapshotInfo snapshot;  // the layer the forks restore from
+  // "diff" (only the pages written since the VM's memory base) or "full"
+  // (the VM had no usable memory base: its whole memory).
+  std::string kind;
+  absl::Duration source_pause;  // the source paused -> resumed
+  uint64_t written_bytes = 0;   // memory the snapshot wrote (its allocated bytes)
+  CloneResult forks;
+  absl::Duration total;
 };
 
 struct DeleteSnapshotResult {

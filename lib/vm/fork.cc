@@ -1,0 +1,211 @@
+// Live fork: N clones of a running VM as it is now, the source paused only
+// while the pages it wrote since its memory base are written.
+//
+// Every VM with 4 KiB pages runs with Firecracker's dirty-page log on (boot
+// and load), and its record names its memory base: the snapshot whose memory
+// equals the VM's as of the log's last reset (the snapshot it was cloned
+// from, its last snapshot, or its last fork). A fork takes a Diff snapshot
+// (only the logged pages, into a sparse file the size of the memory) whose
+// record names that base as its parent: a memory layer. The forks restore
+// from it through the page server, which maps the layers into one view
+// (lib/uffd/snapshot.h): nothing is merged while anyone waits. Without a
+// usable base (a booted VM's first fork, or a base deleted since) the fork
+// takes a full snapshot instead, and says so.
+//
+// Chains: a fork of a fork lies on its source's fork snapshot, so layers
+// stack. Once a chain is kCompactLayers deep its top snapshot is merged into
+// a whole memory file in the background (CompactSnapshot); a fork whose base
+// is kMaxLayers deep merges the base first. A snapshot cannot be deleted
+// while another lies on it (SnapshotStore::Delete).
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "lib/base/file_util.h"
+#include "lib/base/logging.h"
+#include "lib/base/names.h"
+#include "lib/base/status.h"
+#include "lib/base/unique_fd.h"
+#include "lib/vm/core.h"
+#include "lib/vm/validate.h"
+#include "spdlog/spdlog.h"
+
+namespace fcvm::vm {
+namespace {
+
+// Copies the data extents of `from` into `to` at the same offsets (holes are
+// left alone: `to` already holds what lies under them).
+absl::Status OverlayExtents(int from, const std::string& from_path, int to, uint64_t size,
+                            const CancelToken& cancel) {
+  std::string buf(size_t{1} << 20, '\0');
+  off_t pos = 0;
+  while (static_cast<uint64_t>(pos) < size) {
+    RETURN_IF_ERROR(cancel.Check());
+    off_t begin = lseek(from, pos, SEEK_DATA);
+    if (begin < 0 && errno == ENXIO) break;
+    if (begin < 0) return ErrnoError(absl::StrCat("seek data in ", from_path));
+    off_t end = lseek(from, begin, SEEK_HOLE);
+    if (end < 0) return ErrnoError(absl::StrCat("seek hole in ", from_path));
+    for (off_t at = begin; at < end;) {
+      ssize_t n = pread(from, buf.data(), std::min<size_t>(buf.size(), static_cast<size_t>(end - at)), at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoError(absl::StrCat("read ", from_path));
+      if (n == 0) break;
+      for (ssize_t done = 0; done < n;) {
+        ssize_t w = pwrite(to, buf.data() + done, static_cast<size_t>(n - done), at + done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return ErrnoError("write merged memory");
+        done += w;
+      }
+      at += n;
+    }
+    pos = end;
+  }
+  return absl::OkStatus();
+}
+
+// Runs CompactSnapshot as an operation of its own (fcvmd's shutdown cancels
+// it and waits for it), off the request's path.
+void CompactInBackground(Core& core, const std::string& snapshot_id) {
+  absl::StatusOr<Operations::Op> op = core.operations.Begin({});
+  if (!op.ok()) return;
+  auto held = std::make_shared<Operations::Op>(*std::move(op));
+  Core* c = &core;
+  core.leaf_executor->Submit([c, held, snapshot_id] {
+    absl::Time start = absl::Now();
+    absl::Status st = CompactSnapshot(*c, snapshot_id, held->token());
+    if (st.ok()) {
+      spdlog::info("snapshot {}: memory layers merged into one file in {}", snapshot_id,
+                   absl::FormatDuration(absl::Now() - start));
+    } else {
+      spdlog::warn("snapshot {}: merging its memory layers: {}", snapshot_id, st);
+    }
+  });
+}
+
+}  // namespace
+
+absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const CancelToken& cancel) {
+  ASSIGN_OR_RETURN(storage::SnapshotRecord record, core.store->Get(snapshot_id));
+  if (record.parent_id.empty()) return absl::OkStatus();
+  // Held: nobody deletes it (or, through it, its layers) meanwhile.
+  ASSIGN_OR_RETURN(Registry::SnapshotUse use, core.registry.UseSnapshot(record.id));
+  ASSIGN_OR_RETURN(std::vector<std::string> layers, core.store->MemoryLayers(record));
+  RETURN_IF_ERROR(core.env.host->CheckFreeSpace(core.store->root(), record.memory_bytes,
+                                                absl::StrCat("merging the memory layers of ", record.name)));
+  const std::string dir = core.store->Dir(record.id);
+  const std::string tmp = dir + "/memory.merging";
+  (void)unlink(tmp.c_str());
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
+  if (!out) return ErrnoError(absl::StrCat("create ", tmp));
+  absl::Cleanup remove = [&tmp] { (void)unlink(tmp.c_str()); };
+  if (ftruncate(out.get(), static_cast<off_t>(record.memory_bytes)) < 0) return ErrnoError("size merged memory");
+  for (const std::string& layer : layers) {
+    UniqueFd in(::open(layer.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in) return ErrnoError(absl::StrCat("open memory layer ", layer));
+    RETURN_IF_ERROR(OverlayExtents(in.get(), layer, out.get(), record.memory_bytes, cancel));
+  }
+  if (fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", tmp));
+  // Same mode as the file it replaces (File clones of a jailed fcvmd need it
+  // world-readable).
+  struct stat st;
+  if (stat(storage::SnapshotStore::MemoryPath(dir).c_str(), &st) == 0) (void)fchmod(out.get(), st.st_mode & 07777);
+  RETURN_IF_ERROR(cancel.Check());
+  RETURN_IF_ERROR(core.store->ReplaceWithWholeMemory(record.id, tmp));
+  std::move(remove).Cancel();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const CancelToken& cancel) {
+  RETURN_IF_ERROR(core.RequireVmms());
+  absl::Time start = absl::Now();
+  CloneRequest clone = req.clone;
+  if (clone.backend != MemoryBackend::kUffd) {
+    return absl::FailedPreconditionError(
+        "forks restore from memory layers, which only the page server reads: use the UFFD backend (a File "
+        "clone needs a whole memory file: take a snapshot and clone it)");
+  }
+  clone.snapshot_ref = "fork";  // checked below, once the snapshot exists
+  RETURN_IF_ERROR(ValidateCloneRequest(clone));
+  RETURN_IF_ERROR(ValidateMetadata(clone.metadata_json));
+  ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, core.registry.Find(req.vm_ref));
+  VmInfo info = core.registry.Info(*e);
+  if (info.config.huge_pages == HugePages::k2M) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("vm ", info.name,
+                     " has 2 MiB pages: forking it live needs its dirty pages logged, which KVM does in 4 KiB "
+                     "pages; snapshot it and clone the snapshot instead"));
+  }
+  SnapshotTake take;
+  take.id = NewId("snap");
+  take.name = req.snapshot_name.empty() ? absl::StrCat(info.name, "-fork-", take.id.substr(5)) : req.snapshot_name;
+  if (take.name.size() > 64) take.name = take.id;  // names are at most 64 bytes
+  RETURN_IF_ERROR(ValidateName("fork snapshot name", take.name));
+  take.labels = {{"fcvm-fork-of", info.id}};
+
+  ForkResult out;
+  {
+    absl::MutexLock op(&e->op);
+    info = core.registry.Info(*e);
+    std::string base = info.memory_base;
+    if (!base.empty()) {
+      absl::StatusOr<storage::SnapshotRecord> rec = core.store->Get(base);
+      absl::StatusOr<std::vector<std::string>> layers =
+          rec.ok() ? core.store->MemoryLayers(*rec) : absl::StatusOr<std::vector<std::string>>(rec.status());
+      if (!layers.ok()) {
+        spdlog::info("fork of vm {}: its memory base {} is unusable ({}); writing its whole memory", info.id, base,
+                     layers.status());
+        base.clear();
+      } else if (layers->size() >= kMaxLayers) {
+        // The chain is as deep as it may get: merge its top first.
+        if (absl::Status st = CompactSnapshot(core, base, cancel); !st.ok()) {
+          spdlog::warn("fork of vm {}: merging the layers of {}: {}; writing its whole memory", info.id, base, st);
+          base.clear();
+        }
+      }
+    }
+    take.parent_id = base;
+    ASSIGN_OR_RETURN(TakenSnapshot taken, TakeSnapshot(core, *e, take, cancel));
+    out.kind = base.empty() ? "full" : "diff";
+    out.source_pause = taken.pause;
+    out.written_bytes = taken.record.memory_allocated_bytes;
+    out.snapshot = DescribeSnapshot(core, taken.record);
+    spdlog::info("fork of vm {}: {} snapshot {} ({} layer(s)), {} KiB written, source paused {}", info.id, out.kind,
+                 taken.record.id, out.snapshot.memory_layers, out.written_bytes >> 10,
+                 absl::FormatDuration(taken.pause));
+  }
+  Event ev;
+  ev.kind = EventKind::kSnapshotCreated;
+  ev.snapshot_id = out.snapshot.id;
+  ev.vm_id = info.id;
+  ev.message = absl::StrCat("snapshot ", out.snapshot.name, " created (", out.kind, ", fork of ", info.name, ")");
+  core.Publish(std::move(ev));
+  if (out.snapshot.memory_layers > kCompactLayers) CompactInBackground(core, out.snapshot.id);
+
+  clone.snapshot_ref = out.snapshot.id;
+  if (clone.name_prefix.empty()) {
+    clone.name_prefix = absl::StrCat(info.name, "-fork");
+    if (clone.name_prefix.size() > kMaxClonePrefixBytes) clone.name_prefix = "fork";
+  }
+  absl::StatusOr<CloneResult> forks = CloneVms(core, clone, cancel);
+  if (!forks.ok()) {
+    // Nothing was forked: the snapshot goes too (the source's memory base
+    // with it: its next fork writes its whole memory).
+    if (absl::StatusOr<DeleteSnapshotResult> d = DeleteSnapshot(core, out.snapshot.id, /*force=*/true); !d.ok())
+      spdlog::warn("fork of vm {}: removing snapshot {}: {}", info.id, out.snapshot.id, d.status());
+    return forks.status();
+  }
+  out.forks = *std::move(forks);
+  out.snapshot.clone_count = core.registry.LiveCloneCount(out.snapshot.id);
+  out.total = absl::Now() - start;
+  return out;
+}
+
+}  // namespace fcvm::vm
