@@ -106,7 +106,8 @@ absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const C
   UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
   if (!out) return ErrnoError(absl::StrCat("create ", tmp));
   absl::Cleanup remove = [&tmp] { (void)unlink(tmp.c_str()); };
-  if (ftruncate(out.get(), static_cast<off_t>(record.memory_bytes)) < 0) return ErrnoError("size merged memory");
+  if (ftruncate(out.get(), static_cast<off_t>(record.memory_bytes)) < 0)
+    return ErrnoError("size merged memory");
   for (const std::string& layer : layers) {
     UniqueFd in(::open(layer.c_str(), O_RDONLY | O_CLOEXEC));
     if (!in) return ErrnoError(absl::StrCat("open memory layer ", layer));
@@ -116,7 +117,8 @@ absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const C
   // Same mode as the file it replaces (File clones of a jailed fcvmd need it
   // world-readable).
   struct stat st;
-  if (stat(storage::SnapshotStore::MemoryPath(dir).c_str(), &st) == 0) (void)fchmod(out.get(), st.st_mode & 07777);
+  if (stat(storage::SnapshotStore::MemoryPath(dir).c_str(), &st) == 0)
+    (void)fchmod(out.get(), st.st_mode & 07777);
   RETURN_IF_ERROR(cancel.Check());
   RETURN_IF_ERROR(core.store->ReplaceWithWholeMemory(record.id, tmp));
   std::move(remove).Cancel();
@@ -138,14 +140,15 @@ absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const Canc
   ASSIGN_OR_RETURN(std::shared_ptr<VmEntry> e, core.registry.Find(req.vm_ref));
   VmInfo info = core.registry.Info(*e);
   if (info.config.huge_pages == HugePages::k2M) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("vm ", info.name,
-                     " has 2 MiB pages: forking it live needs its dirty pages logged, which KVM does in 4 KiB "
-                     "pages; snapshot it and clone the snapshot instead"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "vm ", info.name,
+        " has 2 MiB pages: forking it live needs its dirty pages logged, which KVM does in 4 KiB "
+        "pages; snapshot it and clone the snapshot instead"));
   }
   SnapshotTake take;
   take.id = NewId("snap");
-  take.name = req.snapshot_name.empty() ? absl::StrCat(info.name, "-fork-", take.id.substr(5)) : req.snapshot_name;
+  take.name =
+      req.snapshot_name.empty() ? absl::StrCat(info.name, "-fork-", take.id.substr(5)) : req.snapshot_name;
   if (take.name.size() > 64) take.name = take.id;  // names are at most 64 bytes
   RETURN_IF_ERROR(ValidateName("fork snapshot name", take.name));
   take.labels = {{"fcvm-fork-of", info.id}};
@@ -160,13 +163,14 @@ absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const Canc
       absl::StatusOr<std::vector<std::string>> layers =
           rec.ok() ? core.store->MemoryLayers(*rec) : absl::StatusOr<std::vector<std::string>>(rec.status());
       if (!layers.ok()) {
-        spdlog::info("fork of vm {}: its memory base {} is unusable ({}); writing its whole memory", info.id, base,
-                     layers.status());
+        spdlog::info("fork of vm {}: its memory base {} is unusable ({}); writing its whole memory", info.id,
+                     base, layers.status());
         base.clear();
       } else if (layers->size() >= kMaxLayers) {
         // The chain is as deep as it may get: merge its top first.
         if (absl::Status st = CompactSnapshot(core, base, cancel); !st.ok()) {
-          spdlog::warn("fork of vm {}: merging the layers of {}: {}; writing its whole memory", info.id, base, st);
+          spdlog::warn("fork of vm {}: merging the layers of {}: {}; writing its whole memory", info.id, base,
+                       st);
           base.clear();
         }
       }
@@ -177,15 +181,16 @@ absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const Canc
     out.source_pause = taken.pause;
     out.written_bytes = taken.record.memory_allocated_bytes;
     out.snapshot = DescribeSnapshot(core, taken.record);
-    spdlog::info("fork of vm {}: {} snapshot {} ({} layer(s)), {} KiB written, source paused {}", info.id, out.kind,
-                 taken.record.id, out.snapshot.memory_layers, out.written_bytes >> 10,
+    spdlog::info("fork of vm {}: {} snapshot {} ({} layer(s)), {} KiB written, source paused {}", info.id,
+                 out.kind, taken.record.id, out.snapshot.memory_layers, out.written_bytes >> 10,
                  absl::FormatDuration(taken.pause));
   }
   Event ev;
   ev.kind = EventKind::kSnapshotCreated;
   ev.snapshot_id = out.snapshot.id;
   ev.vm_id = info.id;
-  ev.message = absl::StrCat("snapshot ", out.snapshot.name, " created (", out.kind, ", fork of ", info.name, ")");
+  ev.message =
+      absl::StrCat("snapshot ", out.snapshot.name, " created (", out.kind, ", fork of ", info.name, ")");
   core.Publish(std::move(ev));
   if (out.snapshot.memory_layers > kCompactLayers) CompactInBackground(core, out.snapshot.id);
 
@@ -198,7 +203,8 @@ absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const Canc
   if (!forks.ok()) {
     // Nothing was forked: the snapshot goes too (the source's memory base
     // with it: its next fork writes its whole memory).
-    if (absl::StatusOr<DeleteSnapshotResult> d = DeleteSnapshot(core, out.snapshot.id, /*force=*/true); !d.ok())
+    if (absl::StatusOr<DeleteSnapshotResult> d = DeleteSnapshot(core, out.snapshot.id, /*force=*/true);
+        !d.ok())
       spdlog::warn("fork of vm {}: removing snapshot {}: {}", info.id, out.snapshot.id, d.status());
     return forks.status();
   }
