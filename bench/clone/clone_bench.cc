@@ -10,6 +10,8 @@
 //   ksm      PSS of N File clones, N UFFD clones, and N UFFD clones under
 //            fcvmd --ksm=manage once merged, with the time to settle and
 //            ksmd's CPU
+//   fork     live fork: the source's pause (a Diff snapshot) against a full
+//            snapshot's of the same VM, fork latency against snapshot + clone
 //
 // Each suite starts its own fcvmd (temporary socket and state directory).
 // Prints tables, or one JSON object with --json. A program, not a test; it
@@ -56,8 +58,10 @@ int Main(int argc, char** argv) {
   flags.String("firecracker", &o.firecracker, "Firecracker binary (env FCVM_FIRECRACKER_BIN)", "PATH");
   flags.String("work-dir", &o.work_dir,
                "where fcvmd's state directory and the bare driver's VM directories go (default /tmp)", "DIR");
-  flags.String("suite", &suites, "suites to run: latency, fanout, ksm (default latency)", "LIST");
-  flags.Int("runs", &o.runs, "latency: single-clone requests per configuration (default 10)");
+  flags.String("suite", &suites, "suites to run: latency, fanout, ksm, fork (default latency)", "LIST");
+  flags.Int("runs", &o.runs, "latency: single-clone requests per configuration; fork: runs (default 10)");
+  flags.Int("fork-write-ms", &o.fork_write_ms,
+            "fork: how long the source writes between its full snapshot and the fork (default 1000)");
   flags.Int("batch", &o.batch, "latency: clones in the batch request (default 32)");
   flags.Int("parallelism", &o.parallelism,
             "clones restored at once within a request, and by the bare "
@@ -126,8 +130,10 @@ int Main(int argc, char** argv) {
       st = RunFanoutSuite(o, &part);
     } else if (suite == "ksm") {
       st = RunKsmSuite(o, &part);
+    } else if (suite == "fork") {
+      st = RunForkSuite(o, &part);
     } else {
-      std::cerr << "fcvm-clone-bench: unknown suite '" << suite << "' (want latency, fanout or ksm)\n";
+      std::cerr << "fcvm-clone-bench: unknown suite '" << suite << "' (want latency, fanout, ksm or fork)\n";
       return 2;
     }
     if (!st.ok()) {

@@ -48,6 +48,8 @@ struct Options {
   int64_t ksm_tick_ms = 1000;
   std::vector<std::string> ksm_rates = {"1000/20"};
   int64_t ksm_timeout_s = 300;
+  // fork: how long the source writes between its full snapshot and the fork
+  int64_t fork_write_ms = 1000;
   bool json = false;
 };
 

@@ -1,6 +1,6 @@
 #pragma once
 
-// The suites of fcvm-clone-bench (--suite=latency,fanout,ksm). Each prints
+// The suites of fcvm-clone-bench (--suite=latency,fanout,ksm,fork). Each prints
 // its own table to stdout (or adds a JSON object to `json` with --json) and
 // returns an error only when it cannot measure at all.
 
@@ -23,5 +23,9 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json);
 // as many UFFD clones under fcvmd --ksm=manage once merging settled, with
 // the time to settle and ksmd's CPU.
 absl::Status RunKsmSuite(const Options& o, std::string* json);
+// Live fork: the source's pause for a fork (a Diff snapshot) against a full
+// snapshot's of the same VM in the same run, and fork latency against a full
+// snapshot + clone; --runs runs.
+absl::Status RunForkSuite(const Options& o, std::string* json);
 
 }  // namespace fcvm::bench

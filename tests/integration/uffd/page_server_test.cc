@@ -21,6 +21,7 @@
 #include "lib/base/status.h"
 #include "tests/integration/uffd/uffd_test_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fcvm::uffd {
 namespace {
@@ -624,6 +625,55 @@ TEST_F(PageServerTest, ZeroMapIsKeptBesideTheSnapshotAndReused) {
   WriteMemFile(mem_, 8 << 20, 2);
   ASSERT_OK_AND_ASSIGN(auto snap2, SnapshotMemory::Open({mem_}));
   EXPECT_EQ(snap2->zero_pages(), CountZeroPages((8 << 20) / kPage, 2));
+}
+
+// Live fork's layered memory: a whole bottom file and sparse layers above it
+// are one view, each page from the topmost layer that holds it (a page of
+// zeros written into a layer hides the data under it).
+TEST(SnapshotMemoryLayers, EachPageComesFromTheTopmostLayerThatHoldsIt) {
+  ::fcvm::testing::TempDir dir("layers");
+  const uint64_t pages = 64;
+  auto page_of = [](char c) { return std::string(kPage, c); };
+  auto sparse = [&](const std::string& path, const std::vector<std::pair<uint64_t, char>>& writes) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, pages * kPage), 0);
+    for (const auto& [page, c] : writes) {
+      std::string data = page_of(c);
+      ASSERT_EQ(pwrite(fd, data.data(), kPage, static_cast<off_t>(page * kPage)),
+                static_cast<ssize_t>(kPage));
+    }
+    close(fd);
+  };
+  const std::string base = dir.path() + "/base", mid = dir.path() + "/mid", top = dir.path() + "/top";
+  std::vector<std::pair<uint64_t, char>> every;
+  for (uint64_t p = 0; p < pages; ++p) every.push_back({p, 'b'});
+  sparse(base, every);
+  sparse(mid, {{3, 'm'}, {4, 'm'}, {5, 'm'}, {40, 'm'}});
+  sparse(top, {{4, 't'}, {40, '\0'}, {63, 't'}});
+
+  SnapshotFiles files;
+  files.mem_file_path = top;
+  files.lower_layers = {base, mid};
+  ASSERT_OK_AND_ASSIGN(auto snap, SnapshotMemory::Open(files));
+  EXPECT_EQ(snap->layers(), 3u);
+  EXPECT_EQ(snap->layer_extents(), 5u);  // mid: pages 3-5 and 40; top: 4, 40 and 63
+  auto at = [&](uint64_t p) { return static_cast<char>(snap->data()[p * kPage + 17]); };
+  for (uint64_t p = 0; p < pages; ++p) {
+    char want = 'b';
+    if (p == 3 || p == 5) want = 'm';
+    if (p == 4 || p == 63) want = 't';
+    if (p == 40) want = '\0';
+    EXPECT_EQ(at(p), want) << "page " << p;
+  }
+  EXPECT_TRUE(snap->IsZero(40));
+  EXPECT_FALSE(snap->IsZero(3));
+  EXPECT_EQ(snap->zero_pages(), 1u);
+
+  // Layers of another size are refused.
+  sparse(mid, {{1, 'm'}});
+  ASSERT_EQ(truncate(mid.c_str(), (pages + 1) * kPage), 0);
+  EXPECT_THAT(SnapshotMemory::Open(files), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("mid")));
 }
 
 }  // namespace

@@ -180,6 +180,68 @@ TEST(SnapshotStore, CommitGetListDelete) {
   EXPECT_THAT(store->Delete("snap-1"), StatusIs(absl::StatusCode::kNotFound));
 }
 
+// Live fork's layers: a snapshot whose memory lies on another's.
+TEST(SnapshotStore, LayersStackAndStayWhileAnotherLiesOnThem) {
+  TempDir tmp;
+  std::string root = tmp.path() + "/snapshots";
+  ASSERT_OK_AND_ASSIGN(auto store, SnapshotStore::Open(root));
+  ASSERT_OK_AND_ASSIGN(PendingSnapshot p, store->Begin("snap-base", "base"));
+  FillSnapshotFiles(p);
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord base, store->Commit(p, {}));
+  EXPECT_TRUE(base.parent_id.empty());
+
+  // A layer: sparse, one page of two written.
+  ASSERT_OK_AND_ASSIGN(PendingSnapshot q, store->Begin("snap-layer", "layer"));
+  ASSERT_OK(WriteFileAtomic(SnapshotStore::VmstatePath(q.dir), "vmstate-bytes"));
+  {
+    int fd = open(SnapshotStore::MemoryPath(q.dir).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, 8192), 0);
+    ASSERT_EQ(pwrite(fd, std::string(4096, 'L').data(), 4096, 4096), 4096);
+    close(fd);
+  }
+  SnapshotRecord layer_rec;
+  layer_rec.parent_id = "snap-base";
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord layer, store->Commit(q, layer_rec));
+  EXPECT_EQ(layer.parent_id, "snap-base");
+  EXPECT_EQ(layer.memory_sha256, "") << "a layer is not a memory anyone had";
+  EXPECT_EQ(layer.memory_bytes, 8192u);
+  EXPECT_LE(layer.memory_allocated_bytes, 4096u) << "the hole is not counted";
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> layers, store->MemoryLayers(layer));
+  EXPECT_EQ(layers, (std::vector<std::string>{SnapshotStore::MemoryPath(store->Dir("snap-base")),
+                                              SnapshotStore::MemoryPath(store->Dir("snap-layer"))}));
+  EXPECT_EQ(store->Children("snap-base"), std::vector<std::string>{"snap-layer"});
+  EXPECT_THAT(store->Delete("snap-base"), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                   HasSubstr("memory layer under snapshot layer")));
+
+  // A layer over a snapshot that is gone is refused at commit.
+  ASSERT_OK_AND_ASSIGN(PendingSnapshot orphan, store->Begin("snap-orphan", "orphan"));
+  FillSnapshotFiles(orphan);
+  SnapshotRecord orphan_rec;
+  orphan_rec.parent_id = "snap-gone";
+  EXPECT_THAT(store->Commit(orphan, orphan_rec), StatusIs(absl::StatusCode::kFailedPrecondition));
+  store->Abort(orphan);
+
+  // The parent survives a reopen; merging makes the layer whole.
+  ASSERT_OK_AND_ASSIGN(auto reopened, SnapshotStore::Open(root));
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord again, reopened->Get("layer"));
+  EXPECT_EQ(again.parent_id, "snap-base");
+  const std::string merged = reopened->Dir("snap-layer") + "/merged";
+  ASSERT_OK(WriteFileAtomic(merged, std::string(4096, 'm') + std::string(4096, 'L')));
+  ASSERT_OK(reopened->ReplaceWithWholeMemory("snap-layer", merged));
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord whole, reopened->Get("layer"));
+  EXPECT_EQ(whole.parent_id, "");
+  EXPECT_EQ(whole.memory_sha256.size(), 64u);
+  EXPECT_EQ(ReadFile(SnapshotStore::MemoryPath(reopened->Dir("snap-layer"))).value_or(""),
+            std::string(4096, 'm') + std::string(4096, 'L'));
+  ASSERT_OK_AND_ASSIGN(layers, reopened->MemoryLayers(whole));
+  EXPECT_EQ(layers.size(), 1u);
+  ASSERT_OK(reopened->Delete("snap-base"));  // nothing lies on it now
+  ASSERT_OK_AND_ASSIGN(auto third, SnapshotStore::Open(root));
+  ASSERT_OK_AND_ASSIGN(SnapshotRecord persisted, third->Get("layer"));
+  EXPECT_EQ(persisted.parent_id, "") << "the merge is on disk";
+}
+
 TEST(SnapshotStore, AbortAndCrashLeftoversLeaveNoHalfSnapshot) {
   TempDir tmp;
   std::string root = tmp.path() + "/snapshots";

@@ -1,5 +1,6 @@
 #include "tests/unit/vm/fake_env.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -120,6 +121,7 @@ class FakeVmm final : public Vmm {
       absl::MutexLock lock(&world_->mu);
       n = ++world_->loads;
       world_->loads_resumed.push_back(load.resume_vm);
+      world_->loads_tracked.push_back(load.track_dirty_pages.value_or(false));
       vcpus_running_ = load.resume_vm;
       world_->load_backends.push_back(load.backend);
     }
@@ -134,14 +136,32 @@ class FakeVmm final : public Vmm {
   }
   absl::Status CreateSnapshot(const firecracker::SnapshotCreate& create, absl::Duration) override {
     std::string format;
+    bool fail = false;
     {
       absl::MutexLock lock(&world_->mu);
       format = world_->snapshot_format;
+      world_->snapshot_types.push_back(create.type);
+      fail = world_->fail_snapshot_at == static_cast<int>(world_->snapshot_types.size());
     }
     // A jailed Firecracker's paths are in its chroot.
     std::string root = jail_dir_.empty() ? "" : jail_dir_ + "/root";
     RETURN_IF_ERROR(WriteFileAtomic(root + create.snapshot_path, FakeVmstate(format), 0600));
-    return WriteFileAtomic(root + create.mem_file_path, std::string(64 << 10, '\0'), 0600);
+    if (create.type == firecracker::SnapshotType::kDiff) {
+      // Firecracker's Diff: the memory's size, one written page, holes.
+      const std::string mem = root + create.mem_file_path;
+      RETURN_IF_ERROR(WriteFileAtomic(mem, "", 0600));
+      if (truncate(mem.c_str(), 64 << 10) < 0) return ErrnoError("truncate " + mem);
+      int fd = open(mem.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) return ErrnoError("open " + mem);
+      std::string page(4096, 'd');
+      ssize_t n = pwrite(fd, page.data(), page.size(), 8192);
+      close(fd);
+      if (n != 4096) return absl::InternalError("short write");
+    } else {
+      RETURN_IF_ERROR(WriteFileAtomic(root + create.mem_file_path, std::string(64 << 10, '\0'), 0600));
+    }
+    if (fail) return absl::InternalError("PUT /snapshot/create: injected failure");
+    return absl::OkStatus();
   }
   absl::Status Pause() override {
     RETURN_IF_ERROR(CheckRunning());

@@ -73,6 +73,13 @@ struct FakeWorld {
   // Fail the n-th (1-based) launch / load / boot; 0 = never.
   int fail_launch_at ABSL_GUARDED_BY(mu) = 0;
   int fail_load_at ABSL_GUARDED_BY(mu) = 0;
+  // Fail the n-th (1-based) CreateSnapshot after its files are written (as
+  // a Firecracker that reset its dirty log, then failed); 0 = never. The type
+  // of each one, in order.
+  int fail_snapshot_at ABSL_GUARDED_BY(mu) = 0;
+  std::vector<firecracker::SnapshotType> snapshot_types ABSL_GUARDED_BY(mu);
+  // track_dirty_pages of each load (unset: false).
+  std::vector<bool> loads_tracked ABSL_GUARDED_BY(mu);
   absl::Status load_error ABSL_GUARDED_BY(mu) = absl::InvalidArgumentError("PUT /snapshot/load: bad");
   // Pids that Adopt finds alive, with their VM directory; FindRunning's answer.
   std::map<pid_t, std::string> running ABSL_GUARDED_BY(mu);

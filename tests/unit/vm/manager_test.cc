@@ -502,6 +502,77 @@ TEST_F(ManagerTest, SnapshotKeepsTheVmHealthy) {
   EXPECT_EQ(s.firecracker_version, "1.14.2");
 }
 
+// Live fork: the first fork of a booted VM writes its whole memory; later
+// ones a Diff layered on the last; a snapshot that fails after Firecracker
+// reset the dirty log leaves no base, so the next fork is whole again. Forks
+// load with the dirty log on and can be forked in turn.
+TEST_F(ManagerTest, ForkLayersOnTheMemoryBaseAndForgetsItWhenASnapshotFails) {
+  Start();
+  ASSERT_OK(manager_->Run(Guest("src")).status());
+  {
+    absl::MutexLock lock(&world_->mu);
+    ASSERT_FALSE(world_->boot_specs.empty());
+    EXPECT_EQ(world_->boot_specs.back().machine.track_dirty_pages, std::optional<bool>(true));
+  }
+  ForkRequest req;
+  req.vm_ref = "src";
+  req.clone.count = 2;
+  ASSERT_OK_AND_ASSIGN(ForkResult first, manager_->Fork(req));
+  EXPECT_EQ(first.kind, "full");
+  EXPECT_EQ(first.snapshot.parent_id, "");
+  EXPECT_EQ(first.forks.succeeded, 2u);
+  EXPECT_EQ(first.forks.clones[0].name, "src-fork-0");
+  EXPECT_EQ(first.snapshot.labels.at("fcvm-fork-of"), first.snapshot.source_vm_id);
+
+  req.clone.name_prefix = "second";
+  ASSERT_OK_AND_ASSIGN(ForkResult second, manager_->Fork(req));
+  EXPECT_EQ(second.kind, "diff");
+  EXPECT_EQ(second.snapshot.parent_id, first.snapshot.id);
+  EXPECT_EQ(second.snapshot.memory_layers, 2u);
+  EXPECT_LT(second.written_bytes, second.snapshot.memory_bytes);
+  {
+    absl::MutexLock lock(&world_->mu);
+    EXPECT_EQ(world_->snapshot_types.back(), firecracker::SnapshotType::kDiff);
+    EXPECT_TRUE(world_->loads_tracked.back()) << "a fork must log its dirty pages to be forked again";
+  }
+  // A fork of a fork: three layers.
+  req.vm_ref = "second-0";
+  req.clone.name_prefix = "third";
+  ASSERT_OK_AND_ASSIGN(ForkResult third, manager_->Fork(req));
+  EXPECT_EQ(third.kind, "diff");
+  EXPECT_EQ(third.snapshot.parent_id, second.snapshot.id);
+  EXPECT_EQ(third.snapshot.memory_layers, 3u);
+  // Layers stay while another lies on them.
+  EXPECT_THAT(manager_->DeleteSnapshot(second.snapshot.id, /*force=*/true),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("memory layer")));
+
+  // A snapshot that fails once Firecracker wrote (and reset its log)...
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->fail_snapshot_at = static_cast<int>(world_->snapshot_types.size()) + 1;
+  }
+  EXPECT_FALSE(manager_->CreateSnapshot({.vm_ref = "src", .name = "broken"}).ok());
+  ASSERT_OK_AND_ASSIGN(VmInfo src, manager_->Get("src"));
+  EXPECT_EQ(src.memory_base, "");
+  EXPECT_EQ(src.state, VmState::kRunning);
+  // ...makes the next fork whole: a diff over the old base would miss pages.
+  req.vm_ref = "src";
+  req.clone.name_prefix = "after";
+  ASSERT_OK_AND_ASSIGN(ForkResult after, manager_->Fork(req));
+  EXPECT_EQ(after.kind, "full");
+  ASSERT_OK_AND_ASSIGN(src, manager_->Get("src"));
+  EXPECT_EQ(src.memory_base, after.snapshot.id);
+
+  // File-backed forks are refused up front, and so are File clones of a layer.
+  req.clone.backend = MemoryBackend::kFile;
+  EXPECT_THAT(manager_->Fork(req), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("UFFD")));
+  CloneRequest file;
+  file.snapshot_ref = second.snapshot.id;
+  file.backend = MemoryBackend::kFile;
+  EXPECT_THAT(manager_->Clone(file),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("memory layer")));
+}
+
 TEST_F(ManagerTest, SnapshotReportsItsWorkingSet) {
   Start();
   MakeSnapshot();
