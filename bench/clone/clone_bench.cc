@@ -62,6 +62,7 @@ int Main(int argc, char** argv) {
   flags.Int("runs", &o.runs, "latency: single-clone requests per configuration; fork: runs (default 10)");
   flags.Int("fork-write-ms", &o.fork_write_ms,
             "fork: how long the source writes between its full snapshot and the fork (default 1000)");
+  flags.Int("fork-write-mib", &o.fork_write_mib, "fork: MiB the source guest writes each tick (default 2)");
   flags.Int("batch", &o.batch, "latency: clones in the batch request (default 32)");
   flags.Int("parallelism", &o.parallelism,
             "clones restored at once within a request, and by the bare "

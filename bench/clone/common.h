@@ -50,6 +50,7 @@ struct Options {
   int64_t ksm_timeout_s = 300;
   // fork: how long the source writes between its full snapshot and the fork
   int64_t fork_write_ms = 1000;
+  int64_t fork_write_mib = 2;  // the guest's fcvm.write_mib
   bool json = false;
 };
 

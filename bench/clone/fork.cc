@@ -2,7 +2,8 @@
 // snapshot of what it wrote since its memory base) against the pause of a
 // full snapshot of the same VM, taken in the same run just before; and the
 // time to a running fork against a full snapshot + clone. The source is the
-// test guest, writing 2 MiB a tick (every 250 ms) and checking its memory on
+// test guest, writing --fork-write-mib MiB a tick (every 250 ms; the same
+// region each tick) and checking its memory on
 // every tick; every fork's ticks are counted (BAD: a fork's memory was not
 // exact).
 //
@@ -94,11 +95,16 @@ absl::StatusOr<Run> OneRun(Fcvmd& d, const Options& o, const std::string& vm_id,
 }  // namespace
 
 absl::Status RunForkSuite(const Options& o, std::string* json) {
-  ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d, Fcvmd::Start(o, {"--warm-pool", std::to_string(o.warm_pool)}));
+  // Jailed (fcvmd's default) unless --isolation says unjailed only.
+  std::vector<std::string> args = {"--warm-pool", std::to_string(o.warm_pool)};
+  const bool unjailed = o.isolation == std::vector<std::string>{"unjailed"};
+  if (unjailed) args.push_back("--no-jailer");
+  ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d, Fcvmd::Start(o, args));
   fcvm::v1::RunVmRequest req;
   req.set_name("fork-source");
   req.mutable_config()->set_kernel_path(o.guest);
-  req.mutable_config()->set_boot_args(GuestBootArgs(250));
+  req.mutable_config()->set_boot_args(
+      absl::StrCat("console=ttyS0 fcvm.read_mib=8 fcvm.write_mib=", o.fork_write_mib, " fcvm.tick_ms=250"));
   req.mutable_config()->set_vcpu_count(1);
   req.mutable_config()->set_memory_mib(128);
   fcvm::v1::Vm vm;
@@ -139,18 +145,21 @@ absl::Status RunForkSuite(const Options& o, std::string* json) {
   if (o.json) {
     absl::StrAppend(json,
                     absl::StrFormat("\"fork\": {\"runs\": %d, \"diff_runs\": %d, \"write_ms\": %d, "
+                                    "\"guest_write_mib\": %d, "
                                     "\"written_mib_p50\": %.1f, \"full_pause_ms_p50\": %.1f, "
                                     "\"fork_pause_ms_p50\": %.1f, \"fork_pause_ms_p90\": %.1f, "
                                     "\"pause_ratio\": %.3f, \"snapshot_clone_ms_p50\": %.1f, "
                                     "\"fork_ms_p50\": %.1f, \"latency_ratio\": %.3f, \"fork_ok_ticks\": %d, "
                                     "\"fork_bad_ticks\": %d, \"source_ok_ticks\": %d, \"source_bad_ticks\": %d}",
                                     static_cast<int>(runs.size()), diffs, static_cast<int>(o.fork_write_ms),
+                                    static_cast<int>(o.fork_write_mib),
                                     median(&Run::written_mib), full_pause, fork_pause, p90(&Run::fork_pause_ms),
                                     fork_pause / full_pause, base_total, fork_total, fork_total / base_total, ok,
                                     bad, src_ok, src_bad));
     return absl::OkStatus();
   }
-  std::cout << "\nlive fork: 128 MiB test guest writing 2 MiB / 250 ms, forked " << o.fork_write_ms
+  std::cout << "\nlive fork (" << (unjailed ? "unjailed" : "jailed") << "): 128 MiB test guest writing " << o.fork_write_mib << " MiB / 250 ms, forked "
+            << o.fork_write_ms
             << " ms after a full snapshot; " << runs.size() << " runs (" << diffs << " diff), medians\n";
   std::cout << absl::StrFormat("%-34s %10s %10s %8s\n", "", "baseline", "fork", "ratio");
   std::cout << absl::StrFormat("%-34s %10.1f %10.1f %8.3f\n", "source pause ms (full snapshot)", full_pause,
