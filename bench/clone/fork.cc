@@ -143,32 +143,32 @@ absl::Status RunForkSuite(const Options& o, std::string* json) {
   const double full_pause = median(&Run::full_pause_ms), fork_pause = median(&Run::fork_pause_ms);
   const double base_total = median(&Run::snapshot_clone_ms), fork_total = median(&Run::fork_ms);
   if (o.json) {
-    absl::StrAppend(json,
-                    absl::StrFormat("\"fork\": {\"runs\": %d, \"diff_runs\": %d, \"write_ms\": %d, "
-                                    "\"guest_write_mib\": %d, "
-                                    "\"written_mib_p50\": %.1f, \"full_pause_ms_p50\": %.1f, "
-                                    "\"fork_pause_ms_p50\": %.1f, \"fork_pause_ms_p90\": %.1f, "
-                                    "\"pause_ratio\": %.3f, \"snapshot_clone_ms_p50\": %.1f, "
-                                    "\"fork_ms_p50\": %.1f, \"latency_ratio\": %.3f, \"fork_ok_ticks\": %d, "
-                                    "\"fork_bad_ticks\": %d, \"source_ok_ticks\": %d, \"source_bad_ticks\": %d}",
-                                    static_cast<int>(runs.size()), diffs, static_cast<int>(o.fork_write_ms),
-                                    static_cast<int>(o.fork_write_mib),
-                                    median(&Run::written_mib), full_pause, fork_pause, p90(&Run::fork_pause_ms),
-                                    fork_pause / full_pause, base_total, fork_total, fork_total / base_total, ok,
-                                    bad, src_ok, src_bad));
+    absl::StrAppend(
+        json, absl::StrFormat("\"fork\": {\"runs\": %d, \"diff_runs\": %d, \"write_ms\": %d, "
+                              "\"guest_write_mib\": %d, "
+                              "\"written_mib_p50\": %.1f, \"full_pause_ms_p50\": %.1f, "
+                              "\"fork_pause_ms_p50\": %.1f, \"fork_pause_ms_p90\": %.1f, "
+                              "\"pause_ratio\": %.3f, \"snapshot_clone_ms_p50\": %.1f, "
+                              "\"fork_ms_p50\": %.1f, \"latency_ratio\": %.3f, \"fork_ok_ticks\": %d, "
+                              "\"fork_bad_ticks\": %d, \"source_ok_ticks\": %d, \"source_bad_ticks\": %d}",
+                              static_cast<int>(runs.size()), diffs, static_cast<int>(o.fork_write_ms),
+                              static_cast<int>(o.fork_write_mib), median(&Run::written_mib), full_pause,
+                              fork_pause, p90(&Run::fork_pause_ms), fork_pause / full_pause, base_total,
+                              fork_total, fork_total / base_total, ok, bad, src_ok, src_bad));
     return absl::OkStatus();
   }
-  std::cout << "\nlive fork (" << (unjailed ? "unjailed" : "jailed") << "): 128 MiB test guest writing " << o.fork_write_mib << " MiB / 250 ms, forked "
-            << o.fork_write_ms
+  std::cout << "\nlive fork (" << (unjailed ? "unjailed" : "jailed") << "): 128 MiB test guest writing "
+            << o.fork_write_mib << " MiB / 250 ms, forked " << o.fork_write_ms
             << " ms after a full snapshot; " << runs.size() << " runs (" << diffs << " diff), medians\n";
   std::cout << absl::StrFormat("%-34s %10s %10s %8s\n", "", "baseline", "fork", "ratio");
   std::cout << absl::StrFormat("%-34s %10.1f %10.1f %8.3f\n", "source pause ms (full snapshot)", full_pause,
                                fork_pause, fork_pause / full_pause);
   std::cout << absl::StrFormat("%-34s %10.1f %10.1f %8.3f\n", "to a running copy ms (snap+clone)", base_total,
                                fork_total, fork_total / base_total);
-  std::cout << absl::StrFormat("fork pause p90 %.1f ms; written p50 %.1f MiB; fork ticks %d OK / %d BAD; source "
-                               "%d OK / %d BAD\n",
-                               p90(&Run::fork_pause_ms), median(&Run::written_mib), ok, bad, src_ok, src_bad);
+  std::cout << absl::StrFormat(
+      "fork pause p90 %.1f ms; written p50 %.1f MiB; fork ticks %d OK / %d BAD; source "
+      "%d OK / %d BAD\n",
+      p90(&Run::fork_pause_ms), median(&Run::written_mib), ok, bad, src_ok, src_bad);
   return absl::OkStatus();
 }
 

@@ -348,6 +348,9 @@ TEST_F(LiveForkE2eTest, ForksOfARunningVmAndOfAForkTickOk) {
   EXPECT_GT(Seconds(f["source_pause"]), 0) << f.dump();
   for (const json& c : f["forks"]) ExpectTicks(c, 2);
   ExpectTicks(src, 1);  // the source keeps running
+  // The Diff was staged on a tmpfs (the jail's own, or /dev/shm), not
+  // fsynced into the store while the source was paused.
+  EXPECT_THAT(DaemonLog(), Not(HasSubstr("written to the store directly")));
 
   // A fork of a fork lies on the first fork's layer.
   json ff = Fork("f-0", 2, "ff");
