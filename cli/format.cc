@@ -365,6 +365,12 @@ std::string FormatSnapshotDetails(const fcvm::v1::Snapshot& s, absl::Time now) {
                       : s.memory_page_size() > 4096
                           ? absl::StrCat(FormatBytes(s.memory_page_size()), " (huge pages: UFFD clones only)")
                           : FormatBytes(s.memory_page_size()));
+  if (!s.parent_id().empty()) {
+    // A live fork's memory layer.
+    kv.Add("memory layer",
+           absl::StrCat("on ", s.parent_id(), " (", s.memory_layers(), " layers; this one holds ",
+                        FormatBytes(s.memory_allocated_bytes()), ")"));
+  }
   kv.Add("vmstate", FormatBytes(s.vmstate_bytes()));
   kv.Add("working set",
          s.working_set_pages() > 0 ? absl::StrCat(s.working_set_pages(), " pages") : "not recorded");

@@ -98,6 +98,24 @@ TEST(FormatCloneResult, TableWithTimingsAndSummary) {
             "2 succeeded, 1 failed in 130.0 ms; clone total p50 100.0 ms, p99 120.0 ms\n");
 }
 
+TEST(FormatForkResult, ForksThenThePauseAndTheLayer) {
+  v1::ForkVmResponse resp;
+  *resp.add_forks() = Clone("api-fork-0", "vm-000000000001", v1::VM_STATE_RUNNING, 101, 50, 0, 11.2, -1);
+  *resp.mutable_total() = Ms(90);
+  resp.set_succeeded(1);
+  resp.set_kind("diff");
+  *resp.mutable_source_pause() = Ms(31.4);
+  resp.set_written_bytes(2 << 20);
+  resp.mutable_snapshot()->set_id("snap-00000000000f");
+  resp.mutable_snapshot()->set_name("api-fork-x");
+  resp.mutable_snapshot()->set_memory_layers(2);
+  const std::string out = FormatForkResult(resp);
+  EXPECT_THAT(out, HasSubstr("api-fork-0  vm-000000000001  running  101      50.0"));
+  EXPECT_THAT(out, HasSubstr("1 succeeded, 0 failed in 90.0 ms"));
+  EXPECT_THAT(out, HasSubstr("source paused 31.4 ms: diff snapshot api-fork-x (snap-00000000000f), 2.0 MiB "
+                             "written, 2 memory layer(s)\n"));
+}
+
 TEST(FormatCloneResult, PercentilesOverManyClonesAndNoErrorColumn) {
   v1::CloneSnapshotResponse resp;
   for (int i = 1; i <= 100; ++i) {
