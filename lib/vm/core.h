@@ -181,6 +181,12 @@ absl::StatusOr<TakenSnapshot> TakeSnapshot(Core& core, VmEntry& entry, const Sna
                                            const CancelToken& cancel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(entry.op);
 absl::StatusOr<SnapshotInfo> CreateSnapshot(Core& core, const SnapshotRequest& request,
                                             const CancelToken& cancel);
+// An unjailed VM's Diff snapshot is staged in kStagingDir, in a directory
+// "fcvm-stage-<fcvmd pid>-<snapshot id>". RemoveStaleStaging removes those
+// of fcvmds that are gone (a crash mid-fork), at start-up.
+inline constexpr char kStagingDir[] = "/dev/shm";
+inline constexpr char kStagingPrefix[] = "fcvm-stage-";
+void RemoveStaleStaging(const std::string& dir = kStagingDir);
 // Live fork (fork.cc).
 absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& request, const CancelToken& cancel);
 // Merges a layered snapshot's memory into one whole file (in the

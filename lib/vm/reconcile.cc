@@ -1,6 +1,7 @@
 #include "lib/vm/reconcile.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,7 +10,10 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
 #include "lib/base/status.h"
@@ -109,6 +113,27 @@ std::vector<std::string> ListDir(const std::string& path) {
   return names;
 }
 
+}  // namespace
+
+void RemoveStaleStaging(const std::string& dir) {
+  for (const std::string& name : ListDir(dir)) {
+    if (!absl::StartsWith(name, kStagingPrefix)) continue;
+    // fcvm-stage-<pid of the fcvmd that staged it>-<snapshot id>
+    std::vector<std::string> parts =
+        absl::StrSplit(name.substr(sizeof(kStagingPrefix) - 1), absl::MaxSplits('-', 1));
+    int pid = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &pid) || pid <= 0) continue;
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;  // its fcvmd still runs
+    if (absl::Status st = RemoveTree(dir + "/" + name); !st.ok()) {
+      spdlog::warn("staged snapshot left by a crashed fcvmd: {}", st);
+    } else {
+      spdlog::info("removed {}/{}, a staged snapshot a crashed fcvmd left", dir, name);
+    }
+  }
+}
+
+namespace {
+
 // This fcvmd's page server serves the live UFFD clone `record` from now on:
 // its Firecracker's own userfaultfd (pidfd_getfd) and the handshake copy its
 // previous session left in its directory.
@@ -138,6 +163,7 @@ void Report(Core& core, const std::string& vm_id, const std::string& message) {
 }  // namespace
 
 void Reconcile(Core& core) {
+  RemoveStaleStaging();
   // Every Firecracker running for one of our directories, recorded or not.
   std::map<pid_t, std::string> running;
   if (core.env.vmms != nullptr) running = core.env.vmms->FindRunning(core.vms_dir);

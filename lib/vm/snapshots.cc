@@ -116,7 +116,7 @@ std::optional<Staged> StageOnTmpfs(VmEntry& e, const VmInfo& info, const std::st
   Staged s;
   absl::Status st;
   if (!info.jailed) {
-    s.vmm_dir = s.host_dir = absl::StrCat("/dev/shm/fcvm-", snapshot_id);
+    s.vmm_dir = s.host_dir = absl::StrCat(kStagingDir, "/", kStagingPrefix, getpid(), "-", snapshot_id);
     s.remove_dir = true;
     if (!IsTmpfs("/dev/shm")) {
       st = absl::FailedPreconditionError("/dev/shm is not a tmpfs");

@@ -2,6 +2,8 @@
 // state directory a previous fcvmd left (fakes for the processes).
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -11,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
+#include "lib/vm/core.h"
 #include "lib/vm/manager.h"
 #include "lib/vm/reconcile.h"
 #include "lib/vm/record.h"
@@ -151,6 +154,28 @@ TEST_F(ReconcileTest, WhatAPreviousFcvmdLeft) {
   int reconcile_events = 0;
   for (const Event& e : seen) reconcile_events += e.kind == EventKind::kReconcile ? 1 : 0;
   EXPECT_EQ(reconcile_events, 7);
+}
+
+// A fork's Diff staged on a tmpfs by an fcvmd that then crashed is removed
+// at start-up; a running fcvmd's (this process's) is not.
+TEST(StagingTest, StagedSnapshotsOfGoneFcvmdsAreRemoved) {
+  ::fcvm::testing::TempDir dir("staging");
+  // A pid that is surely gone: a child that exited and was reaped.
+  pid_t gone = fork();
+  if (gone == 0) _exit(0);
+  ASSERT_GT(gone, 0);
+  ASSERT_EQ(waitpid(gone, nullptr, 0), gone);
+  const std::string stale = absl::StrCat(dir.path(), "/", kStagingPrefix, gone, "-snap-000000000001");
+  const std::string live = absl::StrCat(dir.path(), "/", kStagingPrefix, getpid(), "-snap-000000000002");
+  const std::string other = dir.path() + "/unrelated";
+  for (const std::string& d : {stale, live, other}) {
+    ASSERT_OK(MakeDirs(d, 0700));
+    ASSERT_OK(WriteFileAtomic(d + "/memory", "m"));
+  }
+  RemoveStaleStaging(dir.path());
+  EXPECT_NE(access(stale.c_str(), F_OK), 0) << "left by a crashed fcvmd";
+  EXPECT_EQ(access(live.c_str(), F_OK), 0) << "a running fcvmd's";
+  EXPECT_EQ(access(other.c_str(), F_OK), 0) << "not ours";
 }
 
 TEST_F(ReconcileTest, AdoptedVmCanBeDeleted) {
