@@ -2,6 +2,7 @@
 # The main job on a fresh Debian 12 machine (root): install dependencies,
 # build, start fcvmd on a temporary socket and state directory, boot the
 # project's test guest, snapshot it, clone it 8 times through the page server,
+# fork the running VM live twice,
 # print clone latencies and page-server statistics, and tear everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,9 +81,19 @@ for i in $(seq 0 7); do
   echo "demo-clone-$i: $(grep 'FCVM-GUEST TICK' "$c" | tail -n 1 | tr -d '\r')"
 done
 
+# Live fork: the running base VM is paused only while the pages it wrote
+# since its snapshot are written, as a layer over demo-golden.
+say fork demo-base --count 2 --name-prefix demo-fork --snapshot-name demo-fork-layer
+for i in 0 1; do
+  c="$(console_of "demo-fork-$i")"
+  wait_ticks "$c" 2
+  echo "demo-fork-$i: $(grep 'FCVM-GUEST TICK' "$c" | tail -n 1 | tr -d '\r')"
+done
+
 say stats
 say ls
-say rm $(for i in $(seq 0 7); do echo "demo-clone-$i"; done) demo-base
+say rm $(for i in $(seq 0 7); do echo "demo-clone-$i"; done) demo-fork-0 demo-fork-1 demo-base
+say snapshot rm demo-fork-layer
 say snapshot rm demo-golden
 
 kill -TERM "$daemon_pid"
