@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -571,6 +572,44 @@ TEST_F(ManagerTest, ForkLayersOnTheMemoryBaseAndForgetsItWhenASnapshotFails) {
   file.backend = MemoryBackend::kFile;
   EXPECT_THAT(manager_->Clone(file),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("memory layer")));
+}
+
+// Concurrent forks of one VM are serialised on it: each diff lies on the
+// snapshot the one before made, so the chain is exact whatever the order.
+TEST_F(ManagerTest, ConcurrentForksOfOneVmChainTheirLayers) {
+  Start();
+  ASSERT_OK(manager_->Run(Guest("src")).status());
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "src", .name = "base"}).status());
+  constexpr int kForks = 4;
+  std::vector<absl::StatusOr<ForkResult>> results(kForks, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kForks; ++i) {
+    threads.emplace_back([&, i] {
+      ForkRequest req;
+      req.vm_ref = "src";
+      req.clone.name_prefix = absl::StrCat("c", i);
+      results[i] = manager_->Fork(req);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_OK_AND_ASSIGN(SnapshotInfo base, manager_->GetSnapshot("base"));
+  std::map<std::string, std::string> parent_of;  // fork snapshot -> parent
+  for (const auto& r : results) {
+    ASSERT_OK(r.status());
+    EXPECT_EQ(r->kind, "diff");
+    EXPECT_EQ(r->forks.succeeded, 1u);
+    parent_of[r->snapshot.id] = r->snapshot.parent_id;
+  }
+  // One chain base <- f1 <- f2 <- f3 <- f4: every parent is the base or
+  // another fork's snapshot, and no two forks lie on the same one.
+  std::set<std::string> parents;
+  for (const auto& [id, parent] : parent_of) {
+    EXPECT_TRUE(parent == base.id || parent_of.count(parent) == 1) << id << " lies on " << parent;
+    EXPECT_TRUE(parents.insert(parent).second) << "two forks lie on " << parent;
+  }
+  ASSERT_OK_AND_ASSIGN(VmInfo src, manager_->Get("src"));
+  EXPECT_EQ(parent_of.count(src.memory_base), 1u) << "the source's base is the last fork's snapshot";
+  EXPECT_EQ(parents.count(src.memory_base), 0u);
 }
 
 TEST_F(ManagerTest, SnapshotReportsItsWorkingSet) {
