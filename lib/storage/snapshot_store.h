@@ -103,7 +103,8 @@ class SnapshotStore {
   absl::StatusOr<std::vector<std::string>> MemoryLayers(const SnapshotRecord& record) const;
   // Replaces the memory of snapshot `id` by `merged_memory` (a whole memory
   // file with the same content: compaction) and makes it whole (parent_id
-  // cleared), atomically: the record on disk first, then the rename.
+  // cleared): the rename first, then the record (a crash in between leaves
+  // a whole file under a record that still names its parent: still right).
   absl::Status ReplaceWithWholeMemory(const std::string& id, const std::string& merged_memory);
 
   const std::string& root() const { return root_; }

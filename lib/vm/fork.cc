@@ -23,11 +23,15 @@
 #include <unistd.h>
 
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/base/const_init.h"
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "lib/base/file_util.h"
 #include "lib/base/logging.h"
 #include "lib/base/names.h"
@@ -71,6 +75,35 @@ absl::Status OverlayExtents(int from, const std::string& from_path, int to, uint
   return absl::OkStatus();
 }
 
+// The snapshots being merged, process-wide.
+class MergeClaim {
+ public:
+  static absl::StatusOr<MergeClaim> Take(const std::string& snapshot_id) {
+    absl::MutexLock lock(&mu_);
+    if (!merging_->insert(snapshot_id).second) {
+      return absl::AbortedError(absl::StrCat("snapshot ", snapshot_id, " is being merged already"));
+    }
+    return MergeClaim(snapshot_id);
+  }
+  MergeClaim(MergeClaim&& other) noexcept : id_(std::move(other.id_)) { other.id_.clear(); }
+  MergeClaim(const MergeClaim&) = delete;
+  MergeClaim& operator=(const MergeClaim&) = delete;
+  MergeClaim& operator=(MergeClaim&&) = delete;
+  ~MergeClaim() {
+    if (id_.empty()) return;
+    absl::MutexLock lock(&mu_);
+    merging_->erase(id_);
+  }
+
+ private:
+  explicit MergeClaim(std::string id) : id_(std::move(id)) {}
+  static absl::Mutex mu_;
+  static absl::flat_hash_set<std::string>* merging_ ABSL_GUARDED_BY(mu_);
+  std::string id_;
+};
+absl::Mutex MergeClaim::mu_(absl::kConstInit);
+absl::flat_hash_set<std::string>* MergeClaim::merging_ = new absl::flat_hash_set<std::string>();
+
 // Runs CompactSnapshot as an operation of its own (fcvmd's shutdown cancels
 // it and waits for it), off the request's path.
 void CompactInBackground(Core& core, const std::string& snapshot_id) {
@@ -93,16 +126,19 @@ void CompactInBackground(Core& core, const std::string& snapshot_id) {
 }  // namespace
 
 absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const CancelToken& cancel) {
+  // One merge of a snapshot at a time (the background one and a fork's, or
+  // forks of several VMs on one base): another is refused, and its caller
+  // goes on without it.
+  ASSIGN_OR_RETURN(MergeClaim claim, MergeClaim::Take(snapshot_id));
   ASSIGN_OR_RETURN(storage::SnapshotRecord record, core.store->Get(snapshot_id));
-  if (record.parent_id.empty()) return absl::OkStatus();
+  if (record.parent_id.empty()) return absl::OkStatus();  // merged meanwhile
   // Held: nobody deletes it (or, through it, its layers) meanwhile.
   ASSIGN_OR_RETURN(Registry::SnapshotUse use, core.registry.UseSnapshot(record.id));
   ASSIGN_OR_RETURN(std::vector<std::string> layers, core.store->MemoryLayers(record));
   RETURN_IF_ERROR(core.env.host->CheckFreeSpace(core.store->root(), record.memory_bytes,
                                                 absl::StrCat("merging the memory layers of ", record.name)));
   const std::string dir = core.store->Dir(record.id);
-  const std::string tmp = dir + "/memory.merging";
-  (void)unlink(tmp.c_str());
+  const std::string tmp = absl::StrCat(dir, "/memory.", NewId("merging"));
   UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
   if (!out) return ErrnoError(absl::StrCat("create ", tmp));
   absl::Cleanup remove = [&tmp] { (void)unlink(tmp.c_str()); };
@@ -154,10 +190,22 @@ absl::StatusOr<ForkResult> ForkVm(Core& core, const ForkRequest& req, const Canc
   take.labels = {{"fcvm-fork-of", info.id}};
 
   ForkResult out;
+  // The base is held from here until the forks run: deleting it is refused
+  // meanwhile (the new layer lies on it before its record says so).
+  std::optional<Registry::SnapshotUse> base_use;
   {
     absl::MutexLock op(&e->op);
     info = core.registry.Info(*e);
     std::string base = info.memory_base;
+    if (!base.empty()) {
+      if (absl::StatusOr<Registry::SnapshotUse> use = core.registry.UseSnapshot(base); use.ok()) {
+        base_use.emplace(*std::move(use));
+      } else {
+        spdlog::info("fork of vm {}: its memory base {} is being deleted; writing its whole memory", info.id,
+                     base);
+        base.clear();
+      }
+    }
     if (!base.empty()) {
       absl::StatusOr<storage::SnapshotRecord> rec = core.store->Get(base);
       absl::StatusOr<std::vector<std::string>> layers =

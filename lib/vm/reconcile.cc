@@ -123,7 +123,9 @@ void RemoveStaleStaging(const std::string& dir) {
         absl::StrSplit(name.substr(sizeof(kStagingPrefix) - 1), absl::MaxSplits('-', 1));
     int pid = 0;
     if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &pid) || pid <= 0) continue;
-    if (kill(pid, 0) == 0 || errno != ESRCH) continue;  // its fcvmd still runs
+    // Its fcvmd still runs, unless it had this pid (a restart in a pid
+    // namespace): nothing of this fcvmd is staged before its reconcile.
+    if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH)) continue;
     if (absl::Status st = RemoveTree(dir + "/" + name); !st.ok()) {
       spdlog::warn("staged snapshot left by a crashed fcvmd: {}", st);
     } else {

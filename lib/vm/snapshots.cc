@@ -126,7 +126,14 @@ std::optional<Staged> StageOnTmpfs(VmEntry& e, const VmInfo& info, const std::st
   } else {
     s.vmm_dir = "/snapshot-stage";
     s.host_dir = absl::StrCat("/proc/", e.vmm->pid(), "/root", s.vmm_dir);
-    if (!IsTmpfs(s.host_dir)) {
+    // Files a crashed fcvmd left here go first: Firecracker writes a Diff
+    // into an existing memory file of the right size, over its old pages.
+    for (const char* f : {"/vmstate", "/memory"}) {
+      if (unlink((s.host_dir + f).c_str()) < 0 && errno != ENOENT) {
+        st = ErrnoError(absl::StrCat("remove the stale staged ", s.host_dir, f));
+      }
+    }
+    if (st.ok() && !IsTmpfs(s.host_dir)) {
       // At most the guest's memory (a diff is sparse: only its pages count).
       st = MountTmpfsInJail(e.vmm->pid(), s.vmm_dir, (uint64_t{info.config.memory_mib} + 16) << 20,
                             info.jail.uid, info.jail.gid);

@@ -166,15 +166,19 @@ TEST(StagingTest, StagedSnapshotsOfGoneFcvmdsAreRemoved) {
   ASSERT_GT(gone, 0);
   ASSERT_EQ(waitpid(gone, nullptr, 0), gone);
   const std::string stale = absl::StrCat(dir.path(), "/", kStagingPrefix, gone, "-snap-000000000001");
-  const std::string live = absl::StrCat(dir.path(), "/", kStagingPrefix, getpid(), "-snap-000000000002");
+  // Another running process (the test's parent) stands for a running fcvmd;
+  // this process's own pid for a crashed fcvmd that had the same pid.
+  const std::string live = absl::StrCat(dir.path(), "/", kStagingPrefix, getppid(), "-snap-000000000002");
+  const std::string same_pid = absl::StrCat(dir.path(), "/", kStagingPrefix, getpid(), "-snap-000000000003");
   const std::string other = dir.path() + "/unrelated";
-  for (const std::string& d : {stale, live, other}) {
+  for (const std::string& d : {stale, live, same_pid, other}) {
     ASSERT_OK(MakeDirs(d, 0700));
     ASSERT_OK(WriteFileAtomic(d + "/memory", "m"));
   }
   RemoveStaleStaging(dir.path());
   EXPECT_NE(access(stale.c_str(), F_OK), 0) << "left by a crashed fcvmd";
   EXPECT_EQ(access(live.c_str(), F_OK), 0) << "a running fcvmd's";
+  EXPECT_NE(access(same_pid.c_str(), F_OK), 0) << "a previous fcvmd with this pid";
   EXPECT_EQ(access(other.c_str(), F_OK), 0) << "not ours";
 }
 
