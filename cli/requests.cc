@@ -511,116 +511,107 @@ absl::StatusOr<fcvm::v1::DeleteSnapshotRequest> ParseDeleteSnapshot(FlagParser& 
   return req;
 }
 
-absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args) {
+namespace {
+
+// The flags clone and fork share: how many, names, labels, state, prefetch,
+// parallelism, metadata and limits (`what`: "clone" or "fork").
+struct BatchFlags {
   int64_t count = 1, parallelism = 0;
-  std::string backend = "uffd", prefetch = "auto", name_prefix;
+  std::string prefetch = "auto", name_prefix, metadata;
   std::vector<std::string> labels;
   bool stay_paused = false, all_or_nothing = false;
+  LimitFlags limits;
+
+  void Register(FlagParser& flags, const std::string& what, const std::string& default_prefix) {
+    flags.Int("count", &count, absl::StrCat("how many ", what, "s, 1-1024 (default 1)"));
+    flags.String("prefetch", &prefetch, "working set: auto (default), none, record or prefetch", "POLICY");
+    flags.String("name-prefix", &name_prefix,
+                 absl::StrCat(what, "s are named PREFIX-0, PREFIX-1, ... (default: ", default_prefix, ")"),
+                 "PREFIX");
+    flags.List("label", &labels, absl::StrCat("label every ", what, "; repeatable"), "KEY=VALUE");
+    flags.Bool("stay-paused", &stay_paused, absl::StrCat("leave the ", what, "s paused"));
+    flags.Bool("all-or-nothing", &all_or_nothing,
+               absl::StrCat("if one ", what, " fails, delete the others and fail"));
+    flags.Int("parallelism", &parallelism, absl::StrCat(what, "s restored at once (default: fcvmd's)"));
+    flags.String("metadata", &metadata,
+                 absl::StrCat("metadata (MMDS) for every ", what,
+                              ", beside its own fcvm keys: a JSON object from a file, or '-' for stdin"),
+                 "FILE");
+    limits.Register(flags);
+  }
+
+  // Everything but the memory backend (clone checks prefetch against it).
+  template <typename Request>
+  absl::Status Fill(Request* req) const {
+    ASSIGN_OR_RETURN(uint32_t n, InRange(count, 1, 1024, "--count"));
+    req->set_count(n);
+    absl::StatusOr<fcvm::v1::PrefetchPolicy> p = ParsePrefetchPolicy(prefetch);
+    if (!p.ok()) return ForFlag(p.status(), "--prefetch");
+    req->set_prefetch_policy(*p);
+    req->set_name_prefix(name_prefix);
+    ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
+    SetLabels(label_map, req->mutable_labels());
+    req->set_stay_paused(stay_paused);
+    req->set_all_or_nothing(all_or_nothing);
+    if (limits.set()) RETURN_IF_ERROR(limits.Fill(req->mutable_limits()));
+    ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
+    req->set_parallelism(par);
+    if (!metadata.empty()) {
+      ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
+      req->set_metadata_json(std::move(text));
+    }
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<fcvm::v1::CloneSnapshotRequest> ParseCloneSnapshot(FlagParser& flags, const Args& args) {
+  BatchFlags batch;
+  std::string backend = "uffd";
   std::vector<std::string> publish;
-  flags.Int("count", &count, "how many clones, 1-1024 (default 1)");
+  batch.Register(flags, "clone", "the snapshot's name");
   flags.List("publish", &publish,
              "publish a guest port on the host (snapshots of --net VMs; one clone per host port); repeatable",
              "HOST:GUEST[/udp]");
   flags.String("backend", &backend, "guest memory: uffd (page server, default) or file (MAP_PRIVATE)",
                "BACKEND");
-  flags.String("prefetch", &prefetch, "working set: auto (default), none, record or prefetch", "POLICY");
-  flags.String("name-prefix", &name_prefix,
-               "clones are named PREFIX-0, PREFIX-1, ... (default: the snapshot's name)", "PREFIX");
-  flags.List("label", &labels, "label every clone; repeatable", "KEY=VALUE");
-  flags.Bool("stay-paused", &stay_paused, "leave the clones paused");
-  flags.Bool("all-or-nothing", &all_or_nothing, "if one clone fails, delete the others and fail");
-  flags.Int("parallelism", &parallelism, "clones restored at once (default: fcvmd's)");
-  std::string metadata;
-  flags.String("metadata", &metadata,
-               "metadata (MMDS) for every clone, beside its own fcvm keys: a JSON object from a file, or '-' "
-               "for stdin",
-               "FILE");
-  LimitFlags limits;
-  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::CloneSnapshotRequest req;
   if (flags.help_requested()) return req;
   RETURN_IF_ERROR(CheckPositional(positional, {"SNAPSHOT_REF"}, 0, "clone SNAPSHOT_REF [options]"));
   req.set_snapshot_ref(positional[0]);
-  ASSIGN_OR_RETURN(uint32_t n, InRange(count, 1, 1024, "--count"));
-  req.set_count(n);
   absl::StatusOr<fcvm::v1::MemoryBackend> b = ParseMemoryBackend(backend);
   if (!b.ok()) return ForFlag(b.status(), "--backend");
   req.set_memory_backend(*b);
-  absl::StatusOr<fcvm::v1::PrefetchPolicy> p = ParsePrefetchPolicy(prefetch);
-  if (!p.ok()) return ForFlag(p.status(), "--prefetch");
-  if (*b == fcvm::v1::MEMORY_BACKEND_FILE && *p != fcvm::v1::PREFETCH_POLICY_AUTO &&
-      *p != fcvm::v1::PREFETCH_POLICY_NONE) {
+  RETURN_IF_ERROR(batch.Fill(&req));
+  if (*b == fcvm::v1::MEMORY_BACKEND_FILE && req.prefetch_policy() != fcvm::v1::PREFETCH_POLICY_AUTO &&
+      req.prefetch_policy() != fcvm::v1::PREFETCH_POLICY_NONE) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--prefetch ", prefetch, " needs --backend uffd (the page server records and prefetches)"));
+        "--prefetch ", batch.prefetch, " needs --backend uffd (the page server records and prefetches)"));
   }
-  req.set_prefetch_policy(*p);
-  req.set_name_prefix(name_prefix);
-  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
-  SetLabels(label_map, req.mutable_labels());
-  req.set_stay_paused(stay_paused);
-  if (limits.set()) RETURN_IF_ERROR(limits.Fill(req.mutable_limits()));
   for (const std::string& spec : publish) {
     absl::StatusOr<fcvm::v1::PortMapping> p = ParsePublish(spec);
     if (!p.ok()) return ForFlag(p.status(), "--publish");
     *req.mutable_network()->add_publish() = *p;
   }
-  req.set_all_or_nothing(all_or_nothing);
-  ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
-  req.set_parallelism(par);
-  if (!metadata.empty()) {
-    ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
-    req.set_metadata_json(std::move(text));
-  }
   return req;
 }
 
 absl::StatusOr<fcvm::v1::ForkVmRequest> ParseForkVm(FlagParser& flags, const Args& args) {
-  int64_t count = 1, parallelism = 0;
-  std::string prefetch = "auto", name_prefix, snapshot_name;
-  std::vector<std::string> labels;
-  bool stay_paused = false, all_or_nothing = false;
-  flags.Int("count", &count, "how many forks, 1-1024 (default 1)");
-  flags.String("prefetch", &prefetch, "working set: auto (default), none, record or prefetch", "POLICY");
-  flags.String("name-prefix", &name_prefix, "forks are named PREFIX-0, PREFIX-1, ... (default: VM-fork)",
-               "PREFIX");
+  BatchFlags batch;
+  std::string snapshot_name;
+  batch.Register(flags, "fork", "VM-fork");
   flags.String("snapshot-name", &snapshot_name,
                "name of the snapshot (memory layer) the fork makes (default: VM-fork-HEX)", "NAME");
-  flags.List("label", &labels, "label every fork; repeatable", "KEY=VALUE");
-  flags.Bool("stay-paused", &stay_paused, "leave the forks paused");
-  flags.Bool("all-or-nothing", &all_or_nothing, "if one fork fails, delete the others and fail");
-  flags.Int("parallelism", &parallelism, "forks restored at once (default: fcvmd's)");
-  std::string metadata;
-  flags.String("metadata", &metadata,
-               "metadata (MMDS) for every fork, beside its own fcvm keys: a JSON object from a file, or '-' "
-               "for stdin",
-               "FILE");
-  LimitFlags limits;
-  limits.Register(flags);
   ASSIGN_OR_RETURN(Args positional, ParseFlags(flags, args));
   fcvm::v1::ForkVmRequest req;
   if (flags.help_requested()) return req;
   RETURN_IF_ERROR(CheckPositional(positional, {"VM_REF"}, 0, "fork VM_REF [options]"));
   req.set_vm_ref(positional[0]);
-  ASSIGN_OR_RETURN(uint32_t n, InRange(count, 1, 1024, "--count"));
-  req.set_count(n);
   req.set_memory_backend(fcvm::v1::MEMORY_BACKEND_UFFD);
-  absl::StatusOr<fcvm::v1::PrefetchPolicy> p = ParsePrefetchPolicy(prefetch);
-  if (!p.ok()) return ForFlag(p.status(), "--prefetch");
-  req.set_prefetch_policy(*p);
-  req.set_name_prefix(name_prefix);
   req.set_snapshot_name(snapshot_name);
-  ASSIGN_OR_RETURN(auto label_map, ParseLabels(labels, "--label"));
-  SetLabels(label_map, req.mutable_labels());
-  req.set_stay_paused(stay_paused);
-  req.set_all_or_nothing(all_or_nothing);
-  if (limits.set()) RETURN_IF_ERROR(limits.Fill(req.mutable_limits()));
-  ASSIGN_OR_RETURN(uint32_t par, InRange(parallelism, 0, 1024, "--parallelism"));
-  req.set_parallelism(par);
-  if (!metadata.empty()) {
-    ASSIGN_OR_RETURN(std::string text, ReadMetadata(metadata, "--metadata"));
-    req.set_metadata_json(std::move(text));
-  }
+  RETURN_IF_ERROR(batch.Fill(&req));
   return req;
 }
 

@@ -308,6 +308,31 @@ TEST(ParseCloneSnapshot, AllOptions) {
   EXPECT_FALSE(defaults.stay_paused());
 }
 
+TEST(ParseForkVm, OptionsAndErrors) {
+  Parser p;
+  ASSERT_OK_AND_ASSIGN(
+      v1::ForkVmRequest req,
+      ParseForkVm(p.flags, {"api-7", "--count", "4", "--name-prefix", "f", "--snapshot-name", "api-7-now",
+                            "--label", "k=v", "--stay-paused", "--parallelism", "2", "--prefetch", "none"}));
+  EXPECT_EQ(req.vm_ref(), "api-7");
+  EXPECT_EQ(req.count(), 4u);
+  EXPECT_EQ(req.name_prefix(), "f");
+  EXPECT_EQ(req.snapshot_name(), "api-7-now");
+  EXPECT_THAT(req.labels(), UnorderedElementsAre(Pair("k", "v")));
+  EXPECT_TRUE(req.stay_paused());
+  EXPECT_EQ(req.parallelism(), 2u);
+  EXPECT_EQ(req.prefetch_policy(), v1::PREFETCH_POLICY_NONE);
+  EXPECT_EQ(req.memory_backend(), v1::MEMORY_BACKEND_UFFD);
+  Parser none;
+  EXPECT_THAT(ParseForkVm(none.flags, {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("VM_REF")));
+  Parser big;
+  EXPECT_THAT(ParseForkVm(big.flags, {"api-7", "--count", "2000"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--count")));
+  Parser bad;
+  EXPECT_THAT(ParseForkVm(bad.flags, {"api-7", "--backend", "file"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--backend")));
+}
+
 TEST(ParseMetadata, FilesForRunCloneAndSet) {
   char dir_template[] = "/tmp/fcvm-cli-md-XXXXXX";
   ASSERT_NE(mkdtemp(dir_template), nullptr);
