@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -218,6 +219,15 @@ absl::StatusOr<fcvm::v1::Snapshot> PrepareSnapshot(Fcvmd& d, const Options& o, c
   RETURN_IF_ERROR(DeleteVm(d, cresp.clones(0).id()));
   absl::SleepFor(absl::Milliseconds(300));  // the working set is written when the session closes
   return snap;
+}
+
+void CountTicks(const std::string& console, int* ok, int* bad) {
+  static const std::regex kTick("FCVM-GUEST TICK ([0-9]+) (OK|BAD)");
+  for (absl::string_view line : absl::StrSplit(ReadFile(console).value_or(""), '\n')) {
+    std::string l(line);
+    std::smatch m;
+    if (std::regex_search(l, m, kTick)) (m[2] == "OK" ? *ok : *bad)++;
+  }
 }
 
 }  // namespace fcvm::bench

@@ -67,6 +67,8 @@ uint64_t PssKib(pid_t pid);
 double CpuMs(pid_t pid);
 // The pid of the kernel's ksmd thread, 0 if none.
 pid_t KsmdPid();
+// Adds the test guest's OK and BAD ticks in a console log to *ok and *bad.
+void CountTicks(const std::string& console, int* ok, int* bad);
 // "/proc/loadavg"'s first three fields.
 std::string LoadAverage();
 

@@ -12,7 +12,6 @@
 // write for --fork-write-ms -> fork once -> check both, delete both.
 
 #include <iostream>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -35,15 +34,6 @@ struct Run {
   std::string kind;
   int ok_ticks = 0, bad_ticks = 0;
 };
-
-void CountTicks(const std::string& console, int* ok, int* bad) {
-  static const std::regex kTick("FCVM-GUEST TICK ([0-9]+) (OK|BAD)");
-  for (absl::string_view line : absl::StrSplit(ReadFile(console).value_or(""), '\n')) {
-    std::string l(line);
-    std::smatch m;
-    if (std::regex_search(l, m, kTick)) (m[2] == "OK" ? *ok : *bad)++;
-  }
-}
 
 absl::Status DeleteSnapshot(Fcvmd& d, const std::string& id) {
   fcvm::v1::DeleteSnapshotRequest req;

@@ -8,7 +8,6 @@
 // their memory every tick, stayed OK.
 
 #include <iostream>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -47,16 +46,8 @@ double PssMib(const fcvm::v1::CloneSnapshotResponse& resp) {
   return static_cast<double>(kib) / 1024.0;
 }
 
-void CountTicks(const fcvm::v1::CloneSnapshotResponse& resp, Row* row) {
-  static const std::regex kTick("FCVM-GUEST TICK ([0-9]+) (OK|BAD)");
-  for (const auto& c : resp.clones()) {
-    std::string log = ReadFile(c.console_log_path()).value_or("");
-    for (absl::string_view line : absl::StrSplit(log, '\n')) {
-      std::string l(line);
-      std::smatch m;
-      if (std::regex_search(l, m, kTick)) (m[2] == "OK" ? row->ok_ticks : row->bad_ticks)++;
-    }
-  }
+void CountCloneTicks(const fcvm::v1::CloneSnapshotResponse& resp, Row* row) {
+  for (const auto& c : resp.clones()) CountTicks(c.console_log_path(), &row->ok_ticks, &row->bad_ticks);
 }
 
 absl::StatusOr<fcvm::v1::CloneSnapshotResponse> CloneBatch(Fcvmd& d, const Options& o,
@@ -81,7 +72,7 @@ absl::StatusOr<Row> Plain(Fcvmd& d, const Options& o, const std::string& snap,
   ASSIGN_OR_RETURN(fcvm::v1::CloneSnapshotResponse resp, CloneBatch(d, o, snap, backend, &row));
   absl::SleepFor(absl::Milliseconds(std::max<int64_t>(3000, 3 * o.ksm_tick_ms)));
   row.pss_mib = PssMib(resp);
-  CountTicks(resp, &row);
+  CountCloneTicks(resp, &row);
   RETURN_IF_ERROR(DeleteClones(d, resp));
   return row;
 }
@@ -125,7 +116,7 @@ absl::StatusOr<Row> Merged(Fcvmd& d, const Options& o, const std::string& snap, 
   row.pages_sharing = k.pages_sharing;
   row.pages_shared = k.pages_shared;
   row.full_scans = k.full_scans - k0.full_scans;
-  CountTicks(resp, &row);
+  CountCloneTicks(resp, &row);
   RETURN_IF_ERROR(DeleteClones(d, resp));
   return row;
 }

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "lib/base/status.h"
@@ -151,6 +153,61 @@ absl::Status RemoveTree(const std::string& path) {
   if (fd < 0) return ErrnoError(absl::StrCat("open ", path));
   RETURN_IF_ERROR(RemoveContents(fd, path, st.st_dev));
   if (rmdir(path.c_str()) < 0 && errno != ENOENT) return ErrnoError(absl::StrCat("rmdir ", path));
+  return absl::OkStatus();
+}
+
+// Chunk of one copy step: the copy checks for cancellation between chunks.
+constexpr size_t kCopyChunk = 16 << 20;
+
+absl::Status CopyDataExtents(int in, int out, off_t size, const std::string& src, const std::string& dst,
+                             const CancelToken& cancel) {
+  bool use_cfr = true;  // copy_file_range until it says it cannot
+  std::vector<char> buf;
+  off_t pos = 0;
+  while (pos < size) {
+    off_t data = lseek(in, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only a hole remains
+      return ErrnoError(absl::StrCat("seek data in ", src));
+    }
+    off_t hole = lseek(in, data, SEEK_HOLE);
+    if (hole < 0) return ErrnoError(absl::StrCat("seek hole in ", src));
+    off_t in_off = data;
+    off_t out_off = data;
+    while (in_off < hole) {
+      if (absl::Status st = cancel.Check(); !st.ok()) {
+        return Annotate(st, absl::StrCat("copy ", src, " -> ", dst));
+      }
+      if (use_cfr) {
+        size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(kCopyChunk)));
+        ssize_t n = copy_file_range(in, &in_off, out, &out_off, want, 0);
+        if (n > 0) continue;
+        if (n == 0) break;
+        if (errno == EINTR) continue;
+        // Across file systems (EXDEV since Linux 5.19) or where the file
+        // system cannot: copy through a buffer from here on.
+        if (errno != EXDEV && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+          return ErrnoError(absl::StrCat("copy ", src, " -> ", dst));
+        }
+        use_cfr = false;
+        buf.resize(1 << 20);
+      }
+      size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(buf.size())));
+      ssize_t r = pread(in, buf.data(), want, in_off);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return ErrnoError(absl::StrCat("read ", src));
+      if (r == 0) break;
+      for (ssize_t w = 0; w < r;) {
+        ssize_t k = pwrite(out, buf.data() + w, static_cast<size_t>(r - w), out_off + w);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return ErrnoError(absl::StrCat("write ", dst));
+        w += k;
+      }
+      in_off += r;
+      out_off += r;
+    }
+    pos = hole;
+  }
   return absl::OkStatus();
 }
 

@@ -2,10 +2,13 @@
 
 // Small file helpers with fcvm's error conventions.
 
+#include <sys/types.h>
+
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "lib/base/cancel.h"
 
 namespace fcvm {
 
@@ -27,5 +30,13 @@ absl::Status MakeDirs(const std::string& path, int mode = 0755);
 // and never crossing into another mounted file system. OK if `path` does not
 // exist.
 absl::Status RemoveTree(const std::string& path);
+
+// Copies the data extents of `in` (SEEK_DATA/SEEK_HOLE, up to `size`) into
+// `out` at the same offsets: holes are skipped, so they stay holes in a new
+// file, and whatever `out` holds under them stays. copy_file_range where the
+// file systems allow it, else through a buffer. Checks `cancel` between 16
+// MiB chunks. `src` and `dst` name the files in errors.
+absl::Status CopyDataExtents(int in, int out, off_t size, const std::string& src, const std::string& dst,
+                             const CancelToken& cancel);
 
 }  // namespace fcvm

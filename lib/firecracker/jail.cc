@@ -59,36 +59,13 @@ absl::Status CopyFileContents(const std::string& from, const std::string& to) {
     return ErrnoError(err, absl::StrCat(what, " ", from, " -> ", to));
   };
   // Holes stay holes: a live fork's memory layer is a sparse file whose holes
-  // mean "read the layer below", so only data extents are copied, into a file
-  // of the same size.
+  // mean "read the layer below".
   struct stat st;
   if (fstat(in.get(), &st) < 0) return fail("stat");
   if (ftruncate(out.get(), st.st_size) < 0) return fail("truncate");
-  std::string buf(size_t{1} << 20, '\0');
-  off_t pos = 0;
-  while (pos < st.st_size) {
-    off_t begin = lseek(in.get(), pos, SEEK_DATA);
-    if (begin < 0 && errno == ENXIO) break;
-    if (begin < 0) return fail("seek data");
-    off_t end = lseek(in.get(), begin, SEEK_HOLE);
-    if (end < 0) return fail("seek hole");
-    for (off_t at = begin; at < end;) {
-      ssize_t n =
-          pread(in.get(), buf.data(), std::min<size_t>(buf.size(), static_cast<size_t>(end - at)), at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return fail("read");
-      if (n == 0) break;
-      for (ssize_t done = 0; done < n;) {
-        ssize_t w = pwrite(out.get(), buf.data() + done, static_cast<size_t>(n - done), at + done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return fail("write");
-        done += w;
-      }
-      at += n;
-    }
-    pos = end;
-  }
-  return absl::OkStatus();
+  absl::Status copied = CopyDataExtents(in.get(), out.get(), st.st_size, from, to, CancelToken());
+  if (!copied.ok()) unlink(to.c_str());
+  return copied;
 }
 
 }  // namespace

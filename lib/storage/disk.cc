@@ -14,6 +14,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "lib/base/file_util.h"
 #include "lib/base/status.h"
 #include "lib/base/unique_fd.h"
 
@@ -22,65 +23,6 @@ namespace fcvm::storage {
 const char* CopyMethodName(CopyMethod method) {
   return method == CopyMethod::kReflink ? "reflink" : "sparse-copy";
 }
-
-namespace {
-
-// Chunk of one copy step: the copy checks for cancellation between chunks.
-constexpr size_t kChunk = 16 << 20;
-
-absl::Status SparseCopy(int in, int out, off_t size, const std::string& src, const std::string& dst,
-                        const CancelToken& cancel) {
-  bool use_cfr = true;  // copy_file_range until it says it cannot
-  std::vector<char> buf;
-  off_t pos = 0;
-  while (pos < size) {
-    off_t data = lseek(in, pos, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break;  // only a hole remains
-      return ErrnoError(absl::StrCat("seek data in ", src));
-    }
-    off_t hole = lseek(in, data, SEEK_HOLE);
-    if (hole < 0) return ErrnoError(absl::StrCat("seek hole in ", src));
-    off_t in_off = data;
-    off_t out_off = data;
-    while (in_off < hole) {
-      if (absl::Status st = cancel.Check(); !st.ok()) {
-        return Annotate(st, absl::StrCat("copy ", src, " -> ", dst));
-      }
-      if (use_cfr) {
-        size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(kChunk)));
-        ssize_t n = copy_file_range(in, &in_off, out, &out_off, want, 0);
-        if (n > 0) continue;
-        if (n == 0) break;
-        if (errno == EINTR) continue;
-        // Across file systems (EXDEV since Linux 5.19) or where the file
-        // system cannot: copy through a buffer from here on.
-        if (errno != EXDEV && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
-          return ErrnoError(absl::StrCat("copy ", src, " -> ", dst));
-        }
-        use_cfr = false;
-        buf.resize(1 << 20);
-      }
-      size_t want = static_cast<size_t>(std::min<off_t>(hole - in_off, static_cast<off_t>(buf.size())));
-      ssize_t r = pread(in, buf.data(), want, in_off);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return ErrnoError(absl::StrCat("read ", src));
-      if (r == 0) break;
-      for (ssize_t w = 0; w < r;) {
-        ssize_t k = pwrite(out, buf.data() + w, static_cast<size_t>(r - w), out_off + w);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return ErrnoError(absl::StrCat("write ", dst));
-        w += k;
-      }
-      in_off += r;
-      out_off += r;
-    }
-    pos = hole;
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& dst, bool durable) {
   return CopyDisk(src, dst, CopyOptions{.durable = durable});
@@ -107,7 +49,7 @@ absl::StatusOr<CopyMethod> CopyDisk(const std::string& src, const std::string& d
     }
     method = CopyMethod::kSparseCopy;
     if (ftruncate(out.get(), st.st_size) < 0) return ErrnoError(absl::StrCat("truncate ", dst));
-    RETURN_IF_ERROR(SparseCopy(in.get(), out.get(), st.st_size, src, dst, options.cancel));
+    RETURN_IF_ERROR(CopyDataExtents(in.get(), out.get(), st.st_size, src, dst, options.cancel));
   }
   // O_CREAT's mode is filtered by the umask; the copy gets exactly the one asked for.
   if (options.mode >= 0 && fchmod(out.get(), mode) < 0) return ErrnoError(absl::StrCat("chmod ", dst));

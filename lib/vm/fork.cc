@@ -44,37 +44,6 @@
 namespace fcvm::vm {
 namespace {
 
-// Copies the data extents of `from` into `to` at the same offsets (holes are
-// left alone: `to` already holds what lies under them).
-absl::Status OverlayExtents(int from, const std::string& from_path, int to, uint64_t size,
-                            const CancelToken& cancel) {
-  std::string buf(size_t{1} << 20, '\0');
-  off_t pos = 0;
-  while (static_cast<uint64_t>(pos) < size) {
-    RETURN_IF_ERROR(cancel.Check());
-    off_t begin = lseek(from, pos, SEEK_DATA);
-    if (begin < 0 && errno == ENXIO) break;
-    if (begin < 0) return ErrnoError(absl::StrCat("seek data in ", from_path));
-    off_t end = lseek(from, begin, SEEK_HOLE);
-    if (end < 0) return ErrnoError(absl::StrCat("seek hole in ", from_path));
-    for (off_t at = begin; at < end;) {
-      ssize_t n = pread(from, buf.data(), std::min<size_t>(buf.size(), static_cast<size_t>(end - at)), at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return ErrnoError(absl::StrCat("read ", from_path));
-      if (n == 0) break;
-      for (ssize_t done = 0; done < n;) {
-        ssize_t w = pwrite(to, buf.data() + done, static_cast<size_t>(n - done), at + done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return ErrnoError("write merged memory");
-        done += w;
-      }
-      at += n;
-    }
-    pos = end;
-  }
-  return absl::OkStatus();
-}
-
 // The snapshots being merged, process-wide.
 class MergeClaim {
  public:
@@ -147,7 +116,9 @@ absl::Status CompactSnapshot(Core& core, const std::string& snapshot_id, const C
   for (const std::string& layer : layers) {
     UniqueFd in(::open(layer.c_str(), O_RDONLY | O_CLOEXEC));
     if (!in) return ErrnoError(absl::StrCat("open memory layer ", layer));
-    RETURN_IF_ERROR(OverlayExtents(in.get(), layer, out.get(), record.memory_bytes, cancel));
+    // Each layer's data over the ones below it (its holes leave them).
+    RETURN_IF_ERROR(
+        CopyDataExtents(in.get(), out.get(), static_cast<off_t>(record.memory_bytes), layer, tmp, cancel));
   }
   if (fsync(out.get()) < 0) return ErrnoError(absl::StrCat("fsync ", tmp));
   // Same mode as the file it replaces (File clones of a jailed fcvmd need it
