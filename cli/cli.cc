@@ -64,8 +64,8 @@ void AddGlobalFlags(FlagParser& flags, GlobalOptions* g) {
   flags.Bool("progress", &g->progress,
              "show progress of long calls on stderr even when it is not a terminal");
   flags.String("timeout", &g->timeout,
-               "deadline of each call, 'inf' for none (default 30s; longer for run, rm, snapshot create and "
-               "clone; none for watch)",
+               "deadline of each call, 'inf' for none (default 30s; longer for run, rm, snapshot create, clone "
+               "and fork; none for watch)",
                "DURATION");
 }
 
