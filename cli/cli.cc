@@ -63,10 +63,11 @@ void AddGlobalFlags(FlagParser& flags, GlobalOptions* g) {
   flags.Bool("json", &g->json, "print JSON instead of a table");
   flags.Bool("progress", &g->progress,
              "show progress of long calls on stderr even when it is not a terminal");
-  flags.String("timeout", &g->timeout,
-               "deadline of each call, 'inf' for none (default 30s; longer for run, rm, snapshot create, clone "
-               "and fork; none for watch)",
-               "DURATION");
+  flags.String(
+      "timeout", &g->timeout,
+      "deadline of each call, 'inf' for none (default 30s; longer for run, rm, snapshot create, clone "
+      "and fork; none for watch)",
+      "DURATION");
 }
 
 // One line that says what is wrong and what to do about it.
