@@ -67,10 +67,11 @@ int Main(int argc, char** argv) {
   flags.Int("parallelism", &o.parallelism,
             "clones restored at once within a request, and by the bare "
             "driver (default 4)");
-  flags.String("isolation", &isolation,
-               "latency: passes to run, each with its own fcvmd: jailed (the jailer beside Firecracker), "
-               "unjailed (--no-jailer); default both, the A/B",
-               "LIST");
+  flags.String(
+      "isolation", &isolation,
+      "latency, fanout: passes to run, each with its own fcvmd: jailed (the jailer beside Firecracker), "
+      "unjailed (--no-jailer, as the fanout suite's bare driver); default both, the A/B",
+      "LIST");
   flags.Int("warm-pool", &o.warm_pool, "latency: warm pool size for the 'warm' runs (default 4)");
   flags.String("fanout-n", &fanout_n, "fanout: batch sizes of idle guests (default 32,100)", "LIST");
   flags.String("huge-n", &huge_n, "fanout: batch sizes also run with 2 MiB pages (default 32; empty: none)",

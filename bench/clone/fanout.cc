@@ -187,9 +187,10 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   for (int n : o.huge_n) max_huge = std::max(max_huge, n);
   std::optional<HugePageReservation> pool;
   if (max_huge > 0) {
-    // The golden VM and max_huge clones of 128 MiB (fcvmd checks count x
+    // Each fcvmd's golden VM and max_huge clones of 128 MiB (fcvmd checks count x
     // guest memory up front), and some slack.
-    absl::StatusOr<HugePageReservation> r = ReserveHugePages(64 * (static_cast<uint64_t>(max_huge) + 1) + 16);
+    absl::StatusOr<HugePageReservation> r =
+        ReserveHugePages(64 * (static_cast<uint64_t>(max_huge) + o.isolation.size()) + 16);
     if (r.ok()) {
       pool = std::move(*r);
     } else {
@@ -198,18 +199,32 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
     }
   }
 
-  ASSIGN_OR_RETURN(std::unique_ptr<Fcvmd> d,
-                   Fcvmd::Start(o, {"--warm-pool", absl::StrCat(o.fanout_warm_pool), "--clone-threads",
-                                    absl::StrCat(o.clone_threads)}));
-  ASSIGN_OR_RETURN(fcvm::v1::Snapshot idle, PrepareSnapshot(*d, o, {.name = "idle", .tick_ms = 600000}));
-  std::optional<fcvm::v1::Snapshot> huge;
-  if (max_huge > 0) {
-    ASSIGN_OR_RETURN(huge,
-                     PrepareSnapshot(*d, o, {.name = "idle-2m", .tick_ms = 600000, .huge_pages = true}));
-  }
-  std::optional<fcvm::v1::Snapshot> active;
-  if (!o.active_n.empty()) {
-    ASSIGN_OR_RETURN(active, PrepareSnapshot(*d, o, {.name = "active", .tick_ms = 1000}));
+  // One fcvmd per --isolation mode (jailed: fcvmd's default; unjailed:
+  // --no-jailer, like the bare driver); a jailed fcvmd's configurations are
+  // named "-jailed".
+  struct Daemon {
+    std::unique_ptr<Fcvmd> d;
+    std::string suffix;
+    fcvm::v1::Snapshot idle;
+    std::optional<fcvm::v1::Snapshot> huge, active;
+  };
+  std::vector<Daemon> daemons;
+  for (const std::string& isolation : o.isolation) {
+    std::vector<std::string> args = {"--warm-pool", absl::StrCat(o.fanout_warm_pool), "--clone-threads",
+                                     absl::StrCat(o.clone_threads)};
+    if (isolation == "unjailed") args.push_back("--no-jailer");
+    Daemon dm;
+    dm.suffix = isolation == "jailed" ? "-jailed" : "";
+    ASSIGN_OR_RETURN(dm.d, Fcvmd::Start(o, args));
+    ASSIGN_OR_RETURN(dm.idle, PrepareSnapshot(*dm.d, o, {.name = "idle", .tick_ms = 600000}));
+    if (max_huge > 0) {
+      ASSIGN_OR_RETURN(dm.huge,
+                       PrepareSnapshot(*dm.d, o, {.name = "idle-2m", .tick_ms = 600000, .huge_pages = true}));
+    }
+    if (!o.active_n.empty()) {
+      ASSIGN_OR_RETURN(dm.active, PrepareSnapshot(*dm.d, o, {.name = "active", .tick_ms = 1000}));
+    }
+    daemons.push_back(std::move(dm));
   }
 
   std::map<std::tuple<std::string, int, std::string>, Batch> batches;
@@ -225,35 +240,47 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
     }
     return it->second;
   };
-  auto one_set = [&](const std::string& guests, const fcvm::v1::Snapshot& snap, int n,
-                     const fcvm::v1::Snapshot* huge_snap) -> absl::Status {
-    RETURN_IF_ERROR(BareRun(binary, o.work_dir, snap.path(), n, p, &batch(guests, n, "bare-file")));
+  // `which` picks each daemon's snapshot of these guests (idle or active).
+  auto one_set = [&](const std::string& guests, int n, const std::string& snap_dir,
+                     auto which) -> absl::Status {
+    RETURN_IF_ERROR(BareRun(binary, o.work_dir, snap_dir, n, p, &batch(guests, n, "bare-file")));
     absl::SleepFor(absl::Milliseconds(500));  // let the kills and reaps settle (untimed)
-    RETURN_IF_ERROR(
-        FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_FILE, &batch(guests, n, "fcvmd-file")));
-    absl::SleepFor(absl::Milliseconds(500));
-    RETURN_IF_ERROR(
-        FcvmdRun(*d, snap.id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD, &batch(guests, n, "fcvmd-uffd")));
-    absl::SleepFor(absl::Milliseconds(500));
-    if (huge_snap != nullptr) {
-      RETURN_IF_ERROR(FcvmdRun(*d, huge_snap->id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD,
-                               &batch(guests, n, "fcvmd-uffd-2m")));
-      absl::SleepFor(absl::Milliseconds(500));
+    for (Daemon& dm : daemons) {
+      for (fcvm::v1::MemoryBackend backend : {fcvm::v1::MEMORY_BACKEND_FILE, fcvm::v1::MEMORY_BACKEND_UFFD}) {
+        std::string config =
+            absl::StrCat("fcvmd-", backend == fcvm::v1::MEMORY_BACKEND_FILE ? "file" : "uffd", dm.suffix);
+        RETURN_IF_ERROR(FcvmdRun(*dm.d, which(dm).id(), n, p, backend, &batch(guests, n, config)));
+        absl::SleepFor(absl::Milliseconds(500));
+      }
     }
     if (!o.json) std::cerr << "." << std::flush;
     return absl::OkStatus();
   };
   for (int run = 0; run < o.fanout_runs; ++run) {
     for (int n : o.fanout_n) {
-      bool with_huge = huge.has_value() && std::find(o.huge_n.begin(), o.huge_n.end(), n) != o.huge_n.end();
-      RETURN_IF_ERROR(one_set("idle", idle, n, with_huge ? &*huge : nullptr));
+      bool with_huge = max_huge > 0 && std::find(o.huge_n.begin(), o.huge_n.end(), n) != o.huge_n.end();
+      RETURN_IF_ERROR(one_set("idle", n, daemons[0].idle.path(),
+                              [](Daemon& dm) -> const fcvm::v1::Snapshot& { return dm.idle; }));
+      if (with_huge) {
+        // Bare Firecracker cannot restore a 2 MiB guest with the File backend:
+        // these rows compare against the 4 KiB bare run just before.
+        for (Daemon& dm : daemons) {
+          std::string config = absl::StrCat("fcvmd-uffd-2m", dm.suffix);
+          RETURN_IF_ERROR(
+              FcvmdRun(*dm.d, dm.huge->id(), n, p, fcvm::v1::MEMORY_BACKEND_UFFD, &batch("idle", n, config)));
+          absl::SleepFor(absl::Milliseconds(500));
+        }
+      }
     }
   }
-  for (int run = 0; run < o.fanout_runs && active.has_value(); ++run) {
-    for (int n : o.active_n) RETURN_IF_ERROR(one_set("active", *active, n, nullptr));
+  for (int run = 0; run < o.fanout_runs && !o.active_n.empty(); ++run) {
+    for (int n : o.active_n) {
+      RETURN_IF_ERROR(one_set("active", n, daemons[0].active->path(),
+                              [](Daemon& dm) -> const fcvm::v1::Snapshot& { return *dm.active; }));
+    }
   }
   std::string load_after = LoadAverage();
-  d.reset();
+  daemons.clear();
   pool.reset();
 
   // Ratios against the bare driver of the same guests and N.
@@ -285,14 +312,14 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   std::cout << "\nfan-out: one request of N clones (fcvmd) vs N Firecrackers restored by a bare driver, " << p
             << " at a time; medians of " << o.fanout_runs << " runs (load " << load_before << " -> "
             << load_after << ")\n"
-            << absl::StrFormat("%-6s %4s %-14s %9s %-26s %7s %10s %10s %9s %9s %6s %7s\n", "guests", "N",
+            << absl::StrFormat("%-6s %4s %-18s %9s %-26s %7s %10s %10s %9s %9s %6s %7s\n", "guests", "N",
                                "config", "wall ms", "(runs)", "vs bare", "cpu/clone", "clone p50",
                                "start p50", "load p50", "failed", "stopped");
   for (const auto& key : order) {
     const Batch& b = batches[key];
     double wall = Median(b.walls);
     std::cout << absl::StrFormat(
-        "%-6s %4d %-14s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %9.2f %6d %7d\n", b.guests, b.n, b.config,
+        "%-6s %4d %-18s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %9.2f %6d %7d\n", b.guests, b.n, b.config,
         wall,
         absl::StrJoin(b.walls, " ",
                       [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.0f", v)); }),

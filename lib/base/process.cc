@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -19,6 +20,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/base/status.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 extern char** environ;
 
@@ -82,12 +87,14 @@ struct ChildPlan {
   ::_exit(127);
 }
 
+// Runs on its own stack in fcvmd's memory (CLONE_VM | CLONE_VFORK) while the
+// spawning thread waits: only system calls, no allocation, nothing written
+// that the parent reads except through the error pipe.
 [[noreturn]] void RunChild(const ChildPlan& plan) {
   // Signal state is inherited across exec for blocked and ignored signals; the
   // daemon blocks SIGTERM/SIGINT and ignores SIGPIPE, a VMM must not inherit that.
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
+  // Every signal is blocked on entry (the parent blocked them around clone),
+  // so no handler of the parent's runs here before they are all reset.
   struct sigaction dfl;
   std::memset(&dfl, 0, sizeof(dfl));
   dfl.sa_handler = SIG_DFL;
@@ -95,6 +102,9 @@ struct ChildPlan {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     sigaction(sig, &dfl, nullptr);
   }
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
 
   // Move the error pipe and every source fd above all targets first, so that
   // dup2 onto a target never clobbers a source that is still needed.
@@ -240,18 +250,38 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   UniqueFd err_write(pipe_fds[1]);
   plan.err_fd = err_write.get();
 
+  // The child shares fcvmd's memory until it execs (CLONE_VM | CLONE_VFORK,
+  // as posix_spawn does): a fork would copy the page tables of every mapping
+  // fcvmd has (the page server maps whole snapshot files), and every page
+  // fcvmd's other threads write before the exec would fault. It runs on a
+  // stack of its own; this thread sleeps until the exec (or the child's exit).
+  constexpr size_t kChildStack = 256 * 1024;
+  void* stack =
+      mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return ErrnoError("mmap spawn stack");
+  sigset_t all, old_mask;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old_mask);
   int pidfd = -1;
-  struct clone_args args;
-  std::memset(&args, 0, sizeof(args));
-  args.flags = CLONE_PIDFD | (options.new_pid_namespace ? CLONE_NEWPID : 0);
-  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-  args.exit_signal = SIGCHLD;
-  long pid = syscall(SYS_clone3, &args, sizeof(args));
+  // Except with memory_merge: PR_SET_MEMORY_MERGE marks the memory of whoever
+  // calls it, which in a CLONE_VM child would be fcvmd's; that child gets its
+  // own copy (a fork, on the same stack).
+  const int share_vm = options.memory_merge ? 0 : CLONE_VM;
+  const int flags =
+      share_vm | CLONE_VFORK | CLONE_PIDFD | (options.new_pid_namespace ? CLONE_NEWPID : 0) | SIGCHLD;
+  long pid = ::clone([](void* arg) -> int { RunChild(*static_cast<const ChildPlan*>(arg)); },
+                     static_cast<char*>(stack) + kChildStack, flags, &plan, &pidfd);
+  int clone_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+#if defined(__SANITIZE_ADDRESS__)
+  // The child left its frames' poison in the shadow of this stack when it exec'd.
+  __asan_unpoison_memory_region(stack, kChildStack);
+#endif
+  munmap(stack, kChildStack);
   if (pid < 0) {
-    return ErrnoError(absl::StrCat("clone3 for ", options.argv[0],
-                                   options.new_pid_namespace ? " (new PID namespace)" : ""));
+    return ErrnoError(clone_errno, absl::StrCat("clone for ", options.argv[0],
+                                                options.new_pid_namespace ? " (new PID namespace)" : ""));
   }
-  if (pid == 0) RunChild(plan);
 
   Process process(static_cast<pid_t>(pid), UniqueFd(pidfd), /*is_child=*/true);
   err_write.Reset();

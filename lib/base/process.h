@@ -14,7 +14,9 @@
 //
 // Thread-safety: one Process is used by one thread at a time; Spawn itself may
 // be called from any thread of a multi-threaded program (the child runs only
-// async-signal-safe system calls between clone and exec).
+// async-signal-safe system calls between clone and exec). The child shares the
+// caller's memory until its exec, as with vfork (no copy of the caller's page
+// tables), and the calling thread waits for that exec.
 
 #include <sys/types.h>
 
@@ -53,9 +55,9 @@ struct SpawnOptions {
   // order before exec.
   bool new_mount_namespace = false;
   std::vector<BindMount> bind_mounts;
-  // When true, the child is created in a new PID namespace (clone3 with
+  // When true, the child is created in a new PID namespace (clone with
   // CLONE_NEWPID, needs CAP_SYS_ADMIN), where it is PID 1: it stays our child,
-  // held by the pidfd clone3 returned, and pid() is its pid in our namespace.
+  // held by the pidfd clone returned, and pid() is its pid in our namespace.
   // As PID 1 it gets no signal from us for which it has no handler, except
   // SIGKILL and SIGSTOP: SIGTERM does not stop it. When it exits, the kernel
   // kills everything else in its namespace.

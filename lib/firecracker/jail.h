@@ -151,9 +151,9 @@ struct JailOptions {
   uint32_t uid = 0;
   uint32_t gid = 0;
   // Firecracker in a new PID namespace, where it is PID 1. fcvm creates the
-  // namespace when it spawns the jailer (clone3 CLONE_NEWPID) instead of
+  // namespace when it spawns the jailer (clone CLONE_NEWPID) instead of
   // passing --new-pid-ns: the jailer then execs Firecracker in place, so
-  // Firecracker stays fcvm's direct child (pidfd from clone3, exit status
+  // Firecracker stays fcvm's direct child (pidfd from clone, exit status
   // known, no child subreaper needed). As PID 1 it ignores SIGTERM.
   bool new_pid_ns = true;
   // --netns: a network namespace file (/run/netns/NAME) to join.

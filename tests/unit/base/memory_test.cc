@@ -143,6 +143,9 @@ TEST(SpawnMemoryMerge, SurvivesExec) {
   EXPECT_THAT(*stat, HasSubstr("ksm_merge_any: yes"));
   EXPECT_THAT(ReadFile(absl::StrCat("/proc/", plain.pid(), "/ksm_stat")).value_or(""),
               HasSubstr("ksm_merge_any: no"));
+  // The merging child did not share our memory when it set the flag (Spawn's
+  // other children do, until their exec): we are not marked.
+  EXPECT_THAT(ReadFile("/proc/self/ksm_stat").value_or(""), HasSubstr("ksm_merge_any: no"));
 }
 
 }  // namespace

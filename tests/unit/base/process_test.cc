@@ -5,14 +5,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "lib/base/file_util.h"
 #include "lib/base/status.h"
 #include "tests/testing/status_matchers.h"
 
@@ -64,6 +69,67 @@ TEST(Process, ExitCodes) {
   EXPECT_FALSE(s2.signaled);
   EXPECT_EQ(s2.value, 7);
   EXPECT_EQ(s2.ToString(), "exit code 7");
+}
+
+// The child shares our memory until its exec (vfork-like): spawning from
+// several threads at once, while another thread keeps allocating and writing,
+// must give every child its own argv and exit status and leave us intact.
+TEST(Process, ManyThreadsSpawnAtOnceWhileMemoryChanges) {
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load()) {
+      std::vector<std::string> v(64, std::string(1000, 'x'));
+      for (std::string& str : v) str[7] = 'y';
+    }
+  });
+  constexpr int kThreads = 4, kEach = 30;
+  std::vector<std::vector<int>> codes(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        int want = (t * kEach + i) % 200;
+        absl::StatusOr<Process> p = Process::Spawn({.argv = {"/bin/sh", "-c", absl::StrCat("exit ", want)}});
+        if (!p.ok()) {
+          codes[t].push_back(-1);
+          continue;
+        }
+        absl::StatusOr<ExitStatus> st = p->Wait();
+        codes[t].push_back(st.ok() && !st->signaled ? st->value - want : -2);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  stop = true;
+  churn.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(codes[t].size(), static_cast<size_t>(kEach));
+    for (int c : codes[t]) EXPECT_EQ(c, 0) << "thread " << t;
+  }
+}
+
+// fcvmd blocks SIGTERM and ignores SIGPIPE; its children start with neither.
+TEST(Process, ChildStartsWithDefaultSignalState) {
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &block, &old), 0);
+  struct sigaction ign = {}, old_pipe = {};
+  ign.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGPIPE, &ign, &old_pipe), 0);
+  absl::StatusOr<Process> p = Process::Spawn({.argv = {"/bin/sleep", "60"}});
+  // Ours is as it was: the child's resets did not touch our handlers or mask.
+  struct sigaction now = {};
+  sigset_t mask;
+  EXPECT_EQ(sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
+  EXPECT_EQ(pthread_sigmask(SIG_SETMASK, &old, &mask), 0);
+  EXPECT_EQ(sigismember(&mask, SIGTERM), 1);
+  sigaction(SIGPIPE, &old_pipe, nullptr);
+  ASSERT_OK(p.status());
+  ASSERT_OK_AND_ASSIGN(std::string status, ReadFile(absl::StrCat("/proc/", p->pid(), "/status")));
+  EXPECT_THAT(status, HasSubstr("SigBlk:\t0000000000000000"));
+  EXPECT_THAT(status, HasSubstr("SigIgn:\t0000000000000000"));
 }
 
 TEST(Process, MissingBinaryIsAnErrorFromExec) {
