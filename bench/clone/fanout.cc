@@ -44,6 +44,7 @@ struct Batch {
   std::vector<double> clone_p50;      // ms: each clone's own request -> running (bare: launch + load)
   std::vector<double> load_p50;       // ms: /snapshot/load
   std::vector<double> start_p50;      // ms: process start -> API ready
+  std::vector<double> prefetch_p50;   // ms: working-set prefetch before resume (UFFD)
   int failed = 0;                     // over all runs
   int not_running = 0;                // reported running but no live process
 };
@@ -120,6 +121,7 @@ absl::Status BareRun(const firecracker::FirecrackerBinary& binary, const std::st
   out->clone_p50.push_back(Median(ok_clone));
   out->load_p50.push_back(Median(ok_load));
   out->start_p50.push_back(Median(ok_start));
+  out->prefetch_p50.push_back(0);
   vmms.clear();  // kills them
   return RemoveTree(work);
 }
@@ -138,7 +140,7 @@ absl::Status FcvmdRun(Fcvmd& d, const std::string& snap, int n, int p, fcvm::v1:
   double wall = absl::ToDoubleMilliseconds(absl::Now() - t0);
   double cpu = CpuMs(d.pid()) - cpu0;
   RETURN_IF_ERROR(Check(st, "clone"));
-  std::vector<double> totals, loads, starts;
+  std::vector<double> totals, loads, starts, prefetches;
   for (const auto& c : resp.clones()) {
     if (c.state() != fcvm::v1::VM_STATE_RUNNING) {
       ++out->failed;
@@ -149,12 +151,14 @@ absl::Status FcvmdRun(Fcvmd& d, const std::string& snap, int n, int p, fcvm::v1:
     totals.push_back(Ms(c.timings().total()));
     loads.push_back(Ms(c.timings().load()));
     starts.push_back(Ms(c.timings().process_ready()));
+    prefetches.push_back(Ms(c.timings().prefetch()));
   }
   out->walls.push_back(wall);
   out->cpu_per_clone.push_back(cpu / n);
   out->clone_p50.push_back(Median(totals));
   out->load_p50.push_back(Median(loads));
   out->start_p50.push_back(Median(starts));
+  out->prefetch_p50.push_back(Median(prefetches));
   return DeleteClones(d, resp);
 }
 
@@ -298,13 +302,15 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
           absl::StrFormat(
               "  {\"guests\": \"%s\", \"n\": %d, \"config\": \"%s\", \"wall_ms_median\": %.1f, "
               "\"walls_ms\": [%s], \"vs_bare\": %.3f, \"cpu_per_clone_ms\": %.2f, "
-              "\"clone_p50_ms\": %.2f, \"start_p50_ms\": %.2f, \"load_p50_ms\": %.2f, \"failed\": %d, "
+              "\"clone_p50_ms\": %.2f, \"start_p50_ms\": %.2f, \"load_p50_ms\": %.2f, \"prefetch_p50_ms\": "
+              "%.2f, \"failed\": %d, "
               "\"not_running\": %d}%s\n",
               b.guests, b.n, b.config, wall,
               absl::StrJoin(b.walls, ", ",
                             [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.1f", v)); }),
               wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.start_p50),
-              Median(b.load_p50), b.failed, b.not_running, i + 1 < order.size() ? "," : ""));
+              Median(b.load_p50), Median(b.prefetch_p50), b.failed, b.not_running,
+              i + 1 < order.size() ? "," : ""));
     }
     absl::StrAppend(json, "]}");
     return absl::OkStatus();
@@ -312,19 +318,19 @@ absl::Status RunFanoutSuite(const Options& o, std::string* json) {
   std::cout << "\nfan-out: one request of N clones (fcvmd) vs N Firecrackers restored by a bare driver, " << p
             << " at a time; medians of " << o.fanout_runs << " runs (load " << load_before << " -> "
             << load_after << ")\n"
-            << absl::StrFormat("%-6s %4s %-18s %9s %-26s %7s %10s %10s %9s %9s %6s %7s\n", "guests", "N",
+            << absl::StrFormat("%-6s %4s %-18s %9s %-26s %7s %10s %10s %9s %9s %9s %6s %7s\n", "guests", "N",
                                "config", "wall ms", "(runs)", "vs bare", "cpu/clone", "clone p50",
-                               "start p50", "load p50", "failed", "stopped");
+                               "start p50", "load p50", "prefetch", "failed", "stopped");
   for (const auto& key : order) {
     const Batch& b = batches[key];
     double wall = Median(b.walls);
     std::cout << absl::StrFormat(
-        "%-6s %4d %-18s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %9.2f %6d %7d\n", b.guests, b.n, b.config,
-        wall,
+        "%-6s %4d %-18s %9.1f %-26s %6.2fx %10.2f %10.2f %9.2f %9.2f %9.2f %6d %7d\n", b.guests, b.n,
+        b.config, wall,
         absl::StrJoin(b.walls, " ",
                       [](std::string* s, double v) { absl::StrAppend(s, absl::StrFormat("%.0f", v)); }),
         wall / bare_of(b), Median(b.cpu_per_clone), Median(b.clone_p50), Median(b.start_p50),
-        Median(b.load_p50), b.failed, b.not_running);
+        Median(b.load_p50), Median(b.prefetch_p50), b.failed, b.not_running);
   }
   std::cout
       << "\nwall = request sent -> reply (fcvmd) or first launch -> last load done (bare); cpu/clone =\n"

@@ -888,9 +888,13 @@ void Session::BecomeReady() {
                                           [this](int32_t res, uint32_t) { OnSocketEvent(res); });
   }
   if (!raw_hs_.empty()) {
-    // Small and rare (once per clone, off the fault path): written here so
-    // that it is there before the peer's guest runs.
-    if (absl::Status st = WriteFileAtomic(ls_->spec.handshake_copy_path, raw_hs_, 0600); !st.ok()) {
+    // Small and rare (once per clone): written here so that it is there
+    // before the peer's guest runs. Not fsynced: it is read by a successor
+    // fcvmd after a crash or restart of this one (the page cache survives
+    // those), never after a host crash (which takes the clone with it), and
+    // an fsync here would stall this loop's faults for milliseconds.
+    if (absl::Status st = WriteFileAtomic(ls_->spec.handshake_copy_path, raw_hs_, 0600, /*durable=*/false);
+        !st.ok()) {
       spdlog::warn("page server: session {} ({}): copy of the handshake: {}", id_, ls_->spec.tag,
                    st.ToString());
     }
