@@ -82,7 +82,8 @@ absl::Status Core::RequireVmms() const {
 // chroot. An unjailed one runs in its own mount namespace in which its private
 // directory <vm dir>/drives is bind-mounted over the fixed <state>/drives.
 absl::StatusOr<LaunchSpec> Core::LaunchSpecFor(const std::string& id, const std::string& dir,
-                                               const firecracker::CgroupLimits& limits) const {
+                                               const firecracker::CgroupLimits& limits,
+                                               bool has_drives) const {
   LaunchSpec spec;
   spec.id = id;
   spec.vm_dir = dir;
@@ -90,7 +91,7 @@ absl::StatusOr<LaunchSpec> Core::LaunchSpecFor(const std::string& id, const std:
     absl::StatusOr<uint32_t> uid = uids->Lease(id);
     if (!uid.ok()) return Annotate(uid.status(), "uid for the VM's jail");
     spec.jail = JailSpec{.uid = *uid, .gid = *uid, .limits = limits};
-  } else {
+  } else if (has_drives) {
     spec.bind_mounts = {{dir + "/drives", drives_dir, false}};
   }
   spec.memory_merge = options.memory_merge;

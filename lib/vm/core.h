@@ -116,8 +116,14 @@ struct Core {
   bool jailed() const { return env.vmms != nullptr && env.vmms->jailed(); }
   // How VM `id` is started (drive bind mounts, or its jail with `limits`).
   // Jailed: leases the VM's uid (ResourceExhausted when none is left).
+  // Unjailed, a VM known to have no drives (`has_drives` false: not a pooled
+  // process, whose VM is not known yet) gets no mount namespace.
   absl::StatusOr<LaunchSpec> LaunchSpecFor(const std::string& id, const std::string& dir,
-                                           const firecracker::CgroupLimits& limits) const;
+                                           const firecracker::CgroupLimits& limits,
+                                           bool has_drives = true) const;
+  // Whether a VM's directory holds a drives/ directory: unjailed VMs with
+  // drives, and pooled processes (their VM is not known when they start).
+  bool NeedsDrivesDir(const VmConfig& config) const { return !jailed() && !config.drives.empty(); }
   // Where Firecracker sees a VM's drive: "/drives/<id>" in its jail, else
   // "<state>/drives/<id>" in its mount namespace.
   std::string DrivePath(const std::string& drive_id) const;

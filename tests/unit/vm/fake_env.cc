@@ -282,6 +282,7 @@ class FakeVmmFactory final : public VmmFactory {
       int n = ++world_->launches;
       if (spec.pooled) ++world_->pooled_launches;
       world_->launches_merged.push_back(spec.memory_merge);
+      world_->launches_bind_mounts.push_back(spec.bind_mounts.size());
       if (world_->fail_launch_at == n) return absl::UnavailableError("fake firecracker exited at start");
     }
     RETURN_IF_ERROR(MakeDirs(spec.vm_dir, 0700));

@@ -69,6 +69,8 @@ struct FakeWorld {
   // launch (pooled ones included), backend of each load.
   std::vector<std::string> boot_huge_pages ABSL_GUARDED_BY(mu);
   std::vector<bool> launches_merged ABSL_GUARDED_BY(mu);
+  // Bind mounts of each launch (the unjailed drive directory, or none).
+  std::vector<size_t> launches_bind_mounts ABSL_GUARDED_BY(mu);
   std::vector<firecracker::MemBackend> load_backends ABSL_GUARDED_BY(mu);
   // Fail the n-th (1-based) launch / load / boot; 0 = never.
   int fail_launch_at ABSL_GUARDED_BY(mu) = 0;

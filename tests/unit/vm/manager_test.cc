@@ -160,6 +160,31 @@ TEST_F(ManagerTest, RunRecordsTheVmAndDeleteRemovesEverything) {
   EXPECT_EQ(Alive(), 0);
 }
 
+// A VM without drives (and its clones) gets no drives/ directory and no
+// mount namespace: one inode and a namespace fewer per clone.
+TEST_F(ManagerTest, VmsWithoutDrivesGetNoDrivesDirOrMountNamespace) {
+  Start();
+  RunRequest bare = Guest("bare");
+  bare.config.drives.clear();
+  ASSERT_OK_AND_ASSIGN(VmInfo no_drives, manager_->Run(bare));
+  ASSERT_OK_AND_ASSIGN(VmInfo with_drives, manager_->Run(Guest("disk")));
+  EXPECT_FALSE(Exists(VmsDir() + "/" + no_drives.id + "/drives"));
+  EXPECT_TRUE(Exists(VmsDir() + "/" + with_drives.id + "/drives/data"));
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "bare", .name = "nodisk"}).status());
+  CloneRequest req;
+  req.snapshot_ref = "nodisk";
+  req.count = 2;
+  ASSERT_OK_AND_ASSIGN(CloneResult clones, manager_->Clone(req));
+  ASSERT_EQ(clones.clones.size(), 2u);
+  for (const VmInfo& c : clones.clones) {
+    ASSERT_EQ(c.state, VmState::kRunning) << c.error;
+    EXPECT_TRUE(Exists(VmsDir() + "/" + c.id));
+    EXPECT_FALSE(Exists(VmsDir() + "/" + c.id + "/drives"));
+  }
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_THAT(world_->launches_bind_mounts, ::testing::ElementsAre(0u, 1u, 0u, 0u));
+}
+
 TEST_F(ManagerTest, UnnamedVmIsNamedAfterItsId) {
   Start();
   ASSERT_OK_AND_ASSIGN(VmInfo vm, manager_->Run(Guest()));
