@@ -25,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "lib/base/file_util.h"
@@ -418,6 +419,88 @@ TEST_F(LiveForkE2eTest, KillNineMidForkThenForkAgain) {
     Ctl({"snapshot", "create", "src", "--name", "src-base"});
   }
   RemoveEverything();
+}
+
+// The source's Firecracker killed (-9) in the middle of a fork: before the
+// snapshot, while Firecracker writes the Diff (its staged memory file has
+// appeared), and just after (while fcvmd copies the staged layer out of a
+// jail that dies with the process, or restores the forks). The request
+// fails (saying why) or finishes, never hangs; the source is recorded as
+// gone; a fork that was made runs and ticks OK; no staged Diff is left on
+// /dev/shm; everything can be deleted afterwards.
+TEST_F(LiveForkE2eTest, SourceFirecrackerKilledMidFork) {
+  struct Moment {
+    const char* name;
+    bool wait_for_staging;
+    int then_ms;
+  };
+  for (const Moment& m : {Moment{"before", false, 0}, Moment{"staging", true, 0},
+                          Moment{"staged+3ms", true, 3}, Moment{"staged+25ms", true, 25}}) {
+    const std::string src = absl::StrCat("src-", absl::StrReplaceAll(m.name, {{"+", "-"}}));
+    RunGuest(src);
+    Ctl({"snapshot", "create", src, "--name", src + "-base"});
+    const json before = Ctl({"get", src});
+    ExpectTicks(before, 2);
+    const int pid = before["pid"];
+    ASSERT_GT(pid, 0) << before.dump();
+    // Where Firecracker writes the Diff: its jail's tmpfs, or our /dev/shm.
+    auto exists = [](const std::string& path) { return access(path.c_str(), F_OK) == 0; };
+    auto staged_memory = [&]() -> bool {
+      if (exists(absl::StrCat("/proc/", pid, "/root/snapshot-stage/memory"))) return true;
+      bool found = false;
+      if (DIR* d = opendir("/dev/shm")) {
+        const std::string prefix = absl::StrCat("fcvm-stage-", daemon_.pid(), "-");
+        while (dirent* e = readdir(d)) {
+          if (absl::StartsWith(e->d_name, prefix) && exists(absl::StrCat("/dev/shm/", e->d_name, "/memory")))
+            found = true;
+        }
+        closedir(d);
+      }
+      return found;
+    };
+    Result cut;
+    absl::Time t0 = absl::Now();
+    std::thread fork([&] { cut = CtlRaw({"fork", src, "--count", "2", "--name-prefix", src + "-k"}); });
+    bool seen = false;
+    if (m.wait_for_staging) {
+      for (absl::Time until = absl::Now() + absl::Seconds(10); !seen && absl::Now() < until;) {
+        seen = staged_memory();
+        if (!seen) absl::SleepFor(absl::Microseconds(100));
+      }
+      EXPECT_TRUE(seen) << m.name << ": the staged Diff never appeared";
+    }
+    absl::SleepFor(absl::Milliseconds(m.then_ms));
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    fork.join();
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(60)) << m.name << ": the fork request hung";
+    if (cut.code != 0) {
+      EXPECT_FALSE(cut.err.empty()) << cut.out;
+    }
+    std::cout << "source killed " << m.name << ": fork exit " << cut.code << ", "
+              << (cut.code == 0 ? cut.out.substr(0, 120) : cut.err.substr(0, 240)) << "\n";
+    json after;
+    for (absl::Time until = absl::Now() + absl::Seconds(20); absl::Now() < until;
+         absl::SleepFor(absl::Milliseconds(50))) {
+      after = Ctl({"get", src});
+      if (after["state"] != "VM_STATE_RUNNING" && after["state"] != "VM_STATE_PAUSED") break;
+    }
+    EXPECT_TRUE(after["state"] == "VM_STATE_STOPPED" || after["state"] == "VM_STATE_FAILED") << after.dump();
+    const json ls = Ctl({"ls"});
+    for (const json& v : ls["vms"]) {
+      if (absl::StartsWith(v.value("name", ""), src + "-k") && v["state"] == "VM_STATE_RUNNING")
+        ExpectTicks(v, 1);
+    }
+    std::vector<std::string> staged;
+    if (DIR* d = opendir("/dev/shm")) {
+      while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (absl::StartsWith(n, absl::StrCat("fcvm-stage-", daemon_.pid(), "-"))) staged.push_back(n);
+      }
+      closedir(d);
+    }
+    EXPECT_TRUE(staged.empty()) << m.name << ": " << absl::StrJoin(staged, " ");
+    RemoveEverything();
+  }
 }
 
 TEST_F(LiveForkE2eTest, DeepChainsAreMergedInTheBackground) {
