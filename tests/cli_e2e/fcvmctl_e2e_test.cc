@@ -68,25 +68,7 @@ class FcvmctlE2eTest : public ::testing::Test {
   }
 
   void StartDaemon() {
-    int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    SpawnOptions so;
-    so.argv = {FCVMD_PATH,
-               "--socket",
-               socket_,
-               "--state-dir",
-               tmp_.path() + "/state",
-               "--firecracker",
-               e2e::FirecrackerPath()};
-    for (std::string& a : e2e::FcvmdJailArgs()) so.argv.push_back(std::move(a));
-    so.argv.insert(so.argv.end(), extra_daemon_args_.begin(), extra_daemon_args_.end());
-    so.fds = {{log, 2}};
-    ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
-    close(log);
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!ConnectUnix(socket_).ok()) {
-      ASSERT_LT(absl::Now(), deadline) << ReadFile(tmp_.path() + "/fcvmd.log").value_or("");
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    ASSERT_OK_AND_ASSIGN(daemon_, e2e::StartFcvmd(FCVMD_PATH, tmp_.path(), extra_daemon_args_));
   }
 
   void TearDown() override {

@@ -88,23 +88,7 @@ class FcvmctlHugePagesE2eTest : public ::testing::Test {
     if (!r.ok()) GTEST_SKIP() << "cannot reserve " << kPoolPages << " huge pages: " << r.status();
     pages_ = std::move(*r);
     socket_ = tmp_.path() + "/fcvmd.sock";
-    int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    SpawnOptions so;
-    so.argv = {FCVMD_PATH,
-               "--socket",
-               socket_,
-               "--state-dir",
-               tmp_.path() + "/state",
-               "--firecracker",
-               e2e::FirecrackerPath()};
-    so.fds = {{log, 2}};
-    ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
-    close(log);
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!ConnectUnix(socket_).ok()) {
-      ASSERT_LT(absl::Now(), deadline) << DaemonLog();
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    ASSERT_OK_AND_ASSIGN(daemon_, e2e::StartFcvmd(FCVMD_PATH, tmp_.path()));
   }
 
   void TearDown() override {

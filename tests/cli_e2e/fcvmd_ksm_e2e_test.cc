@@ -108,26 +108,8 @@ class FcvmdKsmE2eTest : public ::testing::Test {
   }
 
   void StartDaemon(std::vector<std::string> extra) {
-    int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    SpawnOptions so;
-    so.argv = {FCVMD_PATH,
-               "--socket",
-               socket_,
-               "--state-dir",
-               tmp_.path() + "/state",
-               "--firecracker",
-               e2e::FirecrackerPath(),
-               "--warm-pool",
-               "0"};
-    so.argv.insert(so.argv.end(), extra.begin(), extra.end());
-    so.fds = {{log, 2}};
-    ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
-    close(log);
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!ConnectUnix(socket_).ok()) {
-      ASSERT_LT(absl::Now(), deadline) << DaemonLog();
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    extra.insert(extra.begin(), {"--warm-pool", "0"});
+    ASSERT_OK_AND_ASSIGN(daemon_, e2e::StartFcvmd(FCVMD_PATH, tmp_.path(), extra));
   }
 
   void StopDaemon() {

@@ -80,27 +80,7 @@ class FcvmdRestartE2eTest : public ::testing::Test {
   virtual void PrepareStateDir() {}
   virtual void ReleaseStateDir() {}
 
-  void StartDaemon() {
-    int log = open((tmp_.path() + "/fcvmd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    SpawnOptions so;
-    so.argv = {FCVMD_PATH,
-               "--socket",
-               socket_,
-               "--state-dir",
-               tmp_.path() + "/state",
-               "--firecracker",
-               e2e::FirecrackerPath()};
-    for (std::string& a : e2e::FcvmdJailArgs()) so.argv.push_back(std::move(a));
-    so.argv.insert(so.argv.end(), extra_args_.begin(), extra_args_.end());
-    so.fds = {{log, 2}};
-    ASSERT_OK_AND_ASSIGN(daemon_, Process::Spawn(so));
-    close(log);
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!ConnectUnix(socket_).ok()) {
-      ASSERT_LT(absl::Now(), deadline) << DaemonLog();
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
+  void StartDaemon() { ASSERT_OK_AND_ASSIGN(daemon_, e2e::StartFcvmd(FCVMD_PATH, tmp_.path(), extra_args_)); }
 
   void TearDown() override {
     if (!started_) return;

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -31,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "lib/base/file_util.h"
 #include "lib/base/status.h"
 #include "lib/base/unix_socket.h"
 #include "nlohmann/json.hpp"
@@ -93,6 +95,33 @@ std::vector<std::string> FcvmdJailArgs() {
     std::fprintf(stderr, "fcvmd runs with --no-jailer in these tests: %s\n", missing.c_str());
   });
   return {"--no-jailer"};
+}
+
+absl::StatusOr<Process> StartFcvmd(const std::string& binary, const std::string& dir,
+                                   const std::vector<std::string>& args) {
+  const std::string socket = dir + "/fcvmd.sock", log_path = dir + "/fcvmd.log";
+  UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  if (!log) return ErrnoError(absl::StrCat("open ", log_path));
+  SpawnOptions so;
+  so.argv = {binary, "--socket", socket, "--state-dir", dir + "/state", "--firecracker", FirecrackerPath()};
+  for (std::string& a : FcvmdJailArgs()) so.argv.push_back(std::move(a));
+  so.argv.insert(so.argv.end(), args.begin(), args.end());
+  so.fds = {{log.get(), 2}};
+  ASSIGN_OR_RETURN(Process daemon, Process::Spawn(so));
+  log.Reset();
+  for (absl::Time deadline = absl::Now() + absl::Seconds(30); !ConnectUnix(socket).ok();) {
+    ASSIGN_OR_RETURN(std::optional<ExitStatus> exited, daemon.TryWait());
+    if (exited.has_value()) {
+      return absl::UnavailableError(absl::StrCat("fcvmd exited at start (", exited->ToString(),
+                                                 "); its log:\n", ReadFile(log_path).value_or("")));
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("fcvmd did not serve within 30 s; its log:\n", ReadFile(log_path).value_or("")));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return daemon;
 }
 
 firecracker::BootSpec GuestBootSpec(const std::string& guest) {

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lib/base/process.h"
 #include "lib/base/unique_fd.h"
 #include "lib/firecracker/console.h"
 #include "lib/firecracker/vmm.h"
@@ -44,6 +45,14 @@ std::string MissingJailPrerequisite();
 // jailed tests can run, else {"--no-jailer"} (printed once, with the reason),
 // so that the fcvmd tests run jailed wherever a jailer is present.
 std::vector<std::string> FcvmdJailArgs();
+
+// Starts the fcvmd at `binary` (a test's FCVMD_PATH) for an e2e test: socket
+// <dir>/fcvmd.sock, state <dir>/state, stderr appended to <dir>/fcvmd.log,
+// the configured Firecracker, FcvmdJailArgs(), then `args`. Returns once the
+// socket accepts connections (30 s at most). An fcvmd that exits first is
+// Unavailable, with its exit status and its log.
+absl::StatusOr<Process> StartFcvmd(const std::string& binary, const std::string& dir,
+                                   const std::vector<std::string>& args = {});
 
 // The tests' one temporary-directory helper (tests/testing/temp_dir.h).
 using ::fcvm::testing::TempDir;

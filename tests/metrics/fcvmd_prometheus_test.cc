@@ -94,28 +94,9 @@ class FcvmdPrometheusTest : public ::testing::Test {
   }
 
   void StartDaemon() {
-    int log = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    SpawnOptions so;
-    so.argv = {FCVMD_PATH,
-               "--socket",
-               socket_,
-               "--state-dir",
-               tmp_.path() + "/state",
-               "--firecracker",
-               e2e::FirecrackerPath(),
-               "--metrics-address",
-               metrics_};
-    so.fds = {{log, 2}};
-    absl::StatusOr<Process> p = Process::Spawn(so);
-    close(log);
+    absl::StatusOr<Process> p = e2e::StartFcvmd(FCVMD_PATH, tmp_.path(), {"--metrics-address", metrics_});
+    if (absl::IsUnavailable(p.status())) return;  // exited: the port was taken, retried
     ASSERT_OK(p.status());
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (!ConnectUnix(socket_).ok()) {
-      absl::StatusOr<std::optional<ExitStatus>> exited = p->TryWait();
-      if (exited.ok() && exited->has_value()) return;  // the port was taken: retried
-      ASSERT_LT(absl::Now(), deadline) << ReadFile(log_).value_or("");
-      absl::SleepFor(absl::Milliseconds(10));
-    }
     daemon_ = *std::move(p);
   }
 
