@@ -238,6 +238,7 @@ void Reconcile(Core& core) {
     auto e = std::make_shared<VmEntry>();
     e->dir = vm_dir;
     e->info = *record;
+    bool rerecord = false;
     if (d.action != ReconcileAction::kAdopt) {
       e->info.state = d.state;
       e->info.error = d.error;
@@ -246,6 +247,21 @@ void Reconcile(Core& core) {
       unlink((vm_dir + "/api.sock").c_str());
     } else {
       e->info.pid = vmm->pid();
+      // Never left frozen: a VM recorded running is resumed (the previous
+      // fcvmd may have stopped between a snapshot's pause and its record;
+      // resuming a running VM does nothing), and so is one paused for a
+      // snapshot or fork. A VM its user paused stays paused.
+      if (e->info.state == VmState::kRunning ||
+          (e->info.state == VmState::kPaused && e->info.paused_for_snapshot)) {
+        if (absl::Status st = vmm->Resume(); !st.ok()) {
+          spdlog::warn("reconcile: resume {}: {}", name, st);
+        } else if (e->info.state == VmState::kPaused) {
+          e->info.state = VmState::kRunning;
+          e->info.paused_for_snapshot = false;
+          d.message += ", resumed: a snapshot of the previous fcvmd had paused it";
+          rerecord = true;
+        }
+      }
       e->vmm = std::move(vmm);
       e->listener = listener;
     }
@@ -261,6 +277,10 @@ void Reconcile(Core& core) {
       if (e->listener.has_value()) (void)core.env.pager->DetachListener(*e->listener);
       if (e->vmm != nullptr) e->vmm->Release();
       continue;
+    }
+    if (rerecord) {
+      if (absl::Status st = core.registry.Persist(*e); !st.ok())
+        spdlog::warn("reconcile: record {}: {}", name, st);
     }
     if (e->vmm != nullptr) {
       absl::MutexLock op(&e->op);

@@ -134,6 +134,7 @@ std::string RecordToJson(const VmInfo& v) {
   j["config"] = ConfigToObject(v.config);
   j["snapshot_id"] = v.snapshot_id;
   if (!v.memory_base.empty()) j["memory_base"] = v.memory_base;
+  if (v.paused_for_snapshot) j["paused_for_snapshot"] = true;
   j["memory_backend"] = MemoryBackendName(v.memory_backend);
   j["prefetch_policy"] = uffd::ClonePolicyName(v.prefetch_policy);
   j["resolved_policy"] = uffd::ClonePolicyName(v.resolved_policy);
@@ -168,6 +169,7 @@ absl::StatusOr<VmInfo> RecordFromJson(const std::string& text) {
     if (j.contains("config")) v.config = ConfigFromObject(j.at("config"));
     v.snapshot_id = j.value("snapshot_id", "");
     v.memory_base = j.value("memory_base", "");
+    v.paused_for_snapshot = j.value("paused_for_snapshot", false);
     v.memory_backend =
         j.value("memory_backend", "uffd") == "file" ? MemoryBackend::kFile : MemoryBackend::kUffd;
     v.prefetch_policy = PolicyFrom(j, "prefetch_policy", ClonePolicy::kAuto);

@@ -250,11 +250,15 @@ absl::StatusOr<TakenSnapshot> TakeSnapshot(Core& core, VmEntry& e, const Snapsho
   absl::Time paused_at = start;
   if (was_running) {
     RETURN_IF_ERROR(Annotate(e.vmm->Pause(), absl::StrCat("pause vm ", info.id, " for snapshot")));
+    // Recorded as this snapshot's pause: should fcvmd stop before it
+    // resumes the VM, the next fcvmd resumes it (reconcile.cc).
+    core.registry.Update(e, [](VmInfo& v) { v.paused_for_snapshot = true; });
     (void)core.registry.Transition(e, VmState::kPaused, "pause", "paused for snapshot");
   }
   auto resume = [&] {
     if (was_running && e.vmm->Resume().ok()) {
       out.pause = absl::Now() - paused_at;
+      core.registry.Update(e, [](VmInfo& v) { v.paused_for_snapshot = false; });
       (void)core.registry.Transition(e, VmState::kRunning, "resume");
     }
     was_running = false;
@@ -306,7 +310,11 @@ absl::StatusOr<TakenSnapshot> TakeSnapshot(Core& core, VmEntry& e, const Snapsho
   std::move(abort).Cancel();
   if (!take.resume) std::move(resume_on_error).Cancel();
   // The VM's memory now equals this snapshot's, plus what it writes from here.
-  core.registry.Update(e, [&](VmInfo& v) { v.memory_base = out.record.id; });
+  // Left paused when asked to (take.resume false): then the pause is its own.
+  core.registry.Update(e, [&](VmInfo& v) {
+    v.memory_base = out.record.id;
+    v.paused_for_snapshot = false;
+  });
   if (absl::Status st = core.registry.Persist(e); !st.ok()) spdlog::warn("record vm {}: {}", info.id, st);
   out.took = took;
   return out;

@@ -132,6 +132,9 @@ struct VmInfo {
   // VM, or a snapshot or fork that failed after the log was reset), and the
   // next fork writes the whole memory.
   std::string memory_base;
+  // PAUSED by a snapshot or fork of fcvmd's, not by its user: a restarted
+  // fcvmd resumes a VM so marked (the one that paused it is gone).
+  bool paused_for_snapshot = false;
   MemoryBackend memory_backend = MemoryBackend::kUffd;
   // For clones: what was asked, and what the page server made of it (kAuto
   // resolved to record, prefetch or none; kNone for the File backend).

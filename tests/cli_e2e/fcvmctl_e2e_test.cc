@@ -307,6 +307,30 @@ class LiveForkE2eTest : public FcvmctlE2eTest {
     }
     ADD_FAILURE() << "snapshots left: " << errors;
   }
+  // Whether the Diff a fork of the VM with Firecracker `pid` has Firecracker
+  // write is there yet: in its jail's tmpfs, or in fcvmd's /dev/shm dir.
+  bool StagedDiffVisible(int pid) {
+    auto exists = [](const std::string& path) { return access(path.c_str(), F_OK) == 0; };
+    if (exists(absl::StrCat("/proc/", pid, "/root/snapshot-stage/memory"))) return true;
+    bool found = false;
+    if (DIR* d = opendir("/dev/shm")) {
+      const std::string prefix = absl::StrCat("fcvm-stage-", daemon_.pid(), "-");
+      while (dirent* e = readdir(d)) {
+        if (absl::StartsWith(e->d_name, prefix) && exists(absl::StrCat("/dev/shm/", e->d_name, "/memory")))
+          found = true;
+      }
+      closedir(d);
+    }
+    return found;
+  }
+  // Polls StagedDiffVisible every 100 us for up to 10 s.
+  bool AwaitStagedDiff(int pid) {
+    for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+      if (StagedDiffVisible(pid)) return true;
+      absl::SleepFor(absl::Microseconds(100));
+    }
+    return false;
+  }
   json Fork(const std::string& vm, int count, const std::string& prefix) {
     json f = Ctl({"fork", vm, "--count", std::to_string(count), "--name-prefix", prefix});
     EXPECT_EQ(f["succeeded"], count) << f.dump();
@@ -378,16 +402,26 @@ TEST_F(LiveForkE2eTest, KillNineMidForkThenForkAgain) {
   RunGuest("src");
   Ctl({"snapshot", "create", "src", "--name", "src-base"});
   ExpectTicks(Ctl({"get", "src"}), 2);
-  for (int delay_ms : {5, 40, 120}) {
+  // -1: the moment Firecracker writes the Diff (the source is paused).
+  for (int delay_ms : {-1, 5, 40, 120}) {
+    const int pid = Ctl({"get", "src"})["pid"];
     Result cut;
     std::thread fork([&] { cut = CtlRaw({"fork", "src", "--count", "4", "--name-prefix", "cut"}); });
-    absl::SleepFor(absl::Milliseconds(delay_ms));
+    if (delay_ms < 0) {
+      EXPECT_TRUE(AwaitStagedDiff(pid)) << "the staged Diff never appeared";
+    } else {
+      absl::SleepFor(absl::Milliseconds(delay_ms));
+    }
     ASSERT_OK(daemon_.Kill().status());
     fork.join();
     StartDaemon();
     json src = Ctl({"get", "src"});
     ASSERT_EQ(src["state"], "VM_STATE_RUNNING") << src.dump();
-    json f = Fork("src", 2, absl::StrCat("after-", delay_ms));
+    // Running, not just listed so: a fork the kill cut short had paused it,
+    // and the new fcvmd resumed it (before, it stayed paused: frozen).
+    ExpectTicks(src, 1);
+    json f = Fork("src", 2,
+                  absl::StrCat("after-", delay_ms < 0 ? std::string("staged") : std::to_string(delay_ms)));
     for (const json& c : f["forks"]) ExpectTicks(c, 2);
     ExpectTicks(src, 1);
     // Whatever the cut request made is listed (and ticks OK when running).
@@ -425,31 +459,11 @@ TEST_F(LiveForkE2eTest, SourceFirecrackerKilledMidFork) {
     ExpectTicks(before, 2);
     const int pid = before["pid"];
     ASSERT_GT(pid, 0) << before.dump();
-    // Where Firecracker writes the Diff: its jail's tmpfs, or our /dev/shm.
-    auto exists = [](const std::string& path) { return access(path.c_str(), F_OK) == 0; };
-    auto staged_memory = [&]() -> bool {
-      if (exists(absl::StrCat("/proc/", pid, "/root/snapshot-stage/memory"))) return true;
-      bool found = false;
-      if (DIR* d = opendir("/dev/shm")) {
-        const std::string prefix = absl::StrCat("fcvm-stage-", daemon_.pid(), "-");
-        while (dirent* e = readdir(d)) {
-          if (absl::StartsWith(e->d_name, prefix) && exists(absl::StrCat("/dev/shm/", e->d_name, "/memory")))
-            found = true;
-        }
-        closedir(d);
-      }
-      return found;
-    };
     Result cut;
     absl::Time t0 = absl::Now();
     std::thread fork([&] { cut = CtlRaw({"fork", src, "--count", "2", "--name-prefix", src + "-k"}); });
-    bool seen = false;
     if (m.wait_for_staging) {
-      for (absl::Time until = absl::Now() + absl::Seconds(10); !seen && absl::Now() < until;) {
-        seen = staged_memory();
-        if (!seen) absl::SleepFor(absl::Microseconds(100));
-      }
-      EXPECT_TRUE(seen) << m.name << ": the staged Diff never appeared";
+      EXPECT_TRUE(AwaitStagedDiff(pid)) << m.name << ": the staged Diff never appeared";
     }
     absl::SleepFor(absl::Milliseconds(m.then_ms));
     ASSERT_EQ(kill(pid, SIGKILL), 0);

@@ -156,6 +156,60 @@ TEST_F(ReconcileTest, WhatAPreviousFcvmdLeft) {
   EXPECT_EQ(reconcile_events, 7);
 }
 
+// fcvmd stopped (a crash) while a snapshot or fork had the VM paused: the
+// next fcvmd resumes it, never leaves it frozen. A VM recorded running is
+// resumed as well (the crash may have come between Firecracker's pause and
+// the record saying so; resuming a running VM is a no-op). A VM its user
+// paused stays paused.
+TEST_F(ReconcileTest, VmsPausedForASnapshotAreResumed) {
+  VmInfo snap = Record("vm-snap", VmState::kPaused, 6001);
+  snap.paused_for_snapshot = true;
+  Leave(snap);
+  Leave(Record("vm-user", VmState::kPaused, 6002));
+  Leave(Record("vm-run", VmState::kRunning, 6003));
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->running = {{6001, VmDir("vm-snap")}, {6002, VmDir("vm-user")}, {6003, VmDir("vm-run")}};
+  }
+  Start();
+  ASSERT_OK_AND_ASSIGN(VmInfo resumed, manager_->Get("vm-snap"));
+  EXPECT_EQ(resumed.state, VmState::kRunning);
+  EXPECT_FALSE(resumed.paused_for_snapshot);
+  ASSERT_OK_AND_ASSIGN(std::string text, ReadFile(VmDir("vm-snap") + "/vm.json"));
+  ASSERT_OK_AND_ASSIGN(VmInfo on_disk, RecordFromJson(text));
+  EXPECT_EQ(on_disk.state, VmState::kRunning);
+  EXPECT_FALSE(on_disk.paused_for_snapshot);
+  ASSERT_OK_AND_ASSIGN(VmInfo user, manager_->Get("vm-user"));
+  EXPECT_EQ(user.state, VmState::kPaused);
+  ASSERT_OK_AND_ASSIGN(VmInfo run, manager_->Get("vm-run"));
+  EXPECT_EQ(run.state, VmState::kRunning);
+  absl::MutexLock lock(&world_->mu);
+  EXPECT_EQ(world_->resumes, 2);  // vm-snap and vm-run, not vm-user
+  EXPECT_EQ(world_->alive, 3);
+}
+
+// A snapshot pauses the VM with the pause marked as the snapshot's, and
+// unmarks it when it resumes the VM.
+TEST_F(ReconcileTest, ASnapshotMarksItsPauseInTheRecord) {
+  VmInfo v = Record("vm-a", VmState::kRunning, 6101);
+  Leave(v);
+  {
+    absl::MutexLock lock(&world_->mu);
+    world_->running = {{6101, VmDir("vm-a")}};
+  }
+  Start();
+  ASSERT_OK(manager_->CreateSnapshot({.vm_ref = "vm-a", .name = "s"}).status());
+  ASSERT_OK_AND_ASSIGN(std::string text, ReadFile(VmDir("vm-a") + "/vm.json"));
+  ASSERT_OK_AND_ASSIGN(VmInfo on_disk, RecordFromJson(text));
+  EXPECT_EQ(on_disk.state, VmState::kRunning);
+  EXPECT_FALSE(on_disk.paused_for_snapshot);
+  VmInfo marked = on_disk;
+  marked.state = VmState::kPaused;
+  marked.paused_for_snapshot = true;
+  ASSERT_OK_AND_ASSIGN(VmInfo round, RecordFromJson(RecordToJson(marked)));
+  EXPECT_TRUE(round.paused_for_snapshot);
+}
+
 // A fork's Diff staged on a tmpfs by an fcvmd that then crashed is removed
 // at start-up; a running fcvmd's (this process's) is not.
 TEST(StagingTest, StagedSnapshotsOfGoneFcvmdsAreRemoved) {
