@@ -265,7 +265,7 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   int pidfd = -1;
   // Except with memory_merge: PR_SET_MEMORY_MERGE marks the memory of whoever
   // calls it, which in a CLONE_VM child would be fcvmd's; that child gets its
-  // own copy (a fork, on the same stack).
+  // own copy of fcvmd's memory (as a fork), still waited for until its exec.
   const int share_vm = options.memory_merge ? 0 : CLONE_VM;
   const int flags =
       share_vm | CLONE_VFORK | CLONE_PIDFD | (options.new_pid_namespace ? CLONE_NEWPID : 0) | SIGCHLD;

@@ -121,8 +121,8 @@ struct Core {
   absl::StatusOr<LaunchSpec> LaunchSpecFor(const std::string& id, const std::string& dir,
                                            const firecracker::CgroupLimits& limits,
                                            bool has_drives = true) const;
-  // Whether a VM's directory holds a drives/ directory: unjailed VMs with
-  // drives, and pooled processes (their VM is not known when they start).
+  // Whether a VM's directory gets a drives/ directory: unjailed VMs with
+  // drives (pooled processes always get one: warm_pool.cc).
   bool NeedsDrivesDir(const VmConfig& config) const { return !jailed() && !config.drives.empty(); }
   // Where Firecracker sees a VM's drive: "/drives/<id>" in its jail, else
   // "<state>/drives/<id>" in its mount namespace.
